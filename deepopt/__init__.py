@@ -1,0 +1,21 @@
+"""deepopt: the practical side of training deep networks, as pure, jit-compiled, vmap-able JAX functions."""
+
+from deepopt import data, init, losses, model, optim, schedules, train
+from deepopt.data import Dataset
+from deepopt.train import Config, HParams, TrainResult, fit
+
+__all__ = [
+    "Config",
+    "Dataset",
+    "HParams",
+    "TrainResult",
+    "data",
+    "fit",
+    "init",
+    "losses",
+    "model",
+    "optim",
+    "schedules",
+    "train",
+]
+__version__ = "0.1.0"

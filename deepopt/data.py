@@ -1,0 +1,248 @@
+"""Datasets: generators, splits, standardization, mini-batching and loading a user's files.
+
+A ``Dataset`` is ``(X, y)`` with ``X`` of shape ``(m, n_features)`` (float) and ``y`` of
+shape ``(m,)`` (int class ids ``0..C-1``). Batch-major throughout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Dataset(NamedTuple):
+    """Examples ``X`` ``(m, n_features)`` float and labels ``y`` ``(m,)`` int class ids."""
+
+    X: Any
+    y: Any
+
+
+def _check_n(n: int, minimum: int = 2) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise ValueError(f"n must be an int >= {minimum}, got {n!r}")
+
+
+def _check_noise(noise: float) -> None:
+    if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite float >= 0, got {noise!r}")
+
+
+def _shuffled(key: jax.Array, X: jax.Array, y: jax.Array) -> Dataset:
+    order = jax.random.permutation(key, X.shape[0])
+    return Dataset(X[order], y[order].astype(jnp.int32))
+
+
+def make_moons(key: jax.Array, n: int, noise: float) -> Dataset:
+    """Two interleaving half circles: class 0 ``(cos t, sin t)``, class 1 ``(1 - cos t, 0.5 - sin t)``, plus N(0, noise²)."""
+    _check_n(n)
+    _check_noise(noise)
+    n_outer, n_inner = n // 2 + n % 2, n // 2
+    noise_key, shuffle_key = jax.random.split(key)
+    t_outer = jnp.linspace(0.0, jnp.pi, n_outer)
+    t_inner = jnp.linspace(0.0, jnp.pi, n_inner)
+    outer = jnp.stack([jnp.cos(t_outer), jnp.sin(t_outer)], axis=1)
+    inner = jnp.stack([1.0 - jnp.cos(t_inner), 0.5 - jnp.sin(t_inner)], axis=1)
+    X = jnp.concatenate([outer, inner]) + noise * jax.random.normal(noise_key, (n, 2))
+    y = jnp.concatenate([jnp.zeros(n_outer), jnp.ones(n_inner)])
+    return _shuffled(shuffle_key, X, y)
+
+
+def make_circles(key: jax.Array, n: int, noise: float, factor: float = 0.8) -> Dataset:
+    """A large circle (class 0, radius 1) around a smaller one (class 1, radius ``factor``), plus N(0, noise²)."""
+    _check_n(n)
+    _check_noise(noise)
+    if not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+    n_outer, n_inner = n // 2 + n % 2, n // 2
+    noise_key, shuffle_key = jax.random.split(key)
+    t_outer = jnp.linspace(0.0, 2 * jnp.pi, n_outer, endpoint=False)
+    t_inner = jnp.linspace(0.0, 2 * jnp.pi, n_inner, endpoint=False)
+    outer = jnp.stack([jnp.cos(t_outer), jnp.sin(t_outer)], axis=1)
+    inner = factor * jnp.stack([jnp.cos(t_inner), jnp.sin(t_inner)], axis=1)
+    X = jnp.concatenate([outer, inner]) + noise * jax.random.normal(noise_key, (n, 2))
+    y = jnp.concatenate([jnp.zeros(n_outer), jnp.ones(n_inner)])
+    return _shuffled(shuffle_key, X, y)
+
+
+def make_spirals(key: jax.Array, n: int, noise: float, classes: int = 3) -> Dataset:
+    """``classes`` interleaved spiral arms: radius ``r ∈ [0, 1]``, angle ``4(c + r) + N(0, noise²)``."""
+    _check_n(n)
+    _check_noise(noise)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise ValueError(f"classes must be an int >= 2, got {classes!r}")
+    if n < classes:
+        raise ValueError(f"n must be at least classes={classes}, got {n}")
+    counts = [n // classes + (1 if c < n % classes else 0) for c in range(classes)]
+    noise_key, shuffle_key = jax.random.split(key)
+    noise_keys = jax.random.split(noise_key, classes)
+    parts, labels = [], []
+    for c, (count, c_key) in enumerate(zip(counts, noise_keys)):
+        r = jnp.linspace(0.0, 1.0, count)
+        t = 4.0 * (c + r) + noise * jax.random.normal(c_key, (count,))
+        parts.append(jnp.stack([r * jnp.sin(t), r * jnp.cos(t)], axis=1))
+        labels.append(jnp.full((count,), c))
+    return _shuffled(shuffle_key, jnp.concatenate(parts), jnp.concatenate(labels))
+
+
+def make_overfit_2d(key: jax.Array, n: int = 211, noise: float = 0.05, flip: float = 0.12) -> Dataset:
+    """A small noisy 2-D problem that a 2-20-3-1 net overfits (the regularization study's data).
+
+    Points uniform in ``[-1, 1]^2``; class 1 above the wavy boundary ``x2 = 0.3 sin(3 x1)``,
+    positions jittered by N(0, noise²), then a ``flip`` fraction of labels flipped at random
+    (label noise: an unregularized net bends its boundary around those points).
+    """
+    _check_n(n)
+    _check_noise(noise)
+    if not isinstance(flip, (int, float)) or not 0 <= flip < 0.5:
+        raise ValueError(f"flip must be in [0, 0.5), got {flip!r}")
+    point_key, jitter_key, flip_key = jax.random.split(key, 3)
+    X = jax.random.uniform(point_key, (n, 2), minval=-1.0, maxval=1.0)
+    y = (X[:, 1] > 0.3 * jnp.sin(3.0 * X[:, 0])).astype(jnp.int32)
+    flipped = jax.random.uniform(flip_key, (n,)) < flip
+    y = jnp.where(flipped, 1 - y, y)
+    X = X + noise * jax.random.normal(jitter_key, (n, 2))
+    return Dataset(X, y.astype(jnp.int32))
+
+
+def train_dev_test_split(
+    key: jax.Array, data: Dataset, dev_fraction: float, test_fraction: float
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Shuffle, then split into ``(train, dev, test)`` of sizes ``m - n_dev - n_test``, ``round(m·dev_fraction)``, ``round(m·test_fraction)``."""
+    for name, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    m = _check_dataset_shapes(data, "data")
+    n_dev, n_test = round(m * dev_fraction), round(m * test_fraction)
+    if n_dev + n_test >= m:
+        raise ValueError(
+            f"dev_fraction + test_fraction leave no training examples: m={m}, n_dev={n_dev}, n_test={n_test}"
+        )
+    order = jax.random.permutation(key, m)
+    X, y = jnp.asarray(data.X)[order], jnp.asarray(data.y)[order]
+    n_train = m - n_dev - n_test
+    cuts = (slice(0, n_train), slice(n_train, n_train + n_dev), slice(n_train + n_dev, m))
+    train, dev, test = (Dataset(X[c], y[c]) for c in cuts)
+    return train, dev, test
+
+
+def _check_dataset_shapes(data: Any, name: str) -> int:
+    if not isinstance(data, tuple) or len(data) != 2:
+        raise TypeError(f"{name} must be a Dataset(X, y), got {type(data).__name__}")
+    X_shape, y_shape = np.shape(data[0]), np.shape(data[1])
+    if len(X_shape) != 2:
+        raise ValueError(f"{name}.X must be (m, n_features), got shape {X_shape}")
+    if y_shape != (X_shape[0],):
+        raise ValueError(f"{name}.y must be (m,) = ({X_shape[0]},), got shape {y_shape}")
+    return X_shape[0]
+
+
+def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
+    r"""Standardize every feature with the training set's statistics: :math:`(x - \mu_{train}) / \sigma_{train}`.
+
+    Constant features (``σ = 0``) are only centred. Returns ``(train, *others)`` standardized.
+    """
+    _check_dataset_shapes(train, "train")
+    X = jnp.asarray(train.X)
+    mean, std = jnp.mean(X, axis=0), jnp.std(X, axis=0)
+    std = jnp.where(std > 0, std, jnp.ones_like(std))
+    result = []
+    for i, data in enumerate((train, *others)):
+        _check_dataset_shapes(data, "train" if i == 0 else f"others[{i - 1}]")
+        if np.shape(data.X)[1] != X.shape[1]:
+            raise ValueError(f"others[{i - 1}] has {np.shape(data.X)[1]} features, train has {X.shape[1]}")
+        result.append(Dataset((jnp.asarray(data.X) - mean) / std, data.y))
+    return tuple(result)
+
+
+def _check_batching(m: int, batch_size: int) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive int, got {m!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def padded_minibatch_indices(key: jax.Array, m: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """``minibatch_indices`` in a fixed shape for ``jit``: ``(index, mask)``, both ``(ceil(m/bs), bs)``.
+
+    Row ``i`` holds batch ``i``; the last row is padded with index 0 and mask False.
+    """
+    _check_batching(m, batch_size)
+    num_batches = -(-m // batch_size)
+    padding = num_batches * batch_size - m
+    order = jax.random.permutation(key, m)
+    index = jnp.concatenate([order, jnp.zeros((padding,), order.dtype)]).reshape(num_batches, batch_size)
+    mask = (jnp.arange(num_batches * batch_size) < m).reshape(num_batches, batch_size)
+    return index, mask
+
+
+def minibatch_indices(key: jax.Array, m: int, batch_size: int) -> list[jax.Array]:
+    """The course's mini-batches of one epoch: a fresh permutation, then consecutive slices of ``batch_size``.
+
+    The last, smaller batch is kept: ``m=300, batch_size=64`` gives sizes 64, 64, 64, 64, 44.
+    Call with a new key each epoch. Same key, same batches as ``padded_minibatch_indices``.
+    """
+    index, mask = padded_minibatch_indices(key, m, batch_size)
+    return [row[: int(valid.sum())] for row, valid in zip(index, mask)]
+
+
+def one_hot(y: jax.Array, num_classes: int) -> jax.Array:
+    """``(m,)`` class ids to ``(m, num_classes)`` float one-hot rows."""
+    return jax.nn.one_hot(y, num_classes)
+
+
+def validate(X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32) -> Dataset:
+    """Check a user's arrays (``X`` 2-D finite numbers, ``y`` integer labels ``0..C-1``) and return a ``Dataset``.
+
+    Labels given as integral floats (``1.0``) are accepted; every error names ``source``.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"{source}: X must be 2-D (m, n_features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{source}: X is empty, shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"{source}: y must be 1-D with {X.shape[0]} labels (one per row of X), got shape {y.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{source}: X must be numeric, got dtype {X.dtype}")
+    bad_rows = np.where(~np.isfinite(X).all(axis=1))[0]
+    if bad_rows.size:
+        raise ValueError(f"{source}: X has non-finite values (NaN or inf) in rows {bad_rows[:5].tolist()}")
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
+        raise ValueError(f"{source}: labels must be integer class ids 0..C-1, got values {np.unique(y)[:10].tolist()}")
+    y = y.astype(np.int32)
+    present = np.unique(y)
+    num_classes = int(present.max()) + 1
+    if num_classes < 2:
+        raise ValueError(f"{source}: labels must cover at least two classes 0..C-1, got only {present.tolist()}")
+    return Dataset(X.astype(dtype), y)
+
+
+def load(path: str | os.PathLike, *, dtype: Any = np.float32) -> Dataset:
+    """Load a user's dataset: ``.csv`` (a header row, last column the label) or ``.npz`` (arrays ``X``, ``y``).
+
+    Validated with ``validate``: 2-D, finite, labels ``0..C-1``; errors name the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path!r}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".csv":
+        try:
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"{path}: not a numeric CSV with one header row ({error})") from None
+        if table.shape[1] < 2:
+            raise ValueError(f"{path}: needs at least one feature column and a label column, got {table.shape[1]} column(s)")
+        return validate(table[:, :-1], table[:, -1], path, dtype=dtype)
+    if extension == ".npz":
+        with np.load(path) as archive:
+            missing = {"X", "y"} - set(archive.files)
+            if missing:
+                raise ValueError(f"{path}: .npz needs arrays 'X' and 'y', missing {sorted(missing)} (has {archive.files})")
+            return validate(archive["X"], archive["y"], path, dtype=dtype)
+    raise ValueError(f"{path}: unsupported file type {extension!r}; expected .csv or .npz")

@@ -1,0 +1,129 @@
+"""The MLP forward pass, prediction and accuracy.
+
+``forward`` applies ``z_l = a_{l-1} W_l + b_l`` then the hidden activation on every layer but
+the last, and returns the last layer's ``z`` (the logits). One output unit means a binary
+classifier (sigmoid head), two or more a multi-class one (softmax head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Params = tuple[dict[str, jax.Array], ...]
+
+LEAKY_RELU_SLOPE = 0.01
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": lambda z: jax.nn.leaky_relu(z, LEAKY_RELU_SLOPE),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+def check_activation(activation: str) -> None:
+    """Raise a ``ValueError`` naming the known activations when ``activation`` is unknown."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+
+
+def check_params(params: Any, name: str = "params") -> None:
+    """Check the parameter format: a non-empty tuple/list of dicts with 2-D ``W`` and 1-D ``b``."""
+    if not isinstance(params, (tuple, list)) or not params:
+        raise TypeError(f"{name} must be a non-empty tuple of layer dicts, got {type(params).__name__}")
+    for i, layer in enumerate(params):
+        if not isinstance(layer, dict) or "W" not in layer or "b" not in layer:
+            raise TypeError(f"{name}[{i}] must be a dict with 'W' and 'b', got {layer!r:.80}")
+        w_shape, b_shape = jnp.shape(layer["W"]), jnp.shape(layer["b"])
+        if len(w_shape) != 2 or b_shape != (w_shape[1],):
+            raise ValueError(
+                f"{name}[{i}] must have W of shape (fan_in, fan_out) and b of shape (fan_out,), "
+                f"got W {w_shape} and b {b_shape}"
+            )
+        if i > 0 and w_shape[0] != jnp.shape(params[i - 1]["W"])[1]:
+            raise ValueError(
+                f"{name}[{i}]['W'] has fan_in {w_shape[0]} but the previous layer has "
+                f"{jnp.shape(params[i - 1]['W'])[1]} units"
+            )
+
+
+def dropout_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: Any, dtype: Any) -> jax.Array:
+    """The keep mask of inverted dropout: ``u < keep_prob`` with ``u ~ U[0, 1)``, as 0/1 of ``dtype``."""
+    return (jax.random.uniform(key, shape, dtype=dtype) < keep_prob).astype(dtype)
+
+
+def dropout(key: jax.Array, a: jax.Array, keep_prob: Any) -> jax.Array:
+    r"""Inverted dropout: ``a \cdot mask / keep_prob`` with ``mask = dropout_mask(key, ...)``.
+
+    The expected value of every unit is preserved; ``keep_prob = 1`` is the identity.
+    """
+    return a * dropout_mask(key, a.shape, keep_prob, a.dtype) / keep_prob
+
+
+def _check_input(params: Params, X: jax.Array) -> None:
+    check_params(params)
+    chex.assert_rank(X, 2, custom_message="X must be (m, n_features)")
+    n_in = jnp.shape(params[0]["W"])[0]
+    if X.shape[1] != n_in:
+        raise ValueError(f"X has {X.shape[1]} features but params[0]['W'] expects {n_in}")
+
+
+def forward(
+    params: Params,
+    X: jax.Array,
+    *,
+    activation: str = "relu",
+    keep_prob: Any = 1.0,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    r"""Logits of the MLP: ``a_0 = X``, ``a_l = g(a_{l-1} W_l + b_l)`` for hidden layers, logits ``= a_{L-1} W_L + b_L``.
+
+    Args:
+      params: tuple of ``{"W", "b"}`` dicts.
+      X: ``(m, n_features)``.
+      activation: hidden activation, one of ``ACTIVATIONS``.
+      keep_prob: inverted-dropout keep probability on hidden layers (may be traced). Dropout
+        is applied when ``key`` is given; without a key ``keep_prob`` must be 1 (evaluation).
+      key: PRNG key for the dropout masks, or None for no dropout.
+    Returns:
+      ``(m, n_out)`` logits.
+    """
+    check_activation(activation)
+    _check_input(params, X)
+    if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
+        raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
+    g = ACTIVATIONS[activation]
+    a = X
+    hidden = params[:-1]
+    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
+    for layer, layer_key in zip(hidden, keys):
+        a = g(a @ layer["W"] + layer["b"])
+        if layer_key is not None:
+            a = dropout(layer_key, a, keep_prob)
+    return a @ params[-1]["W"] + params[-1]["b"]
+
+
+def predict_from_logits(logits: jax.Array) -> jax.Array:
+    """Class ids from logits: ``z > 0`` (i.e. ``sigmoid(z) > 0.5``) for one unit, ``argmax`` otherwise."""
+    chex.assert_rank(logits, 2, custom_message="logits must be (m, n_out)")
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(jnp.int32)
+    return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+def predict(params: Params, X: jax.Array, *, activation: str = "relu") -> jax.Array:
+    """Predicted class ids ``(m,)`` (no dropout)."""
+    return predict_from_logits(forward(params, X, activation=activation))
+
+
+def accuracy(params: Params, X: jax.Array, y: jax.Array, *, activation: str = "relu") -> jax.Array:
+    """Fraction of examples whose predicted class equals ``y``."""
+    chex.assert_rank(y, 1, custom_message="y must be (m,) class ids")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+    return jnp.mean(predict(params, X, activation=activation) == y)

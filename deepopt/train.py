@@ -1,0 +1,383 @@
+"""One whole training run as one pure, ``jit``-compiled function.
+
+``fit(config, hp, key, train, dev)`` is a ``lax.scan`` over epochs with the mini-batches in an
+inner ``lax.scan``. ``Config`` (static, hashable) fixes shapes and code; ``HParams`` (a pytree of
+scalars) is traced, so one compiled program serves every hyperparameter value and key, and
+``jax.vmap(lambda hp, k: fit(config, hp, k, train))`` trains many models at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepopt import data as data_lib
+from deepopt import init as init_lib
+from deepopt import losses, model, optim, schedules
+
+Params = tuple[dict[str, jax.Array], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static choices of a run: everything that changes shapes or code. Hashable; one compilation each.
+
+    Attributes:
+      layer_sizes: ``(n_in, hidden..., n_out)``; ``n_out = 1`` is binary, ``>= 2`` softmax.
+      activation: hidden activation (``model.ACTIVATIONS``).
+      init: initialization scheme (``init.SCHEMES``), ignored when ``fit`` gets ``init_params``.
+      optimizer: ``optim.names()``.
+      schedule: learning-rate schedule, ``schedules.names()``.
+      batch_size: examples per update; None (or >= m) is full-batch gradient descent.
+      epochs: passes over the training set.
+    """
+
+    layer_sizes: tuple[int, ...]
+    activation: str = "relu"
+    init: str = "he"
+    optimizer: str = "gd"
+    schedule: str = "constant"
+    batch_size: int | None = None
+    epochs: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "layer_sizes", init_lib.check_layer_sizes(self.layer_sizes, "Config.layer_sizes")
+        )
+        for check, value in (
+            (model.check_activation, self.activation),
+            (init_lib.check_scheme, self.init),
+            (optim.get, self.optimizer),
+            (schedules.get, self.schedule),
+        ):
+            try:
+                check(value)
+            except ValueError as error:
+                raise ValueError(f"Config.{error}") from None
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(f"Config.batch_size must be a positive int or None (full batch), got {self.batch_size!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"Config.epochs must be a positive int, got {self.epochs!r}")
+
+
+class HParams(NamedTuple):
+    """Traced hyperparameters: a pytree of scalars (arrays of them under ``vmap``).
+
+    ``None`` means "derived from the Config": ``init_scale`` -> the scheme's default (10 for
+    ``random``, else 1), ``decay_epochs`` -> ``Config.epochs``.
+    """
+
+    learning_rate: Any = 0.01
+    beta: Any = 0.9  # momentum / Nesterov
+    beta1: Any = 0.9  # Adam first moment
+    beta2: Any = 0.999  # Adam second moment, RMSprop's square average
+    epsilon: Any = 1e-8
+    weight_decay: Any = 0.0  # AdamW's decoupled decay
+    l2: Any = 0.0  # lambda of the L2 penalty
+    keep_prob: Any = 1.0  # inverted dropout on hidden layers
+    init_scale: Any = None
+    decay_rate: Any = 1.0  # inverse_time, scheduled
+    time_interval: Any = 1000.0  # scheduled: epochs per decay step
+    decay_factor: Any = 0.95  # exponential (k**epoch), inverse_sqrt, staircase
+    warmup_epochs: Any = 0.0  # warmup_cosine
+    decay_epochs: Any = None  # cosine, warmup_cosine: length of the decay
+    min_learning_rate: Any = 0.0  # cosine floor
+
+
+# name -> (what it must be, test on a float64 array)
+_HPARAM_RULES: dict[str, tuple[str, Any]] = {
+    "learning_rate": ("> 0", lambda v: v > 0),
+    "beta": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "beta1": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "beta2": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "epsilon": ("> 0", lambda v: v > 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "l2": (">= 0", lambda v: v >= 0),
+    "keep_prob": ("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
+    "init_scale": (">= 0", lambda v: v >= 0),
+    "decay_rate": (">= 0", lambda v: v >= 0),
+    "time_interval": ("> 0", lambda v: v > 0),
+    "decay_factor": ("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
+    "warmup_epochs": (">= 0", lambda v: v >= 0),
+    "decay_epochs": ("> 0", lambda v: v > 0),
+    "min_learning_rate": (">= 0", lambda v: v >= 0),
+}
+
+
+def validate_hparams(hp: HParams) -> None:
+    """Check every concrete field of ``hp`` (scalars or arrays) against its range; traced fields are skipped.
+
+    Raises a ``ValueError`` naming the field, the offending value and the allowed range.
+    """
+    if not isinstance(hp, HParams):
+        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
+    for name, value in hp._asdict().items():
+        if value is None or isinstance(value, jax.core.Tracer):
+            continue
+        try:
+            values = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"HParams.{name} must be a number or an array of numbers, got {value!r}") from None
+        rule, is_valid = _HPARAM_RULES[name]
+        bad = ~(np.isfinite(values) & is_valid(values))
+        if np.any(bad):
+            where = "" if values.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
+            raise ValueError(f"HParams.{name} must be finite and {rule}, got {values[bad].flat[0]!r}{where}")
+
+
+class TrainResult(NamedTuple):
+    """What ``fit`` returns (batched along a leading axis under ``vmap``).
+
+    Attributes:
+      params: the final parameters (the last finite ones when the run diverged).
+      costs: ``(epochs,)``: per epoch, the mean over its examples of the mini-batch cost
+        (cross-entropy plus ``l2/(2 n_batch)·ΣW²``) on the forward pass that produced each
+        gradient, i.e. before that update. NaN for epochs after a divergence.
+      train_accuracy: accuracy of ``params`` on the training set, no dropout.
+      dev_accuracy: the same on ``dev`` (NaN when no dev set was given).
+      final_cost: cost of ``params`` on the whole training set (with L2, no dropout).
+      diverged: True when the cost or the parameters stopped being finite.
+      diverged_epoch: the epoch where that happened, -1 if never.
+    """
+
+    params: Params
+    costs: jax.Array
+    train_accuracy: jax.Array
+    dev_accuracy: jax.Array
+    final_cost: jax.Array
+    diverged: jax.Array
+    diverged_epoch: jax.Array
+
+
+def _check_key(key: Any) -> None:
+    if isinstance(key, jax.core.Tracer):
+        return
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
+    elif key.shape != (2,) or key.dtype != jnp.uint32:
+        raise ValueError(
+            f"key must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+            f"got shape {key.shape} dtype {key.dtype}"
+        )
+
+
+def _check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:
+    """Validate a train/dev ``Dataset`` against ``config``; return it as arrays (X float, y int32)."""
+    if not isinstance(split, tuple) or len(split) != 2:
+        raise TypeError(f"{name} must be a deepopt.data.Dataset(X, y), got {type(split).__name__}")
+    X, y = jnp.asarray(split[0]), jnp.asarray(split[1])
+    if X.ndim != 2:
+        raise ValueError(f"{name}.X must be (m, n_features), got shape {X.shape}")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"{name}.y must be (m,) = ({X.shape[0]},), got shape {y.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
+    if X.shape[1] != n_in:
+        raise ValueError(f"{name}.X has {X.shape[1]} features but Config.layer_sizes[0] is {n_in}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"{name}.y must hold integer class ids, got dtype {y.dtype}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.zeros(()).dtype)
+    if dtype is not None:
+        X = X.astype(dtype)
+    if not isinstance(y, jax.core.Tracer):
+        num_classes = 2 if n_out == 1 else n_out
+        labels = np.asarray(y)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"{name}.y must be class ids in 0..{num_classes - 1} for n_out={n_out}, "
+                f"got values in [{labels.min()}, {labels.max()}]"
+            )
+    return data_lib.Dataset(X, y.astype(jnp.int32))
+
+
+def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
+    """Fill the Config-derived ``None`` fields and cast every field to a ``dtype`` array (scalar or batched)."""
+    if not isinstance(hp, HParams):
+        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
+    defaults = {"init_scale": init_lib.default_scale(config.init), "decay_epochs": float(config.epochs)}
+    filled = {name: defaults[name] if value is None else value for name, value in hp._asdict().items()}
+    return HParams(**{name: jnp.asarray(value, dtype) for name, value in filled.items()})
+
+
+def fit(
+    config: Config,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None = None,
+    init_params: Params | None = None,
+) -> TrainResult:
+    r"""Train one MLP; the whole run is one compiled ``lax.scan`` (one compilation per ``Config``).
+
+    Every epoch draws a fresh permutation and walks its mini-batches; each step computes
+    :math:`J_b = \frac{1}{n_b}\sum_{i \in b}\ell_i + \frac{\lambda}{2 n_b}\sum_l\|W_l\|^2` (with
+    inverted dropout when ``keep_prob < 1``), takes :math:`\nabla J_b` and applies the optimizer
+    at the scheduled rate. A non-finite cost or update freezes the run at its last finite
+    parameters and sets ``diverged``.
+
+    Args:
+      config: static choices (layer sizes, activation, init, optimizer, schedule, batch size, epochs).
+      hp: traced hyperparameters (scalars; vmap ``fit`` to run many).
+      key: PRNG key (initialization, shuffling, dropout).
+      train: training ``Dataset``; its float dtype is the run's dtype.
+      dev: optional dev ``Dataset`` for ``dev_accuracy``.
+      init_params: start from these parameters instead of ``config.init`` (their dtype is kept).
+    Returns:
+      A ``TrainResult``.
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a deepopt.train.Config, got {type(config).__name__}")
+    _check_key(key)
+    train = _check_split("train", train, config)
+    dtype = train.X.dtype
+    if dev is not None:
+        dev = _check_split("dev", dev, config, dtype)
+    hp = prepare_hparams(hp, config, dtype)
+    for name, value in hp._asdict().items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"HParams.{name} must be a scalar inside fit, got shape {jnp.shape(value)}; "
+                "vmap fit over the leading axis to train many models"
+            )
+    validate_hparams(hp)
+    if init_params is not None:
+        model.check_params(init_params, "init_params")
+        sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
+        if sizes != config.layer_sizes:
+            raise ValueError(f"init_params has layer sizes {sizes} but Config.layer_sizes is {config.layer_sizes}")
+        init_params = tuple({"W": jnp.asarray(p["W"]), "b": jnp.asarray(p["b"])} for p in init_params)
+    return _fit_compiled(config, hp, key, train, dev, init_params)
+
+
+_trace_count = 0
+
+
+def trace_count() -> int:
+    """How many times the training program has been traced (= compiled) in this process.
+
+    Use it to check that new hyperparameter values or keys do not recompile.
+    """
+    return _trace_count
+
+
+def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _tree_all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fit_compiled(
+    config: Config,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    init_params: Params | None,
+) -> TrainResult:
+    global _trace_count
+    _trace_count += 1
+    X, y = train
+    m, dtype = X.shape[0], X.dtype
+    init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    if init_params is None:
+        params = init_lib.mlp(init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype)
+    else:
+        params = init_params
+    optimizer = optim.get(config.optimizer)
+    schedule = schedules.get(config.schedule)
+    batch_size = m if config.batch_size is None else min(config.batch_size, m)
+    full_batch = batch_size == m
+    num_batches = -(-m // batch_size)
+
+    def batch_cost(params: Params, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
+        logits = model.forward(params, X_b, activation=config.activation, keep_prob=hp.keep_prob, key=key)
+        per_example = losses.per_example_cross_entropy(logits, y_b)
+        if full_batch:
+            return jnp.mean(per_example) + losses.l2_penalty(params, hp.l2, m)
+        n_b = jnp.sum(mask).astype(per_example.dtype)
+        return jnp.sum(jnp.where(mask, per_example, 0)) / n_b + losses.l2_penalty(params, hp.l2, n_b)
+
+    def run_epoch(carry: tuple, epoch: jax.Array) -> tuple[tuple, jax.Array]:
+        params, opt_state, step, diverged, diverged_epoch = carry
+        epoch_dropout_key = jax.random.fold_in(dropout_key, epoch)
+        if full_batch:
+            index = jnp.zeros((1, 1), jnp.int32)  # unused: the whole set is the batch
+            mask = jnp.ones((1, m), bool)
+        else:
+            index, mask = data_lib.padded_minibatch_indices(jax.random.fold_in(shuffle_key, epoch), m, batch_size)
+
+        def run_step(carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
+            params, opt_state, step, halted = carry
+            batch_number, batch_index, batch_mask = batch
+            X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
+            step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
+            cost, grads = jax.value_and_grad(batch_cost)(params, X_b, y_b, batch_mask, step_key)
+            learning_rate = jnp.asarray(schedule(hp, epoch, step), dtype)
+            new_params, new_state = optimizer.update(grads, opt_state, params, hp._replace(learning_rate=learning_rate))
+            halted_now = halted | ~(jnp.isfinite(cost) & _tree_all_finite(new_params))
+            params = _tree_select(halted_now, params, new_params)
+            opt_state = _tree_select(halted_now, opt_state, new_state)
+            step = step + jnp.where(halted_now, 0, 1).astype(step.dtype)
+            return (params, opt_state, step, halted_now), cost * jnp.sum(batch_mask).astype(dtype)
+
+        batches = (jnp.arange(num_batches), index, mask)
+        (params, opt_state, step, halted), weighted_costs = jax.lax.scan(
+            run_step, (params, opt_state, step, diverged), batches
+        )
+        epoch_cost = jnp.where(diverged, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
+        diverged_epoch = jnp.where(halted & ~diverged, epoch, diverged_epoch)
+        return (params, opt_state, step, halted, diverged_epoch), epoch_cost
+
+    carry = (params, optimizer.init(params), jnp.zeros((), jnp.int32), jnp.array(False), jnp.array(-1, jnp.int32))
+    (params, _, _, diverged, diverged_epoch), costs = jax.lax.scan(
+        run_epoch, carry, jnp.arange(config.epochs, dtype=jnp.int32)
+    )
+
+    train_logits = model.forward(params, X, activation=config.activation)
+    train_accuracy = jnp.mean(model.predict_from_logits(train_logits) == y).astype(dtype)
+    final_cost = losses.cross_entropy(train_logits, y) + losses.l2_penalty(params, hp.l2, m)
+    if dev is None:
+        dev_accuracy = jnp.array(jnp.nan, dtype)
+    else:
+        dev_predictions = model.predict(params, dev.X, activation=config.activation)
+        dev_accuracy = jnp.mean(dev_predictions == dev.y).astype(dtype)
+    return TrainResult(params, costs, train_accuracy, dev_accuracy, final_cost, diverged, diverged_epoch)
+
+
+def broadcast_hparams(hp: HParams, num_runs: int) -> HParams:
+    """Give every field of ``hp`` a leading axis of ``num_runs`` (scalars are repeated), ready for ``vmap``.
+
+    ``None`` fields stay ``None`` (``fit`` derives them from the Config).
+    """
+    if not isinstance(hp, HParams):
+        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
+    if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
+        raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
+    fields = {}
+    for name, value in hp._asdict().items():
+        if value is None:
+            fields[name] = None
+            continue
+        array = jnp.asarray(value)
+        if array.ndim == 0:
+            array = jnp.broadcast_to(array, (num_runs,))
+        elif array.shape != (num_runs,):
+            raise ValueError(f"HParams.{name} must be a scalar or have shape ({num_runs},), got {array.shape}")
+        fields[name] = array
+    return HParams(**fields)

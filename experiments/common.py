@@ -1,0 +1,269 @@
+"""The study contract shared by every experiment script.
+
+Every study: absl flags with validators; ``--output_dir`` (default ``runs/<study>-<timestamp>``),
+``--seed``, ``--data`` / ``--test_data`` to run on the user's own CSV/NPZ; writes
+``results.json`` + ``report.md`` (+ PNG plots when matplotlib is installed); a bad flag or bad
+input file ends with a one-line message on stderr and exit code 2. Files are written atomically
+(temporary file, fsync, rename), and a directory that already holds results is never overwritten
+unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from deepopt import data as data_lib
+
+FLAGS = flags.FLAGS
+EXIT_USAGE = 2
+
+
+class StudyInputError(Exception):
+    """A user's input (a flag value, a data file) cannot be used; reported in one line, exit 2."""
+
+
+def define_study_flags() -> None:
+    """Define the flags every study shares: output_dir, overwrite, seed, data, test_data, test_fraction."""
+    flags.DEFINE_string("output_dir", None, "Directory for results.json, report.md and plots (default runs/<study>-<timestamp>).")
+    flags.DEFINE_bool("overwrite", False, "Allow writing into an output_dir that already holds results.json.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data and of the model keys.", lower_bound=0)
+    flags.DEFINE_string("data", None, "Your own training data, .csv (header row, last column the label) or .npz (X, y).")
+    flags.DEFINE_string("test_data", None, "Your own test data (same format); without it, --test_fraction of --data is held out.")
+    flags.DEFINE_float("test_fraction", 0.25, "Fraction of --data held out as test set when --test_data is not given.")
+    for name in ("data", "test_data"):
+        flags.register_validator(
+            name,
+            lambda path: path is None or os.path.isfile(path),
+            message=f"--{name} must name an existing .csv or .npz file",
+        )
+    flags.register_validator(
+        "test_fraction", lambda value: 0 < value < 1, message="--test_fraction must be in (0, 1)"
+    )
+    flags.register_multi_flags_validator(
+        ["data", "test_data"],
+        lambda values: values["test_data"] is None or values["data"] is not None,
+        message="--test_data needs --data",
+    )
+
+
+def run_study(main: Callable[[list[str]], Any]) -> None:
+    """``app.run(main)`` with the contract's errors: a bad flag or a ``StudyInputError`` prints one line, exits 2."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "study"
+
+    def parse_flags(argv: list[str]) -> list[str]:
+        try:
+            return FLAGS(argv)
+        except flags.Error as error:
+            print(f"{program}: error: {error}".splitlines()[0], file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+
+    def guarded_main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            print(f"{program}: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        logging.set_verbosity(logging.WARNING)  # studies print their own progress
+        try:
+            main(argv)
+        except StudyInputError as error:
+            print(f"{program}: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+
+    app.run(guarded_main, flags_parser=parse_flags)
+
+
+def prepare_output_dir(study: str) -> pathlib.Path:
+    """Create ``--output_dir`` (or ``runs/<study>-<timestamp>``); refuse one holding results unless ``--overwrite``."""
+    if FLAGS.output_dir:
+        path = pathlib.Path(FLAGS.output_dir)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = pathlib.Path("runs") / f"{study}-{stamp}"
+    if (path / "results.json").exists() and not FLAGS.overwrite:
+        raise StudyInputError(f"--output_dir {str(path)!r} already holds results.json; choose another or pass --overwrite")
+    if path.exists() and not path.is_dir():
+        raise StudyInputError(f"--output_dir {str(path)!r} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None:
+    """``(train, test)`` from ``--data`` / ``--test_data`` (or a held-out ``--test_fraction``), None without ``--data``."""
+    if FLAGS.data is None:
+        return None
+    try:
+        train = data_lib.load(FLAGS.data)
+        if FLAGS.test_data is not None:
+            test = data_lib.load(FLAGS.test_data)
+        else:
+            train, _, test = data_lib.train_dev_test_split(key, train, 0.0, FLAGS.test_fraction)
+    except (OSError, ValueError) as error:
+        raise StudyInputError(str(error)) from None
+    if train.X.shape[1] != test.X.shape[1]:
+        raise StudyInputError(f"--data has {train.X.shape[1]} features but --test_data has {test.X.shape[1]}")
+    return data_lib.Dataset(np.asarray(train.X), np.asarray(train.y)), data_lib.Dataset(np.asarray(test.X), np.asarray(test.y))
+
+
+def output_units(*datasets: data_lib.Dataset) -> int:
+    """Output layer width for the labels seen: 1 (sigmoid) for two classes, C (softmax) for more."""
+    num_classes = max(int(np.max(np.asarray(d.y))) + 1 for d in datasets)
+    return 1 if num_classes <= 2 else num_classes
+
+
+def data_source() -> str:
+    """A short description of where the data came from, for reports."""
+    if FLAGS.data is None:
+        return "generated"
+    return FLAGS.data + (f" / {FLAGS.test_data}" if FLAGS.test_data else f" (test: {FLAGS.test_fraction:.0%} held out)")
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    path = pathlib.Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Arrays and numpy scalars to lists and Python numbers; NaN/inf to None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON, atomically."""
+    _atomic_write(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+    """Write ``text``, atomically."""
+    _atomic_write(path, text)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summarize(values: Any) -> dict[str, float]:
+    """Mean, standard deviation, min and max of a 1-D array of per-seed values."""
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    return {
+        "mean": float(np.mean(array)),
+        "std": float(np.std(array)),
+        "min": float(np.min(array)),
+        "max": float(np.max(array)),
+    }
+
+
+def percent(stats: dict[str, float]) -> str:
+    """``mean ± std`` of a fraction, in percent."""
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}%"
+
+
+def plots_available() -> bool:
+    """True when matplotlib is installed (the ``plots`` extra); studies skip their PNGs otherwise."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_decision_boundaries(
+    path: pathlib.Path,
+    panels: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]],
+    X: np.ndarray,
+    y: np.ndarray,
+    resolution: int = 200,
+) -> None:
+    """One panel per ``(title, predict)``: predicted class over a grid around ``X`` (2-D), points coloured by ``y``."""
+    plt = _pyplot()
+    X, y = np.asarray(X), np.asarray(y)
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    margin = 0.1 * (hi - lo) + 1e-3
+    xs = np.linspace(lo[0] - margin[0], hi[0] + margin[0], resolution)
+    ys = np.linspace(lo[1] - margin[1], hi[1] + margin[1], resolution)
+    grid_x, grid_y = np.meshgrid(xs, ys)
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(X.dtype)
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
+    for axis, (title, predict) in zip(axes.flat, panels):
+        classes = np.asarray(predict(grid)).reshape(grid_x.shape)
+        axis.contourf(grid_x, grid_y, classes, alpha=0.35, cmap="coolwarm")
+        axis.scatter(X[:, 0], X[:, 1], c=y, s=8, cmap="coolwarm", edgecolors="k", linewidths=0.2)
+        axis.set_title(title, fontsize=10)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_curves(
+    path: pathlib.Path,
+    curves: dict[str, np.ndarray],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_y: bool = True,
+) -> None:
+    """Line plot of each ``label -> (num_seeds, T)`` or ``(T,)`` array: the mean, with the min..max band over seeds."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, values in curves.items():
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        steps = np.arange(values.shape[1])
+        axis.plot(steps, np.nanmean(values, axis=0), label=label)
+        if values.shape[0] > 1:
+            axis.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.2)
+    if log_y:
+        axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if title:
+        axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

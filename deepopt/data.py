@@ -149,7 +149,9 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
     _check_dataset_shapes(train, "train")
     X = jnp.asarray(train.X)
     mean, std = jnp.mean(X, axis=0), jnp.std(X, axis=0)
-    std = jnp.where(std > 0, std, jnp.ones_like(std))
+    # A feature whose spread is rounding noise (relative to its size) is constant: centre it only.
+    constant = std <= 64 * jnp.finfo(X.dtype).eps * (jnp.abs(mean) + 1)
+    std = jnp.where(constant, jnp.ones_like(std), std)
     result = []
     for i, data in enumerate((train, *others)):
         _check_dataset_shapes(data, "train" if i == 0 else f"others[{i - 1}]")
@@ -216,8 +218,7 @@ def validate(X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32) -
         raise ValueError(f"{source}: labels must be integer class ids 0..C-1, got values {np.unique(y)[:10].tolist()}")
     y = y.astype(np.int32)
     present = np.unique(y)
-    num_classes = int(present.max()) + 1
-    if num_classes < 2:
+    if present.size < 2:
         raise ValueError(f"{source}: labels must cover at least two classes 0..C-1, got only {present.tolist()}")
     return Dataset(X.astype(dtype), y)
 

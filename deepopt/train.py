@@ -129,7 +129,7 @@ def validate_hparams(hp: HParams) -> None:
         bad = ~(np.isfinite(values) & is_valid(values))
         if np.any(bad):
             where = "" if values.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
-            raise ValueError(f"HParams.{name} must be finite and {rule}, got {values[bad].flat[0]!r}{where}")
+            raise ValueError(f"HParams.{name} must be finite and {rule}, got {float(values[bad].flat[0])!r}{where}")
 
 
 class TrainResult(NamedTuple):
@@ -244,6 +244,7 @@ def fit(
     dtype = train.X.dtype
     if dev is not None:
         dev = _check_split("dev", dev, config, dtype)
+    validate_hparams(hp)  # on the values as given, before any cast or compilation
     hp = prepare_hparams(hp, config, dtype)
     for name, value in hp._asdict().items():
         if jnp.ndim(value) != 0:
@@ -251,7 +252,6 @@ def fit(
                 f"HParams.{name} must be a scalar inside fit, got shape {jnp.shape(value)}; "
                 "vmap fit over the leading axis to train many models"
             )
-    validate_hparams(hp)
     if init_params is not None:
         model.check_params(init_params, "init_params")
         sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)

@@ -17,13 +17,17 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
 from deepopt import data as data_lib
+from deepopt import model, train
 
 FLAGS = flags.FLAGS
 EXIT_USAGE = 2
@@ -186,6 +190,49 @@ def summarize(values: Any) -> dict[str, float]:
 def percent(stats: dict[str, float]) -> str:
     """``mean ± std`` of a fraction, in percent."""
     return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}%"
+
+
+MAX_CURVE_POINTS = 500
+
+
+def fit_seeds(
+    config: train.Config,
+    hp: train.HParams,
+    keys: jax.Array,
+    train_set: data_lib.Dataset,
+    test_set: data_lib.Dataset,
+) -> tuple[train.TrainResult, float]:
+    """Train one model per key in one vmapped, jitted call; returns the batched result and the seconds (compilation included)."""
+    run = jax.jit(jax.vmap(lambda key: train.fit(config, hp, key, train_set, test_set)))
+    start = time.perf_counter()
+    result = jax.block_until_ready(run(keys))
+    return result, time.perf_counter() - start
+
+
+def summarize_runs(result: train.TrainResult, seconds: float) -> dict[str, Any]:
+    """A study row from a seed-batched ``TrainResult``: accuracies over seeds, costs, divergences, the mean cost curve."""
+    costs = np.asarray(result.costs, dtype=np.float64)
+    epochs = costs.shape[1]
+    curve_epochs = np.unique(np.linspace(0, epochs - 1, min(epochs, MAX_CURVE_POINTS)).astype(int))
+    return {
+        "train_accuracy": summarize(result.train_accuracy),
+        "test_accuracy": summarize(result.dev_accuracy),
+        "first_cost": float(np.nanmean(costs[:, 0])),
+        "final_cost": float(np.nanmean(costs[:, -1])),
+        "diverged_runs": int(np.sum(result.diverged)),
+        "seconds_with_compilation": seconds,
+        "cost_curve": {"epochs": curve_epochs, "mean": np.nanmean(costs[:, curve_epochs], axis=0)},
+    }
+
+
+def boundary_panel(title: str, params: Any, activation: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """A ``plot_decision_boundaries`` panel predicting with ``params`` (one model, not a batch)."""
+    return title, lambda grid: np.asarray(model.predict(params, jnp.asarray(grid), activation=activation))
+
+
+def first_run(tree: Any) -> Any:
+    """The first model of a run-batched pytree."""
+    return jax.tree.map(lambda leaf: leaf[0], tree)
 
 
 def plots_available() -> bool:

@@ -9,17 +9,15 @@ trains ``--num_seeds`` models in one vmapped call (the same seeds for every sche
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import model, train
+from deepopt import train
 from experiments import common
 
 STUDY = "initialization"
@@ -46,9 +44,6 @@ flags.register_validator(
     message="--hidden must be a comma-separated list of positive ints",
 )
 flags.register_validator("learning_rate", lambda value: value > 0, message="--learning_rate must be > 0")
-
-MAX_CURVE_POINTS = 500
-
 
 def hidden_units_identical(params: Any) -> bool:
     """True when, in every hidden layer of every seed, all units have identical incoming weights (symmetry not broken)."""
@@ -96,30 +91,16 @@ def main(argv: list[str]) -> None:
 
     rows: dict[str, dict[str, Any]] = {}
     first_seed_params: dict[str, Any] = {}
-    curve_epochs = np.unique(np.linspace(0, FLAGS.epochs - 1, min(FLAGS.epochs, MAX_CURVE_POINTS)).astype(int))
     curves: dict[str, np.ndarray] = {}
     for scheme in FLAGS.schemes:
         config = train.Config(layer_sizes, activation="relu", init=scheme, optimizer="gd", epochs=FLAGS.epochs)
         hp = train.HParams(
             learning_rate=FLAGS.learning_rate, init_scale=FLAGS.random_scale if scheme == "random" else None
         )
-        start = time.perf_counter()
-        run_seeds = jax.jit(jax.vmap(lambda key: train.fit(config, hp, key, train_set, test_set)))
-        result = jax.block_until_ready(run_seeds(seed_keys))
-        seconds = time.perf_counter() - start
-        costs = np.asarray(result.costs, dtype=np.float64)
-        curves[scheme] = costs
-        first_seed_params[scheme] = jax.tree.map(lambda x: x[0], result.params)
-        rows[scheme] = {
-            "train_accuracy": common.summarize(result.train_accuracy),
-            "test_accuracy": common.summarize(result.dev_accuracy),
-            "first_cost": float(np.nanmean(costs[:, 0])),
-            "final_cost": float(np.nanmean(costs[:, -1])),
-            "diverged_runs": int(np.sum(result.diverged)),
-            "hidden_units_identical": hidden_units_identical(result.params),
-            "seconds_with_compilation": seconds,
-            "cost_curve": {"epochs": curve_epochs, "mean": np.nanmean(costs[:, curve_epochs], axis=0)},
-        }
+        result, seconds = common.fit_seeds(config, hp, seed_keys, train_set, test_set)
+        curves[scheme] = np.asarray(result.costs)
+        first_seed_params[scheme] = common.first_run(result.params)
+        rows[scheme] = {**common.summarize_runs(result, seconds), "hidden_units_identical": hidden_units_identical(result.params)}
         print(f"  {scheme:>8}: train {common.percent(rows[scheme]['train_accuracy'])}, "
               f"test {common.percent(rows[scheme]['test_accuracy'])}, cost {rows[scheme]['first_cost']:.4g} -> "
               f"{rows[scheme]['final_cost']:.4g} ({seconds:.1f} s)")
@@ -143,8 +124,7 @@ def main(argv: list[str]) -> None:
     plots = []
     if common.plots_available():
         boundary_panels = [
-            (f"{name}: test {100 * rows[name]['test_accuracy']['mean']:.0f}%",
-             lambda grid, params=params: np.asarray(model.predict(params, jnp.asarray(grid), activation="relu")))
+            common.boundary_panel(f"{name}: test {100 * rows[name]['test_accuracy']['mean']:.0f}%", params, "relu")
             for name, params in first_seed_params.items()
         ]
         if train_set.X.shape[1] == 2:

@@ -1,6 +1,6 @@
 """deepopt: the practical side of training deep networks, as pure, jit-compiled, vmap-able JAX functions."""
 
-from deepopt import data, init, losses, model, optim, schedules, train
+from deepopt import backprop, data, gradcheck, init, losses, model, optim, schedules, train
 from deepopt.data import Dataset
 from deepopt.train import Config, HParams, TrainResult, fit
 
@@ -9,8 +9,10 @@ __all__ = [
     "Dataset",
     "HParams",
     "TrainResult",
+    "backprop",
     "data",
     "fit",
+    "gradcheck",
     "init",
     "losses",
     "model",

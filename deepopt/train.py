@@ -22,6 +22,8 @@ from deepopt import losses, model, optim, schedules
 
 Params = tuple[dict[str, jax.Array], ...]
 
+KEEP_BEST = "keep_best"
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -35,6 +37,10 @@ class Config:
       schedule: learning-rate schedule, ``schedules.names()``.
       batch_size: examples per update; None (or >= m) is full-batch gradient descent.
       epochs: passes over the training set.
+      early_stopping: None (off); an int patience (stop updating once that many epochs pass
+        without a dev improvement); or ``"keep_best"`` (train every epoch, keep the best). Either
+        way ``fit`` returns the parameters of the best epoch (dev accuracy, ties to lower dev
+        cost) and needs a dev set.
     """
 
     layer_sizes: tuple[int, ...]
@@ -44,6 +50,7 @@ class Config:
     schedule: str = "constant"
     batch_size: int | None = None
     epochs: int = 1000
+    early_stopping: int | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -65,6 +72,15 @@ class Config:
             raise ValueError(f"Config.batch_size must be a positive int or None (full batch), got {self.batch_size!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"Config.epochs must be a positive int, got {self.epochs!r}")
+        stopping = self.early_stopping
+        if not (
+            stopping is None
+            or stopping == KEEP_BEST
+            or (isinstance(stopping, int) and not isinstance(stopping, bool) and stopping >= 1)
+        ):
+            raise ValueError(
+                f"Config.early_stopping must be None, a positive int patience or {KEEP_BEST!r}, got {stopping!r}"
+            )
 
 
 class HParams(NamedTuple):
@@ -145,6 +161,11 @@ class TrainResult(NamedTuple):
       final_cost: cost of ``params`` on the whole training set (with L2, no dropout).
       diverged: True when the cost or the parameters stopped being finite.
       diverged_epoch: the epoch where that happened, -1 if never.
+      best_epoch: with early stopping, the epoch whose parameters are returned; else -1.
+      stopped_epoch: the last epoch trained before early stopping's patience ran out, -1 if
+        it never stopped (costs after it are NaN).
+      dev_accuracies: ``(epochs,)`` dev accuracy after each epoch with early stopping on (NaN
+        once the run is frozen); all NaN when it is off.
     """
 
     params: Params
@@ -154,6 +175,9 @@ class TrainResult(NamedTuple):
     final_cost: jax.Array
     diverged: jax.Array
     diverged_epoch: jax.Array
+    best_epoch: jax.Array
+    stopped_epoch: jax.Array
+    dev_accuracies: jax.Array
 
 
 def _check_key(key: Any) -> None:
@@ -244,6 +268,8 @@ def fit(
     dtype = train.X.dtype
     if dev is not None:
         dev = _check_split("dev", dev, config, dtype)
+    elif config.early_stopping is not None:
+        raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation
     hp = prepare_hparams(hp, config, dtype)
     for name, value in hp._asdict().items():
@@ -281,6 +307,22 @@ def _tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+class _EpochCarry(NamedTuple):
+    """What the epoch scan threads: the run, its divergence / early-stopping state, the best so far."""
+
+    params: Params
+    opt_state: Any
+    step: jax.Array
+    diverged: jax.Array
+    diverged_epoch: jax.Array
+    stopped: jax.Array
+    stopped_epoch: jax.Array
+    best_params: Params | None
+    best_dev_accuracy: jax.Array
+    best_dev_cost: jax.Array
+    best_epoch: jax.Array
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _fit_compiled(
     config: Config,
@@ -313,8 +355,11 @@ def _fit_compiled(
         n_b = jnp.sum(mask).astype(per_example.dtype)
         return jnp.sum(jnp.where(mask, per_example, 0)) / n_b + losses.l2_penalty(params, hp.l2, n_b)
 
-    def run_epoch(carry: tuple, epoch: jax.Array) -> tuple[tuple, jax.Array]:
-        params, opt_state, step, diverged, diverged_epoch = carry
+    early_stopping = config.early_stopping is not None
+    patience = config.early_stopping if isinstance(config.early_stopping, int) else None
+
+    def run_epoch(carry: _EpochCarry, epoch: jax.Array) -> tuple[_EpochCarry, tuple[jax.Array, jax.Array]]:
+        frozen = carry.diverged | carry.stopped  # a frozen run takes no more steps
         epoch_dropout_key = jax.random.fold_in(dropout_key, epoch)
         if full_batch:
             index = jnp.zeros((1, 1), jnp.int32)  # unused: the whole set is the batch
@@ -322,8 +367,8 @@ def _fit_compiled(
         else:
             index, mask = data_lib.padded_minibatch_indices(jax.random.fold_in(shuffle_key, epoch), m, batch_size)
 
-        def run_step(carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
-            params, opt_state, step, halted = carry
+        def run_step(step_carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
+            params, opt_state, step, halted = step_carry
             batch_number, batch_index, batch_mask = batch
             X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
             step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
@@ -338,16 +383,54 @@ def _fit_compiled(
 
         batches = (jnp.arange(num_batches), index, mask)
         (params, opt_state, step, halted), weighted_costs = jax.lax.scan(
-            run_step, (params, opt_state, step, diverged), batches
+            run_step, (carry.params, carry.opt_state, carry.step, frozen), batches
         )
-        epoch_cost = jnp.where(diverged, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
-        diverged_epoch = jnp.where(halted & ~diverged, epoch, diverged_epoch)
-        return (params, opt_state, step, halted, diverged_epoch), epoch_cost
+        epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
+        diverged_now = halted & ~frozen
+        carry = carry._replace(
+            params=params,
+            opt_state=opt_state,
+            step=step,
+            diverged=carry.diverged | diverged_now,
+            diverged_epoch=jnp.where(diverged_now, epoch, carry.diverged_epoch),
+        )
+        if not early_stopping:
+            return carry, (epoch_cost, jnp.array(jnp.nan, dtype))
+        dev_logits = model.forward(params, dev.X, activation=config.activation)
+        dev_accuracy = jnp.mean(model.predict_from_logits(dev_logits) == dev.y).astype(dtype)
+        dev_cost = losses.cross_entropy(dev_logits, dev.y)
+        better = (dev_accuracy > carry.best_dev_accuracy) | (
+            (dev_accuracy == carry.best_dev_accuracy) & (dev_cost < carry.best_dev_cost)
+        )
+        improved = better & ~frozen & ~diverged_now
+        best_epoch = jnp.where(improved, epoch, carry.best_epoch)
+        stopped_now = ~frozen & ~diverged_now & (epoch - best_epoch >= patience) if patience else jnp.array(False)
+        carry = carry._replace(
+            best_params=_tree_select(improved, params, carry.best_params),
+            best_dev_accuracy=jnp.where(improved, dev_accuracy, carry.best_dev_accuracy),
+            best_dev_cost=jnp.where(improved, dev_cost, carry.best_dev_cost),
+            best_epoch=best_epoch,
+            stopped=carry.stopped | stopped_now,
+            stopped_epoch=jnp.where(stopped_now, epoch, carry.stopped_epoch),
+        )
+        return carry, (epoch_cost, jnp.where(frozen, jnp.nan, dev_accuracy))
 
-    carry = (params, optimizer.init(params), jnp.zeros((), jnp.int32), jnp.array(False), jnp.array(-1, jnp.int32))
-    (params, _, _, diverged, diverged_epoch), costs = jax.lax.scan(
-        run_epoch, carry, jnp.arange(config.epochs, dtype=jnp.int32)
+    minus_one = jnp.array(-1, jnp.int32)
+    carry = _EpochCarry(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        diverged=jnp.array(False),
+        diverged_epoch=minus_one,
+        stopped=jnp.array(False),
+        stopped_epoch=minus_one,
+        best_params=params if early_stopping else None,  # not carried when off
+        best_dev_accuracy=jnp.array(-jnp.inf, dtype),
+        best_dev_cost=jnp.array(jnp.inf, dtype),
+        best_epoch=minus_one,
     )
+    carry, (costs, dev_accuracies) = jax.lax.scan(run_epoch, carry, jnp.arange(config.epochs, dtype=jnp.int32))
+    params = carry.best_params if early_stopping else carry.params
 
     train_logits = model.forward(params, X, activation=config.activation)
     train_accuracy = jnp.mean(model.predict_from_logits(train_logits) == y).astype(dtype)
@@ -357,7 +440,18 @@ def _fit_compiled(
     else:
         dev_predictions = model.predict(params, dev.X, activation=config.activation)
         dev_accuracy = jnp.mean(dev_predictions == dev.y).astype(dtype)
-    return TrainResult(params, costs, train_accuracy, dev_accuracy, final_cost, diverged, diverged_epoch)
+    return TrainResult(
+        params=params,
+        costs=costs,
+        train_accuracy=train_accuracy,
+        dev_accuracy=dev_accuracy,
+        final_cost=final_cost,
+        diverged=carry.diverged,
+        diverged_epoch=carry.diverged_epoch,
+        best_epoch=carry.best_epoch,
+        stopped_epoch=carry.stopped_epoch,
+        dev_accuracies=dev_accuracies,
+    )
 
 
 def broadcast_hparams(hp: HParams, num_runs: int) -> HParams:

@@ -181,6 +181,8 @@ def test_input_errors(moons):
         (dict(layer_sizes=(2, 1), schedule="cyclic"), "Config.schedule must be one of"),
         (dict(layer_sizes=(2, 1), batch_size=0), "Config.batch_size must be a positive int or None"),
         (dict(layer_sizes=(2, 1), epochs=0), "Config.epochs must be a positive int"),
+        (dict(layer_sizes=(2, 1), early_stopping=0), "Config.early_stopping must be None, a positive int"),
+        (dict(layer_sizes=(2, 1), early_stopping="best"), "Config.early_stopping must be None"),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -191,3 +193,31 @@ def test_config_errors(kwargs, match):
 def test_config_is_hashable_and_normalizes_lists():
     assert train.Config([2, 3, 1]) == train.Config((2, 3, 1))
     assert hash(train.Config([2, 3, 1])) == hash(train.Config((2, 3, 1)))
+
+
+def test_early_stopping_needs_a_dev_set(moons):
+    with pytest.raises(ValueError, match="early_stopping=5 needs a dev set"):
+        train.fit(train.Config((2, 3, 1), early_stopping=5), train.HParams(), jax.random.key(0), moons)
+
+
+def test_early_stopping_returns_the_best_epoch_and_stops_after_patience(moons, moons_dev):
+    # A large learning rate on a wide net: dev accuracy peaks, then patience runs out.
+    patience = 3
+    config = train.Config((2, 32, 1), batch_size=16, epochs=200, early_stopping=patience)
+    result = train.fit(config, train.HParams(learning_rate=0.5), jax.random.key(0), moons, moons_dev)
+    best, stopped = int(result.best_epoch), int(result.stopped_epoch)
+    assert 0 <= best and stopped == best + patience
+    accuracies = np.asarray(result.dev_accuracies)
+    assert float(result.dev_accuracy) == pytest.approx(float(np.nanmax(accuracies)))
+    assert accuracies[best] == np.nanmax(accuracies) and np.all(np.isnan(accuracies[stopped + 1:]))
+    assert np.all(np.isnan(result.costs[stopped + 1:])) and np.all(np.isfinite(result.costs[: stopped + 1]))
+    # Same key, trained for exactly best + 1 epochs without early stopping: the same parameters.
+    short = train.fit(train.Config((2, 32, 1), batch_size=16, epochs=best + 1), train.HParams(learning_rate=0.5),
+                      jax.random.key(0), moons, moons_dev)
+    for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(short.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_no_early_stopping_reports_minus_one(small_result):
+    assert int(small_result.best_epoch) == -1 and int(small_result.stopped_epoch) == -1
+    assert np.all(np.isnan(small_result.dev_accuracies))

@@ -247,3 +247,18 @@ def load(path: str | os.PathLike, *, dtype: Any = np.float32) -> Dataset:
                 raise ValueError(f"{path}: .npz needs arrays 'X' and 'y', missing {sorted(missing)} (has {archive.files})")
             return validate(archive["X"], archive["y"], path, dtype=dtype)
     raise ValueError(f"{path}: unsupported file type {extension!r}; expected .csv or .npz")
+
+
+def load_digits(*, dtype: Any = np.float32) -> Dataset:
+    """scikit-learn's bundled 8×8 handwritten digits: 1797 images, ``X`` ``(1797, 64)`` scaled to ``[0, 1]``, 10 classes.
+
+    Needs the ``datasets`` extra (``pip install -e '.[datasets]'``); no download happens.
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_load_digits
+    except ImportError:
+        raise ImportError(
+            "data.load_digits needs scikit-learn: install the datasets extra with pip install -e '.[datasets]'"
+        ) from None
+    digits = sklearn_load_digits()
+    return Dataset((digits.data / 16.0).astype(dtype), digits.target.astype(np.int32))

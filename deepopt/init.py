@@ -74,6 +74,7 @@ def mlp(
     scale: Any = None,
     *,
     dtype: Any = None,
+    batchnorm: bool = False,
 ) -> Params:
     r"""Initialize an MLP: ``W_l = N(0, 1) \cdot std_l \cdot`` (scale or 1), ``b_l = 0``.
 
@@ -84,6 +85,7 @@ def mlp(
       scale: std for ``random`` (default 10); a multiplier of the std otherwise (default 1).
         May be a traced scalar.
       dtype: float dtype of the parameters (default: JAX's default float).
+      batchnorm: add ``gamma = 1`` and ``beta = 0`` (``(fan_out,)``) to every hidden layer.
     Returns:
       A tuple of ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` dicts, one per layer.
     """
@@ -103,4 +105,8 @@ def mlp(
             normal = jax.random.normal(layer_key, (fan_in, fan_out), dtype)
             weights = normal * jnp.asarray(std * multiplier, dtype)
         params.append({"W": weights, "b": jnp.zeros((fan_out,), dtype)})
+    if batchnorm:
+        for layer in params[:-1]:
+            fan_out = layer["b"].shape[0]
+            layer["gamma"], layer["beta"] = jnp.ones((fan_out,), dtype), jnp.zeros((fan_out,), dtype)
     return tuple(params)

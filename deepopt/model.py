@@ -2,7 +2,9 @@
 
 ``forward`` applies ``z_l = a_{l-1} W_l + b_l`` then the hidden activation on every layer but
 the last, and returns the last layer's ``z`` (the logits). One output unit means a binary
-classifier (sigmoid head), two or more a multi-class one (softmax head).
+classifier (sigmoid head), two or more a multi-class one (softmax head). A hidden layer whose
+dict also holds ``gamma`` and ``beta`` is batch-normalized before its activation
+(``deepopt.batchnorm``); its running statistics travel as ``bn_state``, one entry per such layer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+
+from deepopt import batchnorm
 
 Params = tuple[dict[str, jax.Array], ...]
 
@@ -45,6 +49,14 @@ def check_params(params: Any, name: str = "params") -> None:
                 f"{name}[{i}] must have W of shape (fan_in, fan_out) and b of shape (fan_out,), "
                 f"got W {w_shape} and b {b_shape}"
             )
+        if ("gamma" in layer) != ("beta" in layer):
+            raise ValueError(f"{name}[{i}] must have both 'gamma' and 'beta' (batch norm) or neither")
+        if "gamma" in layer:
+            if i == len(params) - 1:
+                raise ValueError(f"{name}[{i}] is the output layer: batch norm ('gamma', 'beta') goes on hidden layers only")
+            for key in ("gamma", "beta"):
+                if jnp.shape(layer[key]) != (w_shape[1],):
+                    raise ValueError(f"{name}[{i}]['{key}'] must have shape ({w_shape[1]},), got {jnp.shape(layer[key])}")
         if i > 0 and w_shape[0] != jnp.shape(params[i - 1]["W"])[1]:
             raise ValueError(
                 f"{name}[{i}]['W'] has fan_in {w_shape[0]} but the previous layer has "
@@ -73,6 +85,57 @@ def _check_input(params: Params, X: jax.Array) -> None:
         raise ValueError(f"X has {X.shape[1]} features but params[0]['W'] expects {n_in}")
 
 
+def has_batchnorm(params: Params) -> bool:
+    """True when some layer of ``params`` is batch-normalized (holds ``gamma``)."""
+    return any("gamma" in layer for layer in params)
+
+
+def forward_with_state(
+    params: Params,
+    X: jax.Array,
+    *,
+    activation: str = "relu",
+    keep_prob: Any = 1.0,
+    key: jax.Array | None = None,
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
+    train: bool = False,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...]]:
+    r"""``forward`` that also returns the batch-norm running statistics: ``(logits, new_bn_state)``.
+
+    With ``train=True`` batch-normalized layers use the batch's statistics (rows where ``mask``
+    is True) and update the running ones (starting from ``batchnorm.init_states`` when
+    ``bn_state`` is None); with ``train=False`` they use ``bn_state``, which is then required.
+    Networks without batch norm return ``()`` as the state.
+    """
+    check_activation(activation)
+    _check_input(params, X)
+    if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
+        raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
+    if bn_state is None:
+        if has_batchnorm(params) and not train:
+            raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")
+        bn_state = batchnorm.init_states(params)
+    num_bn_layers = sum("gamma" in layer for layer in params)
+    if len(bn_state) != num_bn_layers:
+        raise ValueError(f"bn_state has {len(bn_state)} entries but params has {num_bn_layers} batch-norm layers")
+    g = ACTIVATIONS[activation]
+    a = X
+    hidden = params[:-1]
+    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
+    states = iter(bn_state)
+    new_state = []
+    for layer, layer_key in zip(hidden, keys):
+        z = a @ layer["W"] + layer["b"]
+        if "gamma" in layer:
+            z, layer_state = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], next(states), train=train, mask=mask)
+            new_state.append(layer_state)
+        a = g(z)
+        if layer_key is not None:
+            a = dropout(layer_key, a, keep_prob)
+    return a @ params[-1]["W"] + params[-1]["b"], tuple(new_state)
+
+
 def forward(
     params: Params,
     X: jax.Array,
@@ -80,32 +143,26 @@ def forward(
     activation: str = "relu",
     keep_prob: Any = 1.0,
     key: jax.Array | None = None,
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
 ) -> jax.Array:
     r"""Logits of the MLP: ``a_0 = X``, ``a_l = g(a_{l-1} W_l + b_l)`` for hidden layers, logits ``= a_{L-1} W_L + b_L``.
 
     Args:
-      params: tuple of ``{"W", "b"}`` dicts.
+      params: tuple of ``{"W", "b"}`` dicts (plus ``"gamma"``, ``"beta"`` on batch-normalized layers).
       X: ``(m, n_features)``.
       activation: hidden activation, one of ``ACTIVATIONS``.
       keep_prob: inverted-dropout keep probability on hidden layers (may be traced). Dropout
         is applied when ``key`` is given; without a key ``keep_prob`` must be 1 (evaluation).
       key: PRNG key for the dropout masks, or None for no dropout.
+      bn_state: running statistics of the batch-norm layers (evaluation); None uses the batch's
+        own statistics (training mode).
     Returns:
       ``(m, n_out)`` logits.
     """
-    check_activation(activation)
-    _check_input(params, X)
-    if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
-        raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
-    g = ACTIVATIONS[activation]
-    a = X
-    hidden = params[:-1]
-    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
-    for layer, layer_key in zip(hidden, keys):
-        a = g(a @ layer["W"] + layer["b"])
-        if layer_key is not None:
-            a = dropout(layer_key, a, keep_prob)
-    return a @ params[-1]["W"] + params[-1]["b"]
+    logits, _ = forward_with_state(
+        params, X, activation=activation, keep_prob=keep_prob, key=key, bn_state=bn_state, train=bn_state is None
+    )
+    return logits
 
 
 def predict_from_logits(logits: jax.Array) -> jax.Array:
@@ -116,14 +173,27 @@ def predict_from_logits(logits: jax.Array) -> jax.Array:
     return jnp.argmax(logits, axis=1).astype(jnp.int32)
 
 
-def predict(params: Params, X: jax.Array, *, activation: str = "relu") -> jax.Array:
-    """Predicted class ids ``(m,)`` (no dropout)."""
-    return predict_from_logits(forward(params, X, activation=activation))
+def predict(
+    params: Params,
+    X: jax.Array,
+    *,
+    activation: str = "relu",
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
+) -> jax.Array:
+    """Predicted class ids ``(m,)`` (no dropout; batch norm with ``bn_state``, e.g. ``TrainResult.bn_state``)."""
+    return predict_from_logits(forward(params, X, activation=activation, bn_state=bn_state))
 
 
-def accuracy(params: Params, X: jax.Array, y: jax.Array, *, activation: str = "relu") -> jax.Array:
+def accuracy(
+    params: Params,
+    X: jax.Array,
+    y: jax.Array,
+    *,
+    activation: str = "relu",
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
+) -> jax.Array:
     """Fraction of examples whose predicted class equals ``y``."""
     chex.assert_rank(y, 1, custom_message="y must be (m,) class ids")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
-    return jnp.mean(predict(params, X, activation=activation) == y)
+    return jnp.mean(predict(params, X, activation=activation, bn_state=bn_state) == y)

@@ -18,7 +18,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import losses, model, optim, schedules
+from deepopt import batchnorm, losses, model, optim, schedules
 
 Params = tuple[dict[str, jax.Array], ...]
 
@@ -41,6 +41,9 @@ class Config:
         without a dev improvement); or ``"keep_best"`` (train every epoch, keep the best). Either
         way ``fit`` returns the parameters of the best epoch (dev accuracy, ties to lower dev
         cost) and needs a dev set.
+      batchnorm: batch-normalize every hidden layer before its activation (``gamma``/``beta``
+        join the parameters; running statistics come back in ``TrainResult.bn_state`` and are
+        what accuracy and prediction use).
     """
 
     layer_sizes: tuple[int, ...]
@@ -51,6 +54,7 @@ class Config:
     batch_size: int | None = None
     epochs: int = 1000
     early_stopping: int | str | None = None
+    batchnorm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -72,6 +76,8 @@ class Config:
             raise ValueError(f"Config.batch_size must be a positive int or None (full batch), got {self.batch_size!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"Config.epochs must be a positive int, got {self.epochs!r}")
+        if not isinstance(self.batchnorm, bool):
+            raise ValueError(f"Config.batchnorm must be a bool, got {self.batchnorm!r}")
         stopping = self.early_stopping
         if not (
             stopping is None
@@ -166,6 +172,8 @@ class TrainResult(NamedTuple):
         it never stopped (costs after it are NaN).
       dev_accuracies: ``(epochs,)`` dev accuracy after each epoch with early stopping on (NaN
         once the run is frozen); all NaN when it is off.
+      bn_state: running statistics of the batch-norm layers (``()`` without batch norm); pass
+        them to ``model.predict(..., bn_state=...)``.
     """
 
     params: Params
@@ -178,6 +186,7 @@ class TrainResult(NamedTuple):
     best_epoch: jax.Array
     stopped_epoch: jax.Array
     dev_accuracies: jax.Array
+    bn_state: tuple[batchnorm.BatchNormState, ...]
 
 
 def _check_key(key: Any) -> None:
@@ -283,7 +292,13 @@ def fit(
         sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
         if sizes != config.layer_sizes:
             raise ValueError(f"init_params has layer sizes {sizes} but Config.layer_sizes is {config.layer_sizes}")
-        init_params = tuple({"W": jnp.asarray(p["W"]), "b": jnp.asarray(p["b"])} for p in init_params)
+        normalized = tuple("gamma" in layer for layer in init_params[:-1])
+        if not all(flag == config.batchnorm for flag in normalized):
+            raise ValueError(
+                f"Config.batchnorm={config.batchnorm} but init_params has gamma/beta on hidden layers {normalized}; "
+                "make them agree (init.mlp(..., batchnorm=True) adds them)"
+            )
+        init_params = tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
     return _fit_compiled(config, hp, key, train, dev, init_params)
 
 
@@ -311,6 +326,7 @@ class _EpochCarry(NamedTuple):
     """What the epoch scan threads: the run, its divergence / early-stopping state, the best so far."""
 
     params: Params
+    bn_state: tuple[batchnorm.BatchNormState, ...]
     opt_state: Any
     step: jax.Array
     diverged: jax.Array
@@ -318,6 +334,7 @@ class _EpochCarry(NamedTuple):
     stopped: jax.Array
     stopped_epoch: jax.Array
     best_params: Params | None
+    best_bn_state: tuple[batchnorm.BatchNormState, ...] | None
     best_dev_accuracy: jax.Array
     best_dev_cost: jax.Array
     best_epoch: jax.Array
@@ -338,7 +355,9 @@ def _fit_compiled(
     m, dtype = X.shape[0], X.dtype
     init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
     if init_params is None:
-        params = init_lib.mlp(init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype)
+        params = init_lib.mlp(
+            init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype, batchnorm=config.batchnorm
+        )
     else:
         params = init_params
     optimizer = optim.get(config.optimizer)
@@ -347,13 +366,19 @@ def _fit_compiled(
     full_batch = batch_size == m
     num_batches = -(-m // batch_size)
 
-    def batch_cost(params: Params, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
-        logits = model.forward(params, X_b, activation=config.activation, keep_prob=hp.keep_prob, key=key)
+    def batch_cost(
+        params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, tuple]:
+        logits, new_bn_state = model.forward_with_state(
+            params, X_b, activation=config.activation, keep_prob=hp.keep_prob, key=key, bn_state=bn_state,
+            train=True, mask=None if full_batch else mask,
+        )
         per_example = losses.per_example_cross_entropy(logits, y_b)
         if full_batch:
-            return jnp.mean(per_example) + losses.l2_penalty(params, hp.l2, m)
+            return jnp.mean(per_example) + losses.l2_penalty(params, hp.l2, m), new_bn_state
         n_b = jnp.sum(mask).astype(per_example.dtype)
-        return jnp.sum(jnp.where(mask, per_example, 0)) / n_b + losses.l2_penalty(params, hp.l2, n_b)
+        cost = jnp.sum(jnp.where(mask, per_example, 0)) / n_b + losses.l2_penalty(params, hp.l2, n_b)
+        return cost, new_bn_state
 
     early_stopping = config.early_stopping is not None
     patience = config.early_stopping if isinstance(config.early_stopping, int) else None
@@ -368,27 +393,31 @@ def _fit_compiled(
             index, mask = data_lib.padded_minibatch_indices(jax.random.fold_in(shuffle_key, epoch), m, batch_size)
 
         def run_step(step_carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
-            params, opt_state, step, halted = step_carry
+            params, bn_state, opt_state, step, halted = step_carry
             batch_number, batch_index, batch_mask = batch
             X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
             step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
-            cost, grads = jax.value_and_grad(batch_cost)(params, X_b, y_b, batch_mask, step_key)
+            (cost, new_bn_state), grads = jax.value_and_grad(batch_cost, has_aux=True)(
+                params, bn_state, X_b, y_b, batch_mask, step_key
+            )
             learning_rate = jnp.asarray(schedule(hp, epoch, step), dtype)
             new_params, new_state = optimizer.update(grads, opt_state, params, hp._replace(learning_rate=learning_rate))
             halted_now = halted | ~(jnp.isfinite(cost) & _tree_all_finite(new_params))
             params = _tree_select(halted_now, params, new_params)
+            bn_state = _tree_select(halted_now, bn_state, new_bn_state)
             opt_state = _tree_select(halted_now, opt_state, new_state)
             step = step + jnp.where(halted_now, 0, 1).astype(step.dtype)
-            return (params, opt_state, step, halted_now), cost * jnp.sum(batch_mask).astype(dtype)
+            return (params, bn_state, opt_state, step, halted_now), cost * jnp.sum(batch_mask).astype(dtype)
 
         batches = (jnp.arange(num_batches), index, mask)
-        (params, opt_state, step, halted), weighted_costs = jax.lax.scan(
-            run_step, (carry.params, carry.opt_state, carry.step, frozen), batches
+        (params, bn_state, opt_state, step, halted), weighted_costs = jax.lax.scan(
+            run_step, (carry.params, carry.bn_state, carry.opt_state, carry.step, frozen), batches
         )
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
         diverged_now = halted & ~frozen
         carry = carry._replace(
             params=params,
+            bn_state=bn_state,
             opt_state=opt_state,
             step=step,
             diverged=carry.diverged | diverged_now,
@@ -396,7 +425,7 @@ def _fit_compiled(
         )
         if not early_stopping:
             return carry, (epoch_cost, jnp.array(jnp.nan, dtype))
-        dev_logits = model.forward(params, dev.X, activation=config.activation)
+        dev_logits = model.forward(params, dev.X, activation=config.activation, bn_state=bn_state)
         dev_accuracy = jnp.mean(model.predict_from_logits(dev_logits) == dev.y).astype(dtype)
         dev_cost = losses.cross_entropy(dev_logits, dev.y)
         better = (dev_accuracy > carry.best_dev_accuracy) | (
@@ -407,6 +436,7 @@ def _fit_compiled(
         stopped_now = ~frozen & ~diverged_now & (epoch - best_epoch >= patience) if patience else jnp.array(False)
         carry = carry._replace(
             best_params=_tree_select(improved, params, carry.best_params),
+            best_bn_state=_tree_select(improved, bn_state, carry.best_bn_state),
             best_dev_accuracy=jnp.where(improved, dev_accuracy, carry.best_dev_accuracy),
             best_dev_cost=jnp.where(improved, dev_cost, carry.best_dev_cost),
             best_epoch=best_epoch,
@@ -416,8 +446,10 @@ def _fit_compiled(
         return carry, (epoch_cost, jnp.where(frozen, jnp.nan, dev_accuracy))
 
     minus_one = jnp.array(-1, jnp.int32)
+    bn_state = batchnorm.init_states(params)
     carry = _EpochCarry(
         params=params,
+        bn_state=bn_state,
         opt_state=optimizer.init(params),
         step=jnp.zeros((), jnp.int32),
         diverged=jnp.array(False),
@@ -425,20 +457,22 @@ def _fit_compiled(
         stopped=jnp.array(False),
         stopped_epoch=minus_one,
         best_params=params if early_stopping else None,  # not carried when off
+        best_bn_state=bn_state if early_stopping else None,
         best_dev_accuracy=jnp.array(-jnp.inf, dtype),
         best_dev_cost=jnp.array(jnp.inf, dtype),
         best_epoch=minus_one,
     )
     carry, (costs, dev_accuracies) = jax.lax.scan(run_epoch, carry, jnp.arange(config.epochs, dtype=jnp.int32))
     params = carry.best_params if early_stopping else carry.params
+    bn_state = carry.best_bn_state if early_stopping else carry.bn_state
 
-    train_logits = model.forward(params, X, activation=config.activation)
+    train_logits = model.forward(params, X, activation=config.activation, bn_state=bn_state)
     train_accuracy = jnp.mean(model.predict_from_logits(train_logits) == y).astype(dtype)
     final_cost = losses.cross_entropy(train_logits, y) + losses.l2_penalty(params, hp.l2, m)
     if dev is None:
         dev_accuracy = jnp.array(jnp.nan, dtype)
     else:
-        dev_predictions = model.predict(params, dev.X, activation=config.activation)
+        dev_predictions = model.predict(params, dev.X, activation=config.activation, bn_state=bn_state)
         dev_accuracy = jnp.mean(dev_predictions == dev.y).astype(dtype)
     return TrainResult(
         params=params,
@@ -451,6 +485,7 @@ def _fit_compiled(
         best_epoch=carry.best_epoch,
         stopped_epoch=carry.stopped_epoch,
         dev_accuracies=dev_accuracies,
+        bn_state=bn_state,
     )
 
 

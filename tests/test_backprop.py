@@ -185,7 +185,7 @@ def test_errors_name_the_problem() -> None:
         backprop.forward_with_cache(params, X, activation="swish")
     with pytest.raises(ValueError, match="X has 2 features"):
         backprop.forward_with_cache(params, X[:, :2])
-    with_batchnorm = ({**params[0], "gamma": jnp.ones(4)},) + params[1:]
+    with_batchnorm = ({**params[0], "gamma": jnp.ones(4), "beta": jnp.zeros(4)},) + params[1:]
     with pytest.raises(ValueError, match="plain linear"):
         backprop.forward_with_cache(with_batchnorm, X)
     _, cache = backprop.forward_with_cache(params, X)

@@ -1,6 +1,6 @@
 """deepopt: the practical side of training deep networks, as pure, jit-compiled, vmap-able JAX functions."""
 
-from deepopt import backprop, data, gradcheck, init, losses, model, optim, schedules, train
+from deepopt import backprop, batchnorm, data, diagnostics, gradcheck, init, losses, model, optim, schedules, sweep, train
 from deepopt.data import Dataset
 from deepopt.train import Config, HParams, TrainResult, fit
 
@@ -10,7 +10,9 @@ __all__ = [
     "HParams",
     "TrainResult",
     "backprop",
+    "batchnorm",
     "data",
+    "diagnostics",
     "fit",
     "gradcheck",
     "init",
@@ -18,6 +20,7 @@ __all__ = [
     "model",
     "optim",
     "schedules",
+    "sweep",
     "train",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,20 @@ forward given by the explicit masks. Batch-major shapes (rows are examples), wit
    dA_{l-1} &= dZ_l W_l^\top, \quad\text{then } dA_{l-1} \leftarrow dA_{l-1} \odot D_{l-1} / \text{keep\_prob} \text{ (dropout)} \\
    dZ_{l-1} &= dA_{l-1} \odot g'(Z_{l-1})
 
+A batch-normalized hidden layer (``gamma``, ``beta`` beside ``W``, ``b``) is differentiated in
+training mode, with the batch's statistics (what ``fit`` differentiates): forward
+``Z = A W + b``, ``\hat Z = (Z - \mu) / \sqrt{\sigma^2 + \epsilon}``, ``\tilde Z = \gamma \hat Z + \beta``,
+``A = g(\tilde Z)``; backward from ``d\tilde Z = dA \odot g'(\tilde Z)``:
+
+.. math::
+   d\gamma &= \textstyle\sum_{\text{rows}} d\tilde Z \odot \hat Z, \qquad d\beta = \textstyle\sum_{\text{rows}} d\tilde Z,
+   \qquad d\hat Z = d\tilde Z \odot \gamma \\
+   dZ &= \frac{1}{m\sqrt{\sigma^2 + \epsilon}}\Big(m\, d\hat Z - \textstyle\sum_{\text{rows}} d\hat Z
+        - \hat Z \odot \textstyle\sum_{\text{rows}} (d\hat Z \odot \hat Z)\Big)
+
+(the gradient through the batch mean and variance included), so ``db = \sum_{rows} dZ = 0``: the
+bias is redundant under batch norm and its gradient vanishes up to rounding.
+
 Activation derivatives follow ``jax.grad`` of ``model.ACTIVATIONS`` exactly, also at 0:
 ``relu'(0) = 0``, ``leaky_relu'(0) = 1`` (``jax.nn.leaky_relu`` takes the identity branch at
 ``z >= 0``), ``tanh' = 1 - tanh^2``, ``sigmoid' = s (1 - s)``.
@@ -25,34 +39,53 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepopt import losses, model
+from deepopt import batchnorm, losses, model
 
 Params = tuple[dict[str, jax.Array], ...]
 
 
+class BatchNormCache(NamedTuple):
+    r"""What the backward pass of one batch-normalized layer needs (training mode, batch statistics).
+
+    Attributes:
+      normalized: ``\hat Z = (Z - \mu) / \sqrt{\sigma^2 + \epsilon}``, ``(m, n)``.
+      mean: the batch mean ``\mu``, ``(n,)``.
+      var: the biased batch variance ``\sigma^2``, ``(n,)``.
+      eps: the ``\epsilon`` added to the variance.
+    """
+
+    normalized: jax.Array
+    mean: jax.Array
+    var: jax.Array
+    eps: Any
+
+
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["layer_inputs", "hidden_pre_activations", "logits", "dropout_masks", "keep_prob"],
+    data_fields=["layer_inputs", "hidden_pre_activations", "logits", "dropout_masks", "keep_prob", "batchnorm"],
     meta_fields=["activation"],
 )
 @dataclasses.dataclass(frozen=True)
 class Cache:
-    """What ``backward`` needs from the forward pass (a pytree; ``activation`` is static).
+    r"""What ``backward`` needs from the forward pass (a pytree; ``activation`` is static).
 
     Attributes:
       layer_inputs: ``(A_0 = X, A_1, ..., A_{L-1})``: the input of every layer, hidden ones
         after dropout, so ``Z_l = A_{l-1} W_l + b_l``.
-      hidden_pre_activations: ``(Z_1, ..., Z_{L-1})``, before the activation.
+      hidden_pre_activations: the input of each hidden activation, ``Z_l`` (or ``\tilde Z_l =
+        \gamma_l \hat Z_l + \beta_l`` on a batch-normalized layer), one per hidden layer.
       logits: ``Z_L``, ``(m, n_out)``.
       dropout_masks: the 0/1 masks ``(D_1, ..., D_{L-1})``, or None without dropout.
       keep_prob: the inverted-dropout keep probability (1 without dropout).
+      batchnorm: one entry per hidden layer: its ``BatchNormCache``, or None when the layer has
+        no batch norm.
       activation: name of the hidden activation (``model.ACTIVATIONS``).
     """
 
@@ -61,17 +94,21 @@ class Cache:
     logits: jax.Array
     dropout_masks: tuple[jax.Array, ...] | None
     keep_prob: Any
+    batchnorm: tuple[BatchNormCache | None, ...]
     activation: str
 
 
-def _check_linear_params(params: Params) -> None:
+_LAYER_KEYS = ({"W", "b"}, {"W", "b", "gamma", "beta"})
+
+
+def _check_layer_params(params: Params) -> None:
+    """``model.check_params`` plus: every layer is linear (``W``, ``b``), optionally batch-normalized (``gamma``, ``beta``)."""
     model.check_params(params)
     for i, layer in enumerate(params):
-        extra = sorted(set(layer) - {"W", "b"})
-        if extra:
+        if set(layer) not in _LAYER_KEYS:
             raise ValueError(
-                f"params[{i}] has keys {extra}: the hand-written backward handles plain linear "
-                "layers ({'W', 'b'}) only"
+                f"params[{i}] has keys {sorted(layer)}: the hand-written backward handles linear layers "
+                "({'W', 'b'}), batch-normalized ones with {'gamma', 'beta'} too"
             )
 
 
@@ -103,7 +140,7 @@ def make_dropout_masks(
     ``forward_with_cache(params, X, keep_prob=p, dropout_masks=make_dropout_masks(key, params, m, p))``
     computes the same logits as ``model.forward(params, X, keep_prob=p, key=key)``.
     """
-    _check_linear_params(params)
+    _check_layer_params(params)
     hidden = params[:-1]
     if not hidden:
         return ()
@@ -126,10 +163,14 @@ def forward_with_cache(
     r"""The MLP forward pass, keeping what ``backward`` needs.
 
     ``A_0 = X``; for hidden layers ``Z_l = A_{l-1} W_l + b_l``, ``A_l = g(Z_l) \odot D_l / keep\_prob``;
-    logits ``Z_L = A_{L-1} W_L + b_L``. Without masks this is ``model.forward`` without dropout.
+    logits ``Z_L = A_{L-1} W_L + b_L``. A batch-normalized layer applies ``g`` to
+    ``\gamma_l \hat Z_l + \beta_l`` with the batch's statistics (training mode; running statistics
+    play no part in this cost and are not updated here: ``model.forward_with_state`` does that).
+    Without masks this is ``model.forward_with_state(..., train=True)`` without dropout.
 
     Args:
-      params: tuple of ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` dicts.
+      params: tuple of ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` dicts, hidden ones optionally
+        with ``"gamma"``, ``"beta"`` ``(fan_out,)`` (batch norm).
       X: ``(m, n_features)``.
       activation: hidden activation, one of ``model.ACTIVATIONS``.
       keep_prob: inverted-dropout keep probability (may be traced when masks are given).
@@ -139,7 +180,7 @@ def forward_with_cache(
       ``(logits, cache)``: the ``(m, n_out)`` logits and a ``Cache`` (which holds them too).
     """
     model.check_activation(activation)
-    _check_linear_params(params)
+    _check_layer_params(params)
     chex.assert_rank(X, 2, custom_message="X must be (m, n_features)")
     n_in = params[0]["W"].shape[0]
     if X.shape[1] != n_in:
@@ -164,13 +205,18 @@ def forward_with_cache(
                 raise ValueError(f"dropout_masks[{i}] must have shape {expected}, got {jnp.shape(mask)}")
     g = model.ACTIVATIONS[activation]
     a = X
-    layer_inputs, pre_activations = [X], []
+    layer_inputs, pre_activations, batchnorm_caches = [X], [], []
     for i, layer in enumerate(hidden):
         z = a @ layer["W"] + layer["b"]
+        bn_cache = None
+        if "gamma" in layer:
+            bn_cache = batchnorm_forward(z)
+            z = layer["gamma"] * bn_cache.normalized + layer["beta"]
         a = g(z)
         if dropout_masks is not None:
             a = a * dropout_masks[i] / keep_prob
         pre_activations.append(z)
+        batchnorm_caches.append(bn_cache)
         layer_inputs.append(a)
     logits = a @ params[-1]["W"] + params[-1]["b"]
     cache = Cache(
@@ -179,9 +225,52 @@ def forward_with_cache(
         logits=logits,
         dropout_masks=dropout_masks,
         keep_prob=keep_prob,
+        batchnorm=tuple(batchnorm_caches),
         activation=activation,
     )
     return logits, cache
+
+
+def batchnorm_forward(z: jax.Array, eps: Any = batchnorm.DEFAULT_EPS) -> BatchNormCache:
+    r"""Training-mode normalization of ``z`` ``(m, n)``: ``\hat Z = (Z - \mu)/\sqrt{\sigma^2 + \epsilon}`` with the batch's ``\mu, \sigma^2``.
+
+    Computed by ``batchnorm.batch_norm`` itself (``gamma = 1``, ``beta = 0`` give ``\hat Z``;
+    ``momentum = 0`` makes its new "running" state exactly the batch's mean and variance), so the
+    hand-written backward differentiates the very forward pass ``model.forward`` runs.
+    """
+    num_features = z.shape[1]
+    ones = jnp.ones((num_features,), z.dtype)
+    normalized, statistics = batchnorm.batch_norm(
+        z, ones, jnp.zeros_like(ones), batchnorm.init_state(num_features, z.dtype), train=True, momentum=0.0, eps=eps
+    )
+    return BatchNormCache(normalized=normalized, mean=statistics.mean, var=statistics.var, eps=eps)
+
+
+def batchnorm_backward(
+    d_out: jax.Array, gamma: jax.Array, cache: BatchNormCache
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""Backward of ``\tilde Z = \gamma \hat Z + \beta`` in training mode: ``(dZ, d\gamma, d\beta)`` from ``d\tilde Z``.
+
+    .. math::
+       d\gamma = \textstyle\sum_i d\tilde Z_i \odot \hat Z_i, \quad d\beta = \textstyle\sum_i d\tilde Z_i, \quad
+       dZ = \frac{1}{m\sqrt{\sigma^2+\epsilon}}\big(m\, d\hat Z - \textstyle\sum_i d\hat Z_i
+            - \hat Z \odot \textstyle\sum_i d\hat Z_i \odot \hat Z_i\big), \quad d\hat Z = \gamma\, d\tilde Z
+
+    The two sums are the gradient flowing through the batch mean and variance; they make
+    ``\sum_i dZ_i = 0``.
+    """
+    m = d_out.shape[0]
+    normalized = cache.normalized
+    d_gamma = jnp.sum(d_out * normalized, axis=0)
+    d_beta = jnp.sum(d_out, axis=0)
+    d_normalized = d_out * gamma
+    inv_std = jax.lax.rsqrt(cache.var + cache.eps)
+    d_z = (inv_std / m) * (
+        m * d_normalized
+        - jnp.sum(d_normalized, axis=0)
+        - normalized * jnp.sum(d_normalized * normalized, axis=0)
+    )
+    return d_z, d_gamma, d_beta
 
 
 def activation_derivative(activation: str, z: jax.Array) -> jax.Array:
@@ -224,7 +313,8 @@ def backward(params: Params, cache: Cache, y: jax.Array, *, l2: Any = 0.0) -> Pa
 
     ``dZ_L = (\hat Y - Y)/m``; for ``l = L..1``: ``dW_l = A_{l-1}^\top dZ_l + (\lambda/m) W_l``,
     ``db_l = \sum_{rows} dZ_l``; ``dA_{l-1} = dZ_l W_l^\top \odot D_{l-1}/keep\_prob``,
-    ``dZ_{l-1} = dA_{l-1} \odot g'(Z_{l-1})``.
+    ``dZ_{l-1} = dA_{l-1} \odot g'(Z_{l-1})``; on a batch-normalized layer that product is
+    ``d\tilde Z_{l-1}`` and ``batchnorm_backward`` turns it into ``dZ_{l-1}``, ``d\gamma_{l-1}``, ``d\beta_{l-1}``.
 
     Args:
       params: the parameters ``forward_with_cache`` ran with.
@@ -232,27 +322,33 @@ def backward(params: Params, cache: Cache, y: jax.Array, *, l2: Any = 0.0) -> Pa
       y: ``(m,)`` integer class ids (0/1 for the sigmoid head).
       l2: the L2 strength ``lambda`` (may be traced).
     Returns:
-      A tuple of ``{"W", "b"}`` dicts shaped like ``params``.
+      A tuple of dicts shaped like ``params`` (``"W"``, ``"b"``, and ``"gamma"``, ``"beta"`` where present).
     """
-    _check_linear_params(params)
+    _check_layer_params(params)
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by forward_with_cache, got {type(cache).__name__}")
     if len(cache.layer_inputs) != len(params):
         raise ValueError(f"cache is of a {len(cache.layer_inputs)}-layer net but params has {len(params)} layers")
+    normalized_in_params = tuple("gamma" in layer for layer in params[:-1])
+    normalized_in_cache = tuple(bn_cache is not None for bn_cache in cache.batchnorm)
+    if normalized_in_params != normalized_in_cache:
+        raise ValueError(
+            f"params has batch norm on hidden layers {normalized_in_params} but the cache on {normalized_in_cache}"
+        )
     dZ = output_gradient(cache.logits, y)  # validates y against the logits
     m = y.shape[0]
     grads: list[dict[str, jax.Array]] = [{} for _ in params]
     for l in reversed(range(len(params))):
         W = params[l]["W"]
-        grads[l] = {
-            "W": cache.layer_inputs[l].T @ dZ + (l2 / m) * W,
-            "b": jnp.sum(dZ, axis=0),
-        }
+        grads[l].update(W=cache.layer_inputs[l].T @ dZ + (l2 / m) * W, b=jnp.sum(dZ, axis=0))
         if l > 0:
             dA = dZ @ W.T
             if cache.dropout_masks is not None:
                 dA = dA * cache.dropout_masks[l - 1] / cache.keep_prob
             dZ = dA * activation_derivative(cache.activation, cache.hidden_pre_activations[l - 1])
+            bn_cache = cache.batchnorm[l - 1]
+            if bn_cache is not None:
+                dZ, grads[l - 1]["gamma"], grads[l - 1]["beta"] = batchnorm_backward(dZ, params[l - 1]["gamma"], bn_cache)
     return tuple(grads)
 
 

@@ -1,0 +1,439 @@
+"""The main job: a parallel random search, then one coarse-to-fine round, on moons (or spirals).
+
+Round 1 samples ``--num_configs`` configs × ``--num_seeds`` keys over the learning rate
+(log-uniform 1e-4 … 1), momentum's β and Adam's β1 (``1 - β`` log-uniform), the L2 λ
+(log-uniform), keep_prob (uniform) and the optimizer (momentum, RMSprop, Adam: one compiled
+program each). Round 2 zooms the box around the top ``--zoom_top_k`` configs and samples
+``--zoom_configs`` more. Every run is one row of ``results.jsonl`` (appended chunk by chunk, so
+``--resume`` continues a killed sweep); the leaderboard, the winner's bias/variance verdict and
+plots go to ``report.md``.
+
+    python -m experiments.sweep [--num_configs 256] [--num_seeds 2] [--output_dir DIR] [--resume]
+
+Scale-out: ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (or ``--host_devices N``)
+shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_processes P
+--process_id I`` joins P processes (hosts) into one global mesh; process 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from absl import flags
+
+from deepopt import data as data_lib
+from deepopt import sweep, train
+from experiments import common
+
+STUDY = "sweep"
+FLAGS = flags.FLAGS
+DATASETS = {"moons": data_lib.make_moons, "spirals": data_lib.make_spirals, "circles": data_lib.make_circles}
+SCALES = {
+    sweep.Uniform: "uniform",
+    sweep.LogUniform: "log-uniform",
+    sweep.OneMinusLogUniform: "1 − 10^U (1 − β log-uniform)",
+}
+BETA_FIELD = {"momentum": "beta", "nesterov": "beta", "adam": "beta1", "adamw": "beta1"}
+
+common.define_study_flags()
+flags.DEFINE_enum("dataset", "moons", list(DATASETS), "Generated data set (ignored with --data).")
+flags.DEFINE_integer("n_train", 300, "Generated training examples.", lower_bound=2)
+flags.DEFINE_integer("n_dev", 200, "Generated dev examples (the sweep ranks configs on them).", lower_bound=2)
+flags.DEFINE_integer("n_test", 200, "Generated test examples.", lower_bound=2)
+flags.DEFINE_float("noise", 0.2, "Noise of the generated data.", lower_bound=0.0)
+flags.DEFINE_float("dev_fraction", 0.25, "With --data: fraction of the training file held out as dev set.")
+flags.DEFINE_list("hidden", ["16", "16"], "Hidden layer widths.")
+flags.DEFINE_string("activation", "relu", "Hidden activation.")
+flags.DEFINE_string("init", "he", "Initialization scheme.")
+flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 400, "Epochs per run.", lower_bound=1)
+flags.DEFINE_list("optimizers", ["momentum", "rmsprop", "adam"], "Optimizers to choose from (one compilation each).")
+flags.DEFINE_enum("sampler", "random", ["random", "quasi"], "Random search or scrambled-Halton quasi-random search.")
+flags.DEFINE_integer("num_configs", 256, "Configs of the coarse round.", lower_bound=1)
+flags.DEFINE_integer("num_seeds", 2, "Keys per config (mean and spread over seeds).", lower_bound=1)
+flags.DEFINE_list("learning_rate_range", ["1e-4", "1"], "Log-uniform range of the learning rate.")
+flags.DEFINE_list("one_minus_beta_range", ["1e-3", "1e-1"], "Log-uniform range of 1 - β (momentum's β, Adam's β1).")
+flags.DEFINE_list("l2_range", ["1e-4", "1"], "Log-uniform range of the L2 λ.")
+flags.DEFINE_list("keep_prob_range", ["0.5", "1"], "Uniform range of the dropout keep_prob.")
+flags.DEFINE_integer("zoom_top_k", 8, "Configs the fine round zooms around.", lower_bound=1)
+flags.DEFINE_integer("zoom_configs", 64, "Configs of the fine round (0: no fine round).", lower_bound=0)
+flags.DEFINE_integer("chunk_size", 64, "Runs per chunk: the unit of progress lines and of --resume.", lower_bound=1)
+flags.DEFINE_float("memory_budget_mb", 0.0, "Memory per device a chunk may use, in MB (0: no limit).", lower_bound=0.0)
+flags.DEFINE_float("bayes_error", 0.0, "Bayes (human-level) error estimate for the bias/variance verdict.")
+flags.DEFINE_float("tolerance", 0.02, "Gap that counts as high bias or high variance.", lower_bound=0.0)
+flags.DEFINE_bool("resume", False, "Continue the sweep in --output_dir: runs already in results.jsonl are skipped.")
+flags.DEFINE_integer(
+    "host_devices",
+    -1,
+    "Split the CPU into this many devices; -1: one per core unless XLA_FLAGS sets "
+    "--xla_force_host_platform_device_count; 0: leave JAX's default (one).",
+    lower_bound=-1,
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, to run one sweep over several processes/hosts."
+)
+flags.DEFINE_integer("num_processes", None, "Processes in the multi-process sweep.", lower_bound=1)
+flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0 .. num_processes - 1 (0 writes the files).", lower_bound=0
+)
+
+
+def _range_validator(name: str, low: float | None, high: float | None, text: str) -> None:
+    def valid(values: list[str]) -> bool:
+        try:
+            lo, hi = (float(v) for v in values)
+        except ValueError:
+            return False
+        return (
+            math.isfinite(lo)
+            and math.isfinite(hi)
+            and lo < hi
+            and (low is None or lo > low)
+            and (high is None or hi <= high)
+        )
+
+    flags.register_validator(name, valid, message=f"--{name} must be two numbers lo,hi with {text}")
+
+
+_range_validator("learning_rate_range", 0.0, None, "0 < lo < hi")
+_range_validator("one_minus_beta_range", 0.0, 1.0, "0 < lo < hi <= 1")
+_range_validator("l2_range", 0.0, None, "0 < lo < hi")
+_range_validator("keep_prob_range", 0.0, 1.0, "0 < lo < hi <= 1")
+flags.register_validator(
+    "hidden",
+    lambda widths: all(w.isdigit() and int(w) > 0 for w in widths),
+    message="--hidden must be a comma-separated list of positive ints",
+)
+flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
+flags.register_validator("bayes_error", lambda value: 0 <= value < 1, message="--bayes_error must be in [0, 1)")
+flags.register_multi_flags_validator(
+    ["resume", "output_dir"],
+    lambda v: not v["resume"] or v["output_dir"] is not None,
+    message="--resume needs --output_dir (the directory of the sweep to continue)",
+)
+flags.register_multi_flags_validator(
+    ["coordinator_address", "num_processes", "process_id"],
+    lambda v: (
+        (v["coordinator_address"] is None) == (v["num_processes"] is None) == (v["process_id"] is None)
+        and (v["process_id"] is None or v["process_id"] < v["num_processes"])
+    ),
+    message="--coordinator_address, --num_processes and --process_id go together, with process_id < num_processes",
+)
+
+
+def start_devices() -> None:
+    """Split the CPU into ``--host_devices`` devices and join the multi-process runtime; before any computation."""
+    devices = FLAGS.host_devices
+    if devices == -1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        devices = os.cpu_count() or 1
+    if devices > 0:
+        jax.config.update("jax_num_cpu_devices", devices)
+    if FLAGS.coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def output_directory() -> pathlib.Path:
+    """The output directory; ``--resume`` reuses one, a results.jsonl is otherwise never overwritten by accident."""
+    if FLAGS.resume:
+        FLAGS.overwrite = True  # resuming rewrites the summaries from the kept rows; results.jsonl only grows
+    path = common.prepare_output_dir(STUDY)
+    rows = path / "results.jsonl"
+    if not FLAGS.resume and not FLAGS.overwrite and rows.exists() and rows.stat().st_size > 0:
+        raise common.StudyInputError(
+            f"--output_dir {str(path)!r} already holds results.jsonl; "
+            "pass --resume to continue it or --overwrite to start afresh"
+        )
+    return path
+
+
+def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
+    """``(train, dev, test)``: generated, or ``--data`` (dev held out of it) and ``--test_data``."""
+    train_key, dev_key, test_key, split_key = jax.random.split(data_key, 4)
+    user_data = common.load_user_data(split_key)
+    if user_data is None:
+        make = DATASETS[FLAGS.dataset]
+        return tuple(
+            data_lib.Dataset(*map(np.asarray, make(k, n, FLAGS.noise)))
+            for k, n in ((train_key, FLAGS.n_train), (dev_key, FLAGS.n_dev), (test_key, FLAGS.n_test))
+        )
+    train_set, test_set = user_data
+    try:
+        train_set, dev_set, _ = data_lib.train_dev_test_split(split_key, train_set, FLAGS.dev_fraction, 0.0)
+    except ValueError as error:
+        raise common.StudyInputError(f"--dev_fraction: {error}") from None
+    return data_lib.Dataset(*map(np.asarray, train_set)), data_lib.Dataset(*map(np.asarray, dev_set)), test_set
+
+
+def search_space() -> dict[str, Any]:
+    """The coarse box: learning rate, β (momentum) and β1 (Adam), λ, keep_prob, optimizer."""
+    lr, beta, l2, keep = (
+        tuple(map(float, FLAGS[name].value))
+        for name in ("learning_rate_range", "one_minus_beta_range", "l2_range", "keep_prob_range")
+    )
+    return {
+        "optimizer": sweep.choice(FLAGS.optimizers),
+        "learning_rate": sweep.log_uniform(*lr),
+        "beta": sweep.one_minus_log_uniform(*beta),
+        "beta1": sweep.one_minus_log_uniform(*beta),
+        "l2": sweep.log_uniform(*l2),
+        "keep_prob": sweep.uniform(*keep),
+    }
+
+
+def describe(space: dict[str, Any]) -> list[str]:
+    """One line per searched field: its distribution and range."""
+    lines = []
+    for name, value in space.items():
+        if isinstance(value, sweep.Choice):
+            lines.append(f"`{name}` ∈ {{{', '.join(map(str, value.values))}}}")
+        elif isinstance(value, sweep.Uniform):
+            lo, hi = value.value_bounds
+            lines.append(f"`{name}` {SCALES[type(value)]} on [{lo:.4g}, {hi:.4g}]")
+    return lines
+
+
+def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int]) -> str:
+    """The markdown leaderboard of seed-aggregated configs."""
+
+    def beta(entry: dict[str, Any]) -> str:
+        field = BETA_FIELD.get(entry["config"]["optimizer"])
+        return "—" if field is None else f"{field} {entry['hparams'][field]:.4f}"
+
+    rows = [
+        [
+            rank,
+            rounds[e["config_id"]],
+            e["config"]["optimizer"],
+            f"{e['hparams']['learning_rate']:.3g}",
+            beta(e),
+            f"{e['hparams']['l2']:.3g}",
+            f"{e['hparams']['keep_prob']:.2f}",
+            common.percent(e["dev_accuracy"]),
+            common.percent(e["train_accuracy"]),
+            common.percent(e["test_accuracy"]),
+            e["diverged"],
+        ]
+        for rank, e in enumerate(entries, start=1)
+    ]
+    headers = [
+        "#",
+        "round",
+        "optimizer",
+        "learning rate",
+        "β",
+        "λ",
+        "keep_prob",
+        "dev accuracy",
+        "train accuracy",
+        "test accuracy",
+        "diverged",
+    ]
+    return common.markdown_table(headers, rows)
+
+
+def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]]) -> None:
+    """Seed-mean dev accuracy of every config against its learning rate, one colour per optimizer."""
+    plt = common._pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for optimizer in dict.fromkeys(e["config"]["optimizer"] for e in entries):
+        mine = [e for e in entries if e["config"]["optimizer"] == optimizer and e["dev_accuracy"]["mean"] is not None]
+        axis.scatter(
+            [e["hparams"]["learning_rate"] for e in mine],
+            [e["dev_accuracy"]["mean"] for e in mine],
+            s=14,
+            alpha=0.7,
+            label=optimizer,
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("dev accuracy (mean over seeds)")
+    axis.set_title("Dev accuracy against learning rate")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 8) -> None:
+    """Mean dev accuracy of the configs in each (log λ, log learning rate) cell."""
+    plt = common._pyplot()
+    kept = [e for e in entries if e["dev_accuracy"]["mean"] is not None]
+    x = np.log10([e["hparams"]["learning_rate"] for e in kept])
+    y = np.log10([e["hparams"]["l2"] for e in kept])
+    z = np.asarray([e["dev_accuracy"]["mean"] for e in kept])
+    x_edges, y_edges = np.linspace(x.min(), x.max() + 1e-9, bins + 1), np.linspace(y.min(), y.max() + 1e-9, bins + 1)
+    totals, _, _ = np.histogram2d(x, y, [x_edges, y_edges], weights=z)
+    counts, _, _ = np.histogram2d(x, y, [x_edges, y_edges])
+    with np.errstate(invalid="ignore"):
+        means = np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+    figure, axis = plt.subplots(figsize=(6.5, 5))
+    mesh = axis.pcolormesh(10.0**x_edges, 10.0**y_edges, means.T, cmap="viridis", shading="flat")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("L2 λ")
+    axis.set_title("Mean dev accuracy per cell (all optimizers)")
+    figure.colorbar(mesh, ax=axis, label="dev accuracy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    start_devices()
+    writer = jax.process_index() == 0
+    say = print if writer else (lambda *args, **kwargs: None)
+    output_dir = output_directory() if writer else None
+    results_path = None if output_dir is None else output_dir / "results.jsonl"
+    data_key, coarse_key, fine_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
+    train_set, dev_set, test_set = load_data(data_key)
+    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, dev_set, test_set))
+    try:
+        base = train.Config(
+            layer_sizes, activation=FLAGS.activation, init=FLAGS.init, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs
+        )
+        space = search_space()
+        sweep.check_space(space)
+    except ValueError as error:
+        raise common.StudyInputError(str(error)) from None
+    search = functools.partial(  # one round: everything but the space, the key and the size
+        sweep.run,
+        base,
+        seeds=FLAGS.num_seeds,
+        sampler=FLAGS.sampler,
+        results_path=results_path,
+        chunk_size=FLAGS.chunk_size,
+        memory_budget_bytes=int(FLAGS.memory_budget_mb * 2**20) or None,
+        test=test_set,
+        progress=say,
+    )
+    say(
+        f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
+        f"{FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds ({FLAGS.sampler}) + {FLAGS.zoom_configs} zoomed, "
+        f"{len(jax.devices())} device(s) in {jax.process_count()} process(es), data: {common.data_source()}"
+    )
+
+    try:
+        rounds = [search(space, train_set, dev_set, key=coarse_key, num_configs=FLAGS.num_configs, resume=FLAGS.resume)]
+        fine_space = rounds[0].zoom(FLAGS.zoom_top_k)
+        if FLAGS.zoom_configs:
+            say(f"zoom around the top {FLAGS.zoom_top_k}: " + "; ".join(describe(fine_space)))
+            rounds.append(
+                search(fine_space, train_set, dev_set, key=fine_key, num_configs=FLAGS.zoom_configs, resume=True)
+            )
+    except ValueError as error:  # a user's data that does not fit the net, a budget below one run
+        raise common.StudyInputError(str(error)) from None
+    if not writer:
+        return
+
+    combined = sweep.Results(rows=[row for r in rounds for row in r.rows], space=space, metric="dev_accuracy")
+    entries = combined.by_config()
+    round_of = {row["config_id"]: number for number, r in enumerate(rounds, start=1) for row in r.rows}
+    top = combined.best(10)
+    diagnosis = combined.bias_variance(FLAGS.bayes_error, tolerance=FLAGS.tolerance)
+    table = leaderboard(top, round_of)
+    runs, seconds = sum(r.stats["runs"] for r in rounds), sum(r.stats["seconds"] for r in rounds)
+    computed = sum(r.stats["runs_computed"] for r in rounds)
+    diverged = sum(bool(row["diverged"]) for row in combined.rows)
+    verdict = (
+        f"Winner: {top[0]['config']['optimizer']} at learning rate {top[0]['hparams']['learning_rate']:.3g}: "
+        f"train error {diagnosis.train_error:.1%}, dev error {diagnosis.dev_error:.1%} "
+        f"(Bayes {diagnosis.bayes_error:.1%}): avoidable bias {diagnosis.avoidable_bias:+.1%}, "
+        f"variance {diagnosis.variance:+.1%} -> {diagnosis.verdict}. Next: {'; '.join(diagnosis.advice)}."
+    )
+    timing = (
+        f"{runs} runs ({computed} trained now, {runs - computed} resumed, {diverged} diverged) in {seconds:.1f} s "
+        f"({computed / seconds:.1f} runs/s including {sum(r.stats['compilations'] for r in rounds)} compilations) "
+        f"on {rounds[0].stats['devices']} device(s), {rounds[0].stats['processes']} process(es)."
+    )
+    say("\n" + table + "\n\n" + verdict + "\n" + timing)
+
+    combined.to_csv(output_dir / "results.csv")
+    plots = []
+    if common.plots_available():
+        plot_learning_rate(output_dir / "dev_accuracy_vs_learning_rate.png", entries)
+        plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
+        plots = ["dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"]
+    settings_record = {
+        "layer_sizes": layer_sizes,
+        "activation": FLAGS.activation,
+        "init": FLAGS.init,
+        "batch_size": FLAGS.batch_size,
+        "epochs": FLAGS.epochs,
+        "optimizers": FLAGS.optimizers,
+        "sampler": FLAGS.sampler,
+        "num_configs": FLAGS.num_configs,
+        "num_seeds": FLAGS.num_seeds,
+        "zoom_top_k": FLAGS.zoom_top_k,
+        "zoom_configs": FLAGS.zoom_configs,
+        "chunk_size": FLAGS.chunk_size,
+        "memory_budget_mb": FLAGS.memory_budget_mb,
+        "seed": FLAGS.seed,
+        "data": common.data_source() if FLAGS.data else FLAGS.dataset,
+        "n_train": len(train_set.y),
+        "n_dev": len(dev_set.y),
+        "n_test": len(test_set.y),
+    }
+    common.write_json(
+        output_dir / "results.json",
+        {
+            "study": STUDY,
+            "settings": settings_record,
+            "space": describe(space),
+            "zoomed_space": describe(fine_space),
+            "leaderboard": top,
+            "diagnosis": diagnosis._asdict(),
+            "verdict": verdict,
+            "timing": timing,
+            "rounds": [r.stats for r in rounds],
+            "plots": plots,
+            "files": ["results.jsonl", "results.csv", "report.md", *plots],
+        },
+    )
+    report = [
+        "# Hyperparameter sweep",
+        "",
+        (
+            f"Net {'-'.join(map(str, layer_sizes))} ({FLAGS.activation}, {FLAGS.init} init), mini-batches of "
+            f"{FLAGS.batch_size}, {FLAGS.epochs} epochs. Data: {settings_record['data']} "
+            f"({len(train_set.y)} train / {len(dev_set.y)} dev / {len(test_set.y)} test). "
+            f"Round 1: {FLAGS.sampler} search of {FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds over:"
+        ),
+        "",
+        *[f"- {line}" for line in describe(space)],
+        "",
+        f"Round 2: {FLAGS.zoom_configs} configs in the box around the top {FLAGS.zoom_top_k}:",
+        "",
+        *[f"- {line}" for line in describe(fine_space)],
+        "",
+        "## Leaderboard (mean ± std over seeds, ranked by dev accuracy)",
+        "",
+        table,
+        "",
+        "## Bias and variance of the winner",
+        "",
+        verdict,
+        "",
+        "## Cost",
+        "",
+        timing,
+        "",
+        *[f"![{plot}]({plot})" for plot in plots],
+    ]
+    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
+    say(
+        f"\nwrote {output_dir}/results.jsonl, results.csv, results.json, report.md"
+        + (f", {', '.join(plots)}" if plots else "")
+    )
+
+
+if __name__ == "__main__":
+    common.run_study(main)

@@ -1,0 +1,139 @@
+"""The regularization, vanishing-gradients and input-normalization studies end to end, on small settings."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deepopt import data, diagnostics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def study_command(study: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", f"experiments.{study}", *flags]
+
+
+def run_study(study: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(study_command(study, *flags), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def completed_results(completed: subprocess.CompletedProcess, output_dir: pathlib.Path) -> dict:
+    assert completed.returncode == 0, completed.stderr
+    return json.loads((output_dir / "results.json").read_text())
+
+
+def moons_csv(path: pathlib.Path) -> pathlib.Path:
+    """Moons with the first feature x1000 and the second shifted by 50, as a user's CSV."""
+    dataset = data.make_moons(jax.random.key(0), 120, 0.2)
+    raw_X = np.asarray(dataset.X) * np.array([1000.0, 1.0]) + np.array([0.0, 50.0])
+    np.savetxt(path, np.column_stack([raw_X, np.asarray(dataset.y)]), delimiter=",", header="x1,x2,label", comments="")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[pathlib.Path, subprocess.CompletedProcess]]:
+    """The three studies on small settings, started together (their start-up and compilation overlap)."""
+    root = tmp_path_factory.mktemp("studies")
+    csv = moons_csv(root / "scaled.csv")
+    commands = {
+        "regularization": ("--epochs=200", "--num_seeds=2", "--sweep_points=3", "--n_test=100"),
+        "vanishing_gradients": ("--depth=6", "--width=16", "--epochs=5", "--activations=relu"),
+        "input_normalization": (f"--data={csv}", "--epochs=150", "--lr_points=4", "--lr_max=1"),
+    }
+    processes = {
+        study: subprocess.Popen(study_command(study, f"--output_dir={root / study}", *flags), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for study, flags in commands.items()
+    }
+    finished = {}
+    try:
+        for study, process in processes.items():
+            stdout, stderr = process.communicate(timeout=300)
+            finished[study] = (root / study, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    finally:
+        for process in processes.values():
+            if process.poll() is None:  # a run past the timeout: stop it rather than leave it behind
+                process.kill()
+                process.communicate()
+    return finished
+
+
+@pytest.fixture(scope="module")
+def regularization(runs):
+    output_dir, completed = runs["regularization"]
+    return output_dir, completed_results(completed, output_dir), completed
+
+
+def test_regularization_rows_verdicts_and_sweep(regularization):
+    output_dir, results, completed = regularization
+    rows = results["rows"]
+    assert list(rows) == ["none", "L2", "dropout", "early stopping"]
+    assert rows["L2"]["l2"] == 0.7 and rows["dropout"]["keep_prob"] == 0.86
+    for row in rows.values():
+        assert row["diagnosis"]["verdict"] in diagnostics.VERDICTS
+        assert row["diagnosis"]["variance"] == pytest.approx(
+            row["train_accuracy"]["mean"] - row["test_accuracy"]["mean"], abs=1e-9)
+    settings = results["settings"]
+    assert settings["n_fit"] + settings["n_dev"] == settings["n_train"] == 211 and settings["n_dev"] == 42
+    assert settings["bayes_error"] == 0.12  # --flip on generated data
+    stopping = rows["early stopping"]
+    assert 0 <= stopping["best_epoch"]["min"] <= stopping["best_epoch"]["max"] < 200
+    assert stopping["stopped_epoch"] == [-1, -1]  # keep_best trains every epoch
+    sweep = results["lambda_sweep"]
+    assert sweep["lambdas"][0] == pytest.approx(1e-3) and sweep["lambdas"][-1] == pytest.approx(100.0)
+    assert sweep["train_error"][-1] > sweep["train_error"][0]  # λ = 100 shrinks the net to a constant
+    assert sweep["lambdas"][sweep["best_index"]] == sweep["best_lambda"]
+    report = (output_dir / "report.md").read_text()
+    assert "| early stopping |" in report and "## λ sweep" in report and "carved out of the training set" in report
+    for plot in ("decision_boundaries.png", "lambda_sweep.png", "cost_curves.png"):
+        assert (output_dir / plot).stat().st_size > 0
+    assert "high variance" in completed.stdout or "good fit" in completed.stdout or "high bias" in completed.stdout
+
+
+def test_vanishing_gradients_study(runs):
+    output_dir, completed = runs["vanishing_gradients"]
+    results = completed_results(completed, output_dir)
+    assert list(results["results"]) == ["relu"]
+    relu = results["results"]["relu"]
+    assert list(relu) == ["zeros", "random ×0.01", "random ×1", "xavier", "he"]
+    assert relu["zeros"]["gradient_flow"] == "zero" and relu["random ×0.01"]["gradient_flow"] == "vanishing"
+    assert relu["he"]["gradient_flow"] == "level" and relu["he"]["train_accuracy"] > 0
+    assert len(relu["he"]["layer_stats"]["grad_norm"]) == 7
+    assert results["settings"]["layer_sizes"] == [2] + [16] * 6 + [1]
+    assert (output_dir / "gradient_norms_relu.png").exists() and (output_dir / "training_cost_relu.png").exists()
+    assert "| relu | he | level |" in (output_dir / "report.md").read_text()
+
+
+def test_input_normalization_study_on_user_csv(runs):
+    output_dir, completed = runs["input_normalization"]
+    results = completed_results(completed, output_dir)
+    assert results["settings"]["feature_scales"] == [1.0, 1.0]  # the user's features are the raw ones
+    raw, standardized = results["inputs"]["raw"], results["inputs"]["standardized"]
+    assert raw["features"]["std"][0] > 100 and standardized["features"]["std"] == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert len(raw["epochs_to_target"]) == 4 and standardized["best_epochs_to_target"] >= 0
+    assert raw["best_epochs_to_target"] == -1 or raw["best_epochs_to_target"] > standardized["best_epochs_to_target"]
+    assert (output_dir / "cost_curves.png").exists() and "## Every learning rate" in (output_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "study, flag, message",
+    [
+        ("regularization", "--early_stopping=soon", "--early_stopping must be 'keep_best' or a positive int"),
+        ("vanishing_gradients", "--inits=he,bogus:1", "--inits must be distinct"),
+        ("input_normalization", "--lr_min=1", "--lr_min must be <= --lr_max"),
+    ],
+)
+def test_bad_flags_one_line_and_exit_2(study, flag, message):
+    completed = run_study(study, flag, "--lr_max=0.5" if study == "input_normalization" else "--seed=0")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().count("\n") == 0 and message in completed.stderr
+
+
+def test_regularization_refuses_to_overwrite(regularization):
+    completed = run_study("regularization", f"--output_dir={regularization[0]}", "--epochs=2")
+    assert completed.returncode == 2 and "already holds results.json" in completed.stderr

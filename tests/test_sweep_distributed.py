@@ -1,0 +1,109 @@
+"""The sweep across processes: killed and resumed, sharded over 2 forced host devices, 2 processes on 127.0.0.1.
+
+Each test runs ``tests/sweep_worker.py`` in fresh processes (XLA_FLAGS and the distributed runtime
+must be set before JAX starts) and compares its rows with the same tiny sweep run here.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from sweep_worker import assert_same_runs, compilation_cache, tiny_sweep, without_time
+
+from deepopt import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "sweep_worker.py"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    return compilation_cache(tmp_path_factory.getbasetemp())
+
+
+def worker(out_dir: pathlib.Path, *args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out_dir), *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> None:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The uninterrupted, single-process, single-device sweep (chunks of 2)."""
+    return tiny_sweep(chunk_size=2).rows
+
+
+def file_rows(path: pathlib.Path) -> list[dict]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert len({row["id"] for row in rows}) == len(rows), "duplicate rows"
+    return rows
+
+
+def test_a_sweep_killed_mid_way_resumes_to_the_same_rows(tmp_path, reference, cache_env):
+    path = tmp_path / "results.jsonl"
+    process = worker(tmp_path, "--chunk_size=2", "--sleep=0.3", env=cache_env)
+    deadline = time.monotonic() + 240
+    while (not path.exists() or path.read_text().count("\n") < 2) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    written = path.read_text().count("\n")
+    assert 2 <= written < 10, written
+
+    finish(worker(tmp_path, "--chunk_size=2", env=cache_env))
+    record = json.loads((tmp_path / "rows-0.json").read_text())
+    assert record["stats"]["runs_resumed"] == written and record["stats"]["runs_computed"] == 10 - written
+    rows = file_rows(path)
+    assert sorted(row["id"] for row in rows) == sorted(row["id"] for row in reference)
+    assert without_time(record["rows"]) == without_time(reference)  # same program, same device: the same bits
+
+
+def test_sharded_over_two_forced_host_devices_equals_one_device(tmp_path, reference, cache_env):
+    # 5 configs × 2 seeds in chunks of 3 -> 4 runs: padded to a multiple of the 2 devices.
+    env = {**cache_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    finish(worker(tmp_path, "--chunk_size=3", env=env))
+    record = json.loads((tmp_path / "rows-0.json").read_text())
+    assert record["stats"]["devices"] == 2 and record["stats"]["layout"][0]["chunk"] == 4
+    assert record["trace_count"] == 1 and record["stats"]["compilations"] == 1
+    assert_same_runs(record["rows"], reference)
+    assert_same_runs(sweep.read_rows(tmp_path / "results.jsonl"), reference)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_local_processes_equal_one(tmp_path, reference, cache_env):
+    address = f"127.0.0.1:{free_port()}"
+    common = ("--chunk_size=2", f"--coordinator={address}", "--num_processes=2")
+    processes = [worker(tmp_path, *common, f"--process_id={i}", env=cache_env) for i in range(2)]
+    for process in processes:
+        finish(process)
+    first, second = (json.loads((tmp_path / f"rows-{i}.json").read_text()) for i in range(2))
+    assert first["stats"]["processes"] == 2 and first["stats"]["devices"] == 2
+    assert without_time(first["rows"]) == without_time(second["rows"])  # every process gets every row
+    assert_same_runs(file_rows(tmp_path / "results.jsonl"), reference)  # written once, by process 0
+    assert_same_runs(first["rows"], reference)

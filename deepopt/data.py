@@ -168,15 +168,52 @@ def _check_batching(m: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
+def shuffle_rounds(m: int) -> int:
+    r"""Sort rounds ``permutation`` uses for ``m`` items (0: it falls back to ``jax.random.permutation``).
+
+    Each round draws :math:`32 - \lceil\log_2 m\rceil` random bits per item; rounds are added until
+    they total :math:`3\log_2 m` bits, the bound ``jax.random.permutation`` uses for its 32-bit keys.
+    """
+    index_bits = max((m - 1).bit_length(), 1)
+    random_bits = 32 - index_bits
+    if random_bits < 12:
+        return 0
+    return max(1, math.ceil(3 * math.log2(max(m, 2)) / random_bits))
+
+
+def permutation(key: jax.Array, m: int) -> jax.Array:
+    r"""A uniformly random permutation of ``0..m-1`` (int32), cheaper than ``jax.random.permutation``.
+
+    Each round packs random bits above the item's current position into one ``uint32``,
+    :math:`k_i = (r_i \ll b) \mid i` with :math:`b = \lceil\log_2 m\rceil`, sorts the ``k_i`` and
+    reads the positions back from the low bits: a one-operand sort, which XLA runs about 5x faster
+    on CPU than the key-value sort of ``jax.random.permutation``. Ties in :math:`r` keep the
+    previous round's (already random) order; ``shuffle_rounds(m)`` rounds make them as rare as
+    ``jax.random.permutation``'s. Same key, same permutation.
+    """
+    rounds = shuffle_rounds(m)
+    if rounds == 0:
+        return jax.random.permutation(key, m).astype(jnp.int32)
+    index_bits = max((m - 1).bit_length(), 1)
+    low = jnp.uint32((1 << index_bits) - 1)
+    order = jnp.arange(m, dtype=jnp.uint32)
+    for round_key in jax.random.split(key, rounds):
+        high = jax.random.bits(round_key, (m,), jnp.uint32) & ~low
+        position = jnp.sort(high | jnp.arange(m, dtype=jnp.uint32)) & low
+        order = order[position]
+    return order.astype(jnp.int32)
+
+
 def padded_minibatch_indices(key: jax.Array, m: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """``minibatch_indices`` in a fixed shape for ``jit``: ``(index, mask)``, both ``(ceil(m/bs), bs)``.
 
-    Row ``i`` holds batch ``i``; the last row is padded with index 0 and mask False.
+    The epoch's order is ``permutation(key, m)``; row ``i`` holds batch ``i``; the last row is
+    padded with index 0 and mask False.
     """
     _check_batching(m, batch_size)
     num_batches = -(-m // batch_size)
     padding = num_batches * batch_size - m
-    order = jax.random.permutation(key, m)
+    order = permutation(key, m)
     index = jnp.concatenate([order, jnp.zeros((padding,), order.dtype)]).reshape(num_batches, batch_size)
     mask = (jnp.arange(num_batches * batch_size) < m).reshape(num_batches, batch_size)
     return index, mask

@@ -528,8 +528,11 @@ def compile_count() -> int:
     return _compilations
 
 
-def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool) -> Callable:
-    """``vmap`` of ``fit`` over ``(hp, key_data)``; returns every per-run scalar of ``TrainResult`` (no params)."""
+def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool) -> Callable:
+    """``vmap`` of ``fit`` over ``(hp, key_data)``; returns every per-run scalar of ``TrainResult`` (no params).
+
+    ``dropout=False`` (every run of the group has ``keep_prob == 1``) compiles the masks out.
+    """
 
     def one_run(
         hp: train_lib.HParams,
@@ -538,7 +541,9 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool) -> 
         dev_set: data_lib.Dataset | None,
         test_set: data_lib.Dataset | None,
     ) -> dict[str, jax.Array]:
-        result = train_lib.fit(config, hp, jax.random.wrap_key_data(key_data, impl=key_impl), train_set, dev_set)
+        result = train_lib.fit(
+            config, hp, jax.random.wrap_key_data(key_data, impl=key_impl), train_set, dev_set, dropout=dropout
+        )
         scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
         if with_test:
             scalars["test_accuracy"] = model.accuracy(
@@ -559,6 +564,7 @@ def _compile(
     data_shapes: tuple,
     devices: tuple,
     with_test: bool,
+    dropout: bool,
 ) -> tuple[Any, int]:
     """Compile the chunk program for ``chunk`` runs sharded over ``devices``; returns it and its bytes per device."""
     global _compilations
@@ -574,7 +580,9 @@ def _compile(
         for shapes in data_shapes
     ]
     in_shardings = (by_run, by_run, *(None if d is None else replicated for d in datasets))
-    program = jax.jit(_chunk_program(config, key_impl, with_test), in_shardings=in_shardings, out_shardings=replicated)
+    program = jax.jit(
+        _chunk_program(config, key_impl, with_test, dropout), in_shardings=in_shardings, out_shardings=replicated
+    )
     compiled = program.lower(hp, keys, *datasets).compile()
     stats = compiled.memory_analysis()
     size = (
@@ -1058,12 +1066,22 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
     """Compile the group's chunk program once, then run, record and report its chunks that are not done yet."""
     if all(run_.id in sweep.done for run_ in group_runs):
         return
+    dropout = train_lib.resolve_dropout(np.asarray([run_.hparams["keep_prob"] for run_ in group_runs], np.float64))
+    compile_start = time.perf_counter()
     chunk, compiled, size = _choose_chunk(
-        config, len(group_runs), sweep.chunk_size, sweep.budget, sweep.data_bytes, sweep.compile_args
+        config, len(group_runs), sweep.chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout)
     )
     num_chunks = -(-len(group_runs) // chunk)
     sweep.layout.append(
-        {"group": label, "runs": len(group_runs), "chunk": chunk, "chunks": num_chunks, "bytes_per_device": size}
+        {
+            "group": label,
+            "runs": len(group_runs),
+            "chunk": chunk,
+            "chunks": num_chunks,
+            "bytes_per_device": size,
+            "dropout": dropout,
+            "compile_seconds": time.perf_counter() - compile_start,  # ~0 when the program was cached
+        }
     )
     hp_host = _group_hparams(group_runs, config, np.dtype(sweep.compile_args[2]))
     key_host = np.asarray([run_.key_data for run_ in group_runs], np.uint32)
@@ -1136,7 +1154,6 @@ def _choose_chunk(
         chunk = min(fitting, chunk - num_devices)
         compiled, size = _compile(config, chunk, *compile_args)
     return chunk, compiled, size
-    return chunk, compiled
 
 
 def _group_hparams(group_runs: Sequence[Run], config: train_lib.Config, dtype: Any) -> dict[str, np.ndarray]:

@@ -251,6 +251,8 @@ def fit(
     train: data_lib.Dataset,
     dev: data_lib.Dataset | None = None,
     init_params: Params | None = None,
+    *,
+    dropout: bool = True,
 ) -> TrainResult:
     r"""Train one MLP; the whole run is one compiled ``lax.scan`` (one compilation per ``Config``).
 
@@ -267,6 +269,11 @@ def fit(
       train: training ``Dataset``; its float dtype is the run's dtype.
       dev: optional dev ``Dataset`` for ``dev_accuracy``.
       init_params: start from these parameters instead of ``config.init`` (their dtype is kept).
+      dropout: compile the dropout masks in (True, the default: ``keep_prob`` stays a traced
+        hyperparameter) or out (False: for runs whose ``keep_prob`` is 1, where dropout is exactly
+        the identity; results are unchanged and a small net's step is about a third cheaper).
+        ``False`` with a concrete ``keep_prob < 1`` is an error; under ``vmap`` (traced
+        ``keep_prob``) the caller vouches for it (``sweep.run`` checks the values before choosing).
     Returns:
       A ``TrainResult``.
     """
@@ -280,6 +287,7 @@ def fit(
     elif config.early_stopping is not None:
         raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation
+    dropout = resolve_dropout(hp.keep_prob, dropout)
     hp = prepare_hparams(hp, config, dtype)
     for name, value in hp._asdict().items():
         if jnp.ndim(value) != 0:
@@ -299,7 +307,25 @@ def fit(
                 "make them agree (init.mlp(..., batchnorm=True) adds them)"
             )
         init_params = tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
-    return _fit_compiled(config, hp, key, train, dev, init_params)
+    return _fit_compiled(config, dropout, hp, key, train, dev, init_params)
+
+
+def resolve_dropout(keep_prob: Any, dropout: bool | None = None) -> bool:
+    """Whether dropout must be compiled in: ``dropout`` if given, else unless ``keep_prob`` is a concrete 1 everywhere.
+
+    ``sweep.run`` asks with ``dropout=None`` for a whole group's keep_prob values. Raises a
+    ``ValueError`` for ``dropout=False`` with a concrete ``keep_prob`` below 1.
+    """
+    if dropout is not None and not isinstance(dropout, bool):
+        raise TypeError(f"dropout must be True, False or None (automatic), got {dropout!r}")
+    concrete = keep_prob is not None and not isinstance(keep_prob, jax.core.Tracer)
+    all_one = concrete and bool(np.all(np.asarray(keep_prob, np.float64) == 1.0))
+    if dropout is False and concrete and not all_one:
+        raise ValueError(
+            f"dropout=False compiles dropout out, but HParams.keep_prob is {keep_prob!r}; "
+            "pass keep_prob=1.0 or dropout=None"
+        )
+    return (not all_one) if dropout is None else dropout
 
 
 _trace_count = 0
@@ -340,9 +366,10 @@ class _EpochCarry(NamedTuple):
     best_epoch: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _fit_compiled(
     config: Config,
+    dropout: bool,
     hp: HParams,
     key: jax.Array,
     train: data_lib.Dataset,
@@ -370,7 +397,8 @@ def _fit_compiled(
         params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, tuple]:
         logits, new_bn_state = model.forward_with_state(
-            params, X_b, activation=config.activation, keep_prob=hp.keep_prob, key=key, bn_state=bn_state,
+            params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
+            key=key if dropout else None, bn_state=bn_state,
             train=True, mask=None if full_batch else mask,
         )
         per_example = losses.per_example_cross_entropy(logits, y_b)

@@ -86,6 +86,21 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded_main, flags_parser=parse_flags)
 
 
+def split_cpu(host_devices: int) -> int:
+    """Split the CPU into ``host_devices`` JAX devices, before any computation; returns the count asked for.
+
+    ``-1``: one device per core, unless ``XLA_FLAGS`` already sets
+    ``--xla_force_host_platform_device_count`` (then that count stands); ``0``: JAX's default (one).
+    Only the CPU backend is affected; on a GPU the devices are the GPUs.
+    """
+    devices = host_devices
+    if devices == -1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        devices = os.cpu_count() or 1
+    if devices > 0:
+        jax.config.update("jax_num_cpu_devices", devices)
+    return devices
+
+
 def prepare_output_dir(study: str) -> pathlib.Path:
     """Create ``--output_dir`` (or ``runs/<study>-<timestamp>``); refuse one holding results unless ``--overwrite``."""
     if FLAGS.output_dir:

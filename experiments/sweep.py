@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import pathlib
 from typing import Any
 
@@ -129,11 +128,7 @@ flags.register_multi_flags_validator(
 
 def start_devices() -> None:
     """Split the CPU into ``--host_devices`` devices and join the multi-process runtime; before any computation."""
-    devices = FLAGS.host_devices
-    if devices == -1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        devices = os.cpu_count() or 1
-    if devices > 0:
-        jax.config.update("jax_num_cpu_devices", devices)
+    common.split_cpu(FLAGS.host_devices)
     if FLAGS.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -1,0 +1,94 @@
+r"""Counting and timing the work of training: config-steps, matmul FLOPs, medians, the matmul peak.
+
+A *config-step* is one optimizer update of one run; a run of ``fit`` takes
+``epochs · ceil(m / batch_size)`` of them (``epochs`` with full batches). The matmul FLOPs of one
+training example through an MLP with weights :math:`W_l` of shape ``(n_{l-1}, n_l)`` are
+
+.. math:: 2\sum_l n_{l-1} n_l \;(\text{forward}) + 2\sum_l n_{l-1} n_l \;(\partial W)
+          + 2\sum_{l \ge 2} n_{l-1} n_l \;(\partial a),
+
+the first layer needing no gradient with respect to the input. Elementwise work (activations,
+loss, optimizer) is not counted: this is the useful work a matmul peak can be compared with.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from deepopt import train as train_lib
+
+
+def steps_per_run(config: train_lib.Config, num_examples: int) -> int:
+    """Optimizer updates in one ``fit`` run: ``epochs · ceil(m / batch_size)`` (``epochs`` for full batches)."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
+    return config.epochs * -(-num_examples // batch)
+
+
+def matmul_flops_per_example(layer_sizes: Sequence[int]) -> int:
+    r"""Training matmul FLOPs of one example: :math:`4\sum_l n_{l-1}n_l + 2\sum_{l\ge2} n_{l-1}n_l`."""
+    sizes = [int(n) for n in layer_sizes]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"layer_sizes must be at least two positive ints, got {tuple(layer_sizes)!r}")
+    products = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 4 * sum(products) + 2 * sum(products[1:])
+
+
+def training_flops(config: train_lib.Config, num_examples: int) -> int:
+    """Matmul FLOPs of one ``fit`` run over ``num_examples`` training examples: every epoch sees each once."""
+    steps_per_run(config, num_examples)  # validates num_examples
+    return config.epochs * num_examples * matmul_flops_per_example(config.layer_sizes)
+
+
+def median_seconds(seconds: Sequence[float]) -> float:
+    """The median of repeated timings (robust to a noisy neighbour on a shared machine)."""
+    if not seconds:
+        raise ValueError("median_seconds needs at least one timing")
+    return float(statistics.median(seconds))
+
+
+def time_calls(call: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``call()``, each waited for with ``jax.block_until_ready``."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5, devices: Sequence[Any] | None = None) -> dict[str, float]:
+    r"""This machine's float32 matmul rate: :math:`2n^3` FLOPs per ``(n, n) @ (n, n)`` over the median time.
+
+    Measured two ways: one ``jnp.dot`` on the first device (XLA spreads it over the cores it may
+    use), and one dot per device at once (a batch of ``D`` products sharded over ``devices``).
+    Returns ``{"single_device": FLOP/s, "all_devices": FLOP/s, "peak": the larger}``.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    devices = tuple(jax.devices() if devices is None else devices)
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    single = jax.jit(jnp.dot).lower(a, b).compile()
+    jax.block_until_ready(single(a, b))
+    single_rate = 2 * size**3 / median_seconds(time_calls(lambda: single(a, b), repeats))
+    mesh = Mesh(np.asarray(devices), ("devices",))
+    sharded = NamedSharding(mesh, P("devices"))
+    stack_a = jax.device_put(jnp.broadcast_to(a, (len(devices), size, size)), sharded)
+    stack_b = jax.device_put(jnp.broadcast_to(b, (len(devices), size, size)), sharded)
+    batched = jax.jit(jax.vmap(jnp.dot), out_shardings=sharded).lower(stack_a, stack_b).compile()
+    jax.block_until_ready(batched(stack_a, stack_b))
+    all_rate = 2 * len(devices) * size**3 / median_seconds(time_calls(lambda: batched(stack_a, stack_b), repeats))
+    return {"single_device": single_rate, "all_devices": all_rate, "peak": max(single_rate, all_rate)}

@@ -1,0 +1,623 @@
+"""Benchmark: the sweep's throughput against the alternatives, and against this machine's matmul peak.
+
+One run measures, on the same job (default: moons 300 points, net 2-20-10-1, Adam, mini-batch 64,
+200 epochs, 512 learning rates × 2 seeds):
+
+1. deepopt's sweep (``sweep.run``) sharded over every device;
+2. the strong baseline: a Python loop calling one jitted ``fit`` per run, the learning rate
+   traced (compiled once), on one device;
+3. the path most users take: an idiomatic Flax + optax loop per run (``TrainState`` holding
+   ``optax.adam(lr)`` with the learning rate a Python float, a jitted step, a Python loop over
+   epochs and mini-batches), which recompiles for every run: a subset is measured, compilation
+   included, and extrapolated to the whole job;
+4. the float32 matmul peak (a large ``jnp.dot``) and the sweep's achieved matmul FLOP/s as a
+   fraction of it, for the default net and a compute-bound one (hidden width 256);
+5. peak resident memory (RSS) of each phase and memory per run.
+
+Throughput is config-steps per second (one optimizer update of one run); times are medians of
+``--repeats`` repeats, compilation reported apart. Writes ``results.json`` and ``report.md``.
+
+    python -m experiments.benchmark [--num_configs 512] [--num_seeds 2] [--repeats 3] [--output_dir DIR]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from deepopt import data as data_lib
+from deepopt import perf, sweep, train
+from experiments import common
+
+STUDY = "benchmark"
+FLAGS = flags.FLAGS
+DATASETS = {"moons": data_lib.make_moons, "circles": data_lib.make_circles}
+# The issue's targets: sweep / jitted loop (CPU, GPU), sweep / recompiling loop, compute-bound share of the peak.
+TARGET_VS_JITTED_CPU, TARGET_VS_JITTED_GPU = 1.5, 50.0
+TARGET_VS_RECOMPILING = 20.0
+TARGET_PEAK_FRACTION = 0.40
+
+common.define_study_flags()
+flags.DEFINE_enum("dataset", "moons", list(DATASETS), "Generated data set (ignored with --data).")
+flags.DEFINE_integer("n_train", 300, "Generated training examples.", lower_bound=2)
+flags.DEFINE_integer("n_dev", 200, "Generated dev examples (every approach reports dev accuracy).", lower_bound=2)
+flags.DEFINE_float("noise", 0.2, "Noise of the generated data.", lower_bound=0.0)
+flags.DEFINE_list("hidden", ["20", "10"], "Hidden layer widths of the default net.")
+flags.DEFINE_enum("optimizer", "adam", ["gd", "momentum", "rmsprop", "adam"], "Optimizer of every run.")
+flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 200, "Epochs per run.", lower_bound=1)
+flags.DEFINE_integer("num_configs", 512, "Learning rates (log-spaced over --learning_rate_range).", lower_bound=1)
+flags.DEFINE_integer("num_seeds", 2, "Keys per learning rate.", lower_bound=1)
+flags.DEFINE_list("learning_rate_range", ["1e-4", "1e-1"], "Smallest and largest learning rate.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats of each measurement (medians are reported).", lower_bound=3)
+flags.DEFINE_integer("chunk_size", 0, "Runs per sweep chunk (0: a whole group in one chunk).", lower_bound=0)
+flags.DEFINE_integer("loop_runs", 128, "Runs the jitted loop trains per repeat (0: all; more are extrapolated).", lower_bound=0)
+flags.DEFINE_integer("recompile_runs", 4, "Runs of the recompiling Flax + optax loop (extrapolated).", lower_bound=3)
+flags.DEFINE_list("compute_hidden", ["256", "256"], "Hidden widths of the compute-bound net.")
+flags.DEFINE_integer("compute_configs", 16, "Learning rates of the compute-bound sweep.", lower_bound=1)
+flags.DEFINE_integer("compute_epochs", 20, "Epochs of the compute-bound sweep.", lower_bound=1)
+flags.DEFINE_integer("matmul_size", 2048, "n of the (n, n) @ (n, n) peak measurement.", lower_bound=16)
+flags.DEFINE_integer(
+    "host_devices",
+    -1,
+    "Split the CPU into this many devices; -1: one per core unless XLA_FLAGS sets "
+    "--xla_force_host_platform_device_count; 0: leave JAX's default (one).",
+    lower_bound=-1,
+)
+
+
+def _range_is_valid(values: list[str]) -> bool:
+    try:
+        lo, hi = (float(v) for v in values)
+    except ValueError:
+        return False
+    return 0 < lo < hi < float("inf")
+
+
+flags.register_validator(
+    "learning_rate_range", _range_is_valid, message="--learning_rate_range must be two numbers lo,hi with 0 < lo < hi"
+)
+for _name in ("hidden", "compute_hidden"):
+    flags.register_validator(
+        _name,
+        lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
+        message=f"--{_name} must be a comma-separated list of positive ints",
+    )
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+class ResidentMemory:
+    """Peak resident memory of a phase, from ``/proc/self/status`` (Linux).
+
+    ``start()`` resets the kernel's high-water mark (``VmHWM``, by writing 5 to
+    ``/proc/self/clear_refs``) so that ``peak_bytes()`` is the phase's own peak; where that is not
+    allowed the peak is the process's since it started (``resettable`` says which).
+    """
+
+    def __init__(self) -> None:
+        self.resettable = False
+        self.baseline = 0
+
+    @staticmethod
+    def _status(field: str) -> int:
+        try:
+            with open("/proc/self/status", encoding="ascii") as stream:
+                for line in stream:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource  # not Linux's /proc: the process-wide peak
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def start(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+                stream.write("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.baseline = self._status("VmRSS")
+
+    def peak_bytes(self) -> int:
+        return self._status("VmHWM")
+
+
+def measure_memory(phase: Callable[[], Any], runs_in_flight: int) -> tuple[Any, dict[str, Any]]:
+    """Run ``phase()``; return its value and its peak RSS, the RSS it added, and that per run in flight."""
+    memory = ResidentMemory()
+    memory.start()
+    value = phase()
+    peak = memory.peak_bytes()
+    added = max(peak - memory.baseline, 0)
+    return value, {
+        "peak_rss_mb": peak / 2**20,
+        "added_rss_mb": added / 2**20,
+        "runs_in_flight": runs_in_flight,
+        "added_rss_kb_per_run": added / 1024 / max(runs_in_flight, 1),
+        "peak_is_per_phase": memory.resettable,
+    }
+
+
+# ------------------------------------------------------------------------------ the three approaches
+
+
+def measure_sweep(
+    config: train.Config,
+    learning_rates: np.ndarray,
+    seeds: int,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+    key: jax.Array,
+    repeats: int,
+    chunk_size: int | None,
+) -> dict[str, Any]:
+    """``sweep.run`` over every device: the first call (compilation + run), then ``repeats`` timed calls."""
+    space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
+
+    def call() -> sweep.Results:
+        return sweep.run(
+            config, space, train_set, dev_set, key=key, num_configs=None, seeds=seeds, sampler="grid",
+            chunk_size=chunk_size,
+        )
+
+    start = time.perf_counter()
+    first = call()
+    first_seconds = time.perf_counter() - start
+    compile_seconds = sum(group["compile_seconds"] for group in first.stats["layout"])
+    runs = first.stats["runs"]
+    chunk = max(group["chunk"] for group in first.stats["layout"])
+    timed, memory = measure_memory(lambda: perf.time_calls(call, repeats), chunk)
+    per_device = max(group["bytes_per_device"] for group in first.stats["layout"])
+    runs_per_device = chunk // first.stats["devices"]
+    memory["xla_kb_per_run"] = per_device / 1024 / max(runs_per_device, 1)
+    seconds = perf.median_seconds(timed)
+    steps = perf.steps_per_run(config, len(train_set.y))
+    return {
+        "runs": runs,
+        "runs_measured": runs,
+        "devices": first.stats["devices"],
+        "chunk": chunk,
+        "dropout_compiled": any(group["dropout"] for group in first.stats["layout"]),
+        "compile_seconds": compile_seconds,
+        "first_call_seconds": first_seconds,
+        "repeat_seconds": timed,
+        "seconds": seconds,
+        "config_steps_per_second": runs * steps / seconds,
+        "end_to_end_seconds": first_seconds,
+        "memory": memory,
+        "rows": first.rows,
+    }
+
+
+def measure_jitted_loop(
+    config: train.Config,
+    learning_rates: np.ndarray,
+    keys: jax.Array,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+    num_runs: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """A Python loop of one jitted ``fit`` per run (learning rate traced, so compiled once), on one device.
+
+    Runs are taken in the sweep's order (learning rate major, then seed) and only the scalars the
+    sweep keeps come back. The loop dispatches every run, then waits for all of them.
+    """
+    train_set = data_lib.Dataset(jnp.asarray(train_set.X), jnp.asarray(train_set.y))
+    dev_set = data_lib.Dataset(jnp.asarray(dev_set.X), jnp.asarray(dev_set.y))
+
+    @jax.jit
+    def one_run(learning_rate: jax.Array, key: jax.Array) -> tuple[jax.Array, ...]:
+        result = train.fit(config, train.HParams(learning_rate=learning_rate), key, train_set, dev_set, dropout=False)
+        return result.train_accuracy, result.dev_accuracy, result.final_cost
+
+    dtype = train_set.X.dtype
+    plan = [(jnp.asarray(lr, dtype), seed_key) for lr in learning_rates for seed_key in keys][:num_runs]
+    start = time.perf_counter()
+    jax.block_until_ready(one_run(*plan[0]))
+    compile_seconds = time.perf_counter() - start
+
+    last: list[tuple[jax.Array, ...]] = []
+
+    def loop() -> list[tuple[jax.Array, ...]]:
+        last[:] = [one_run(lr, seed_key) for lr, seed_key in plan]
+        return jax.block_until_ready(last)
+
+    timed, memory = measure_memory(lambda: perf.time_calls(loop, repeats), 1)
+    outputs = [tuple(float(v) for v in output) for output in last]
+    seconds = perf.median_seconds(timed)
+    steps = perf.steps_per_run(config, len(train_set.y))
+    return {
+        "runs_measured": len(plan),
+        "devices": 1,
+        "compile_seconds": compile_seconds,
+        "repeat_seconds": timed,
+        "seconds": seconds,
+        "seconds_per_run": seconds / len(plan),
+        "config_steps_per_second": len(plan) * steps / seconds,
+        "memory": memory,
+        "outputs": outputs,
+    }
+
+
+def flax_optax_run(
+    layer_sizes: tuple[int, ...],
+    optimizer: str,
+    learning_rate: float,
+    seed: int,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+    batch_size: int,
+    epochs: int,
+) -> dict[str, float]:
+    """One run the way a Flax tutorial writes it; the learning rate is a Python float inside ``optax``.
+
+    A new ``optax`` transformation per run is new static data of the ``TrainState``, so the
+    jitted step recompiles for every run (and once more for the smaller last mini-batch).
+    Returns the run's seconds, the seconds of the calls that compiled, and its dev accuracy.
+    """
+    import flax.linen as nn
+    import optax
+    from flax.training import train_state
+
+    class MLP(nn.Module):
+        widths: tuple[int, ...]
+
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            for width in self.widths[:-1]:
+                x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.he_normal())(x))
+            return nn.Dense(self.widths[-1], kernel_init=nn.initializers.he_normal())(x)
+
+    traces = []
+
+    @jax.jit
+    def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
+        traces.append(1)  # Python runs here only while tracing: one entry per compilation
+
+        def loss_fn(params: Any) -> jax.Array:
+            logits = state.apply_fn({"params": params}, x)[:, 0]
+            return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
+
+    start = time.perf_counter()
+    compile_seconds = 0.0
+    tx = {"gd": optax.sgd, "momentum": optax.sgd, "rmsprop": optax.rmsprop, "adam": optax.adam}[optimizer]
+    tx = tx(learning_rate, momentum=0.9) if optimizer == "momentum" else tx(learning_rate)
+    net = MLP(tuple(layer_sizes[1:]))
+    X, y = np.asarray(train_set.X), np.asarray(train_set.y, np.float32)
+    params = net.init(jax.random.key(seed), X[:1])["params"]
+    state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=tx)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for begin in range(0, len(y), batch_size):
+            batch = order[begin : begin + batch_size]
+            traced_before, step_start = len(traces), time.perf_counter()
+            state, loss = train_step(state, X[batch], y[batch])
+            if len(traces) > traced_before:
+                jax.block_until_ready(loss)
+                compile_seconds += time.perf_counter() - step_start
+    logits = net.apply({"params": state.params}, np.asarray(dev_set.X))[:, 0]
+    dev_accuracy = float(jnp.mean((logits > 0) == (np.asarray(dev_set.y) == 1)))
+    return {
+        "seconds": time.perf_counter() - start,
+        "compile_seconds": compile_seconds,
+        "compilations": len(traces),
+        "dev_accuracy": dev_accuracy,
+    }
+
+
+def measure_recompiling_loop(
+    config: train.Config,
+    learning_rates: np.ndarray,
+    seeds: int,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+    num_runs: int,
+) -> dict[str, Any]:
+    """``num_runs`` Flax + optax runs spread over the learning rates; their median extrapolates to the job."""
+    picks = np.linspace(0, len(learning_rates) - 1, num_runs).round().astype(int)
+    runs = []
+
+    def loop() -> None:
+        for number, index in enumerate(picks):
+            runs.append(
+                flax_optax_run(
+                    config.layer_sizes, config.optimizer, float(learning_rates[index]), number % seeds,
+                    train_set, dev_set, config.batch_size or len(train_set.y), config.epochs,
+                )
+            )
+
+    _, memory = measure_memory(loop, 1)
+    seconds = perf.median_seconds([r["seconds"] for r in runs])
+    steps = perf.steps_per_run(config, len(train_set.y))
+    return {
+        "runs_measured": num_runs,
+        "devices": 1,
+        "run_seconds": [r["seconds"] for r in runs],
+        "seconds_per_run": seconds,
+        "compile_seconds_per_run": perf.median_seconds([r["compile_seconds"] for r in runs]),
+        "compilations_per_run": perf.median_seconds([r["compilations"] for r in runs]),
+        "config_steps_per_second": steps / seconds,
+        "dev_accuracies": [r["dev_accuracy"] for r in runs],
+        "memory": memory,
+    }
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return f"{value:,.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against what was measured."""
+    gpu = results["machine"]["platform"] == "gpu"
+    vs_jitted = TARGET_VS_JITTED_GPU if gpu else TARGET_VS_JITTED_CPU
+    ratios, flops = results["ratios"], results["flops"]
+    rows = [
+        ("sweep / jitted loop (config-steps/s)", vs_jitted, ratios["sweep_vs_jitted_loop"], "×"),
+        ("sweep / recompiling Flax + optax loop (end to end)", TARGET_VS_RECOMPILING, ratios["sweep_vs_recompiling_loop"], "×"),
+        ("compute-bound net: share of the matmul peak", TARGET_PEAK_FRACTION, flops["compute_bound"]["peak_fraction"], "%"),
+    ]
+    return [{"target": name, "wanted": wanted, "measured": got, "unit": unit, "met": got >= wanted} for name, wanted, got, unit in rows]
+
+
+def report(results: dict[str, Any]) -> str:
+    """``report.md``: machine, job, the throughput table, FLOP/s against the peak, memory, targets."""
+    machine, job, measured = results["machine"], results["job"], results["measured"]
+    sweep_m, loop_m, recompile_m = measured["sweep"], measured["jitted_loop"], measured["recompiling_loop"]
+    runs, steps = job["runs"], job["steps_per_run"]
+    throughput = common.markdown_table(
+        ["approach", "devices", "runs timed", "median s (timed runs)", "config-steps/s", "compile s", "whole job, end to end s", "sweep is faster by"],
+        [
+            [f"deepopt sweep (`sweep.run`, chunk {sweep_m['chunk']})", sweep_m["devices"], sweep_m["runs_measured"],
+             _fmt(sweep_m["seconds"]), _fmt(sweep_m["config_steps_per_second"]), _fmt(sweep_m["compile_seconds"]),
+             _fmt(results["end_to_end"]["sweep"]), "1×"],
+            ["Python loop of one jitted `fit` (learning rate traced)", 1, loop_m["runs_measured"], _fmt(loop_m["seconds"]),
+             _fmt(loop_m["config_steps_per_second"]), _fmt(loop_m["compile_seconds"]),
+             _fmt(results["end_to_end"]["jitted_loop"]) + ("" if loop_m["runs_measured"] == runs else " (extrapolated)"),
+             f"{results['ratios']['sweep_vs_jitted_loop']:.2f}×"],
+            ["Flax + optax loop, Python-float learning rate (recompiles every run)", 1, recompile_m["runs_measured"],
+             _fmt(recompile_m["seconds_per_run"]) + " per run", _fmt(recompile_m["config_steps_per_second"]),
+             _fmt(recompile_m["compile_seconds_per_run"]) + " per run",
+             _fmt(results["end_to_end"]["recompiling_loop"]) + " (extrapolated)",
+             f"{results['ratios']['sweep_vs_recompiling_loop']:.1f}× end to end"],
+        ],
+    )
+    flops = results["flops"]
+    flop_rows = [
+        [f"{name.replace('_', ' ')}: {'-'.join(map(str, entry['layer_sizes']))}", entry["runs"], entry["epochs"],
+         _fmt(entry["gflop_per_run"]), _fmt(entry["seconds"]), _fmt(entry["gflops_per_second"]),
+         f"{entry['peak_fraction']:.1%}"]
+        for name, entry in (("default", flops["default"]), ("compute_bound", flops["compute_bound"]))
+    ]
+    peak = results["matmul_peak"]
+    memory_rows = [
+        [name, _fmt(m["memory"]["peak_rss_mb"]), _fmt(m["memory"]["added_rss_mb"]), m["memory"]["runs_in_flight"],
+         _fmt(m["memory"]["added_rss_kb_per_run"]),
+         _fmt(m["memory"]["xla_kb_per_run"]) if "xla_kb_per_run" in m["memory"] else "—"]
+        for name, m in (("sweep", sweep_m), ("jitted loop", loop_m), ("Flax + optax loop", recompile_m))
+    ]
+    target_rows = [
+        [t["target"], (f"≥ {t['wanted']:.0%}" if t["unit"] == "%" else f"≥ {t['wanted']:g}×"),
+         (f"{t['measured']:.1%}" if t["unit"] == "%" else f"{t['measured']:.2f}×"), "yes" if t["met"] else "**no**"]
+        for t in results["targets"]
+    ]
+    lines = [
+        "# Benchmark: the sweep against the alternatives",
+        "",
+        f"Machine: {machine['device_kind']} ({machine['platform']}), {machine['devices']} JAX device(s), "
+        f"{machine['cpu_cores']} CPU cores, jax {machine['jax']}, Python {machine['python']}.",
+        "",
+        f"Job: {job['data']}, {job['n_train']} training examples, net {'-'.join(map(str, job['layer_sizes']))}, "
+        f"{job['optimizer']}, mini-batch {job['batch_size']}, {job['epochs']} epochs ({steps} updates per run), "
+        f"{job['num_configs']} learning rates × {job['num_seeds']} seeds = {runs} runs = {runs * steps:,} config-steps. "
+        f"Medians of {job['repeats']} repeats; compilation reported apart.",
+        "",
+        "## Throughput",
+        "",
+        throughput,
+        "",
+        f"The jitted loop times {loop_m['runs_measured']} of the {runs} runs per repeat and the Flax + optax loop "
+        f"{recompile_m['runs_measured']} runs (spread over the learning rates); their whole-job times are the "
+        f"per-run medians × {runs}. Both loops do the same work per run as the sweep (same data, updates and "
+        f"dev evaluation). Jitted loop against the sweep on the runs both trained: largest |Δ final cost| "
+        f"{results['agreement']['max_final_cost_difference']:.2g}, dev accuracy equal in "
+        f"{results['agreement']['dev_accuracy_equal']}/{results['agreement']['runs']} runs.",
+        "",
+        "## Against the matmul peak",
+        "",
+        f"Float32 matmul peak ({peak['size']}×{peak['size']} `jnp.dot`): one device {peak['single_device'] / 1e9:,.1f} "
+        f"GFLOP/s, one dot per device at once {peak['all_devices'] / 1e9:,.1f} GFLOP/s; peak = "
+        f"{peak['peak'] / 1e9:,.1f} GFLOP/s. FLOPs counted: the training matmuls only (forward, ∂W, ∂a; "
+        "`deepopt.perf.matmul_flops_per_example`) over the real examples, so padding, the optimizer and the "
+        "random numbers are work the count leaves out.",
+        "",
+        common.markdown_table(["net (sweep over all devices)", "runs", "epochs", "GFLOP per run", "median s", "GFLOP/s", "of peak"], flop_rows),
+        "",
+        "## Memory",
+        "",
+        common.markdown_table(
+            ["phase", "peak RSS MB", "added RSS MB", "runs in flight", "added KB per run", "XLA KB per run"], memory_rows
+        ),
+        "",
+        "Peak RSS is each phase's own high-water mark"
+        + ("" if sweep_m["memory"]["peak_is_per_phase"] else " (not resettable here: the process's peak so far)")
+        + "; added = peak − resident at its start. XLA KB per run: the compiled chunk's `memory_analysis()` per run.",
+        "",
+        "## Targets",
+        "",
+        common.markdown_table(["target", "wanted", "measured", "met"], target_rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, str]:
+    """``(train, dev, description)``: generated, or ``--data`` with its held-out part as dev set."""
+    train_key, dev_key, split_key = jax.random.split(key, 3)
+    user_data = common.load_user_data(split_key)
+    if user_data is not None:
+        train_set, dev_set = user_data
+        return train_set, dev_set, common.data_source()
+    make = DATASETS[FLAGS.dataset]
+    train_set = data_lib.Dataset(*map(np.asarray, make(train_key, FLAGS.n_train, FLAGS.noise)))
+    dev_set = data_lib.Dataset(*map(np.asarray, make(dev_key, FLAGS.n_dev, FLAGS.noise)))
+    return train_set, dev_set, f"{FLAGS.dataset} (noise {FLAGS.noise})"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    common.split_cpu(FLAGS.host_devices)
+    output_dir = common.prepare_output_dir(STUDY)
+    data_key, model_key = jax.random.split(jax.random.key(FLAGS.seed))
+    train_set, dev_set, source = load_data(data_key)
+    if common.output_units(train_set, dev_set) != 1:
+        raise common.StudyInputError("the benchmark trains binary classifiers: --data must have labels 0 and 1")
+    n_in, m = train_set.X.shape[1], len(train_set.y)
+    try:
+        config = train.Config(
+            (n_in, *map(int, FLAGS.hidden), 1), optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs
+        )
+        compute_config = train.Config(
+            (n_in, *map(int, FLAGS.compute_hidden), 1), optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
+            epochs=FLAGS.compute_epochs,
+        )
+    except ValueError as error:
+        raise common.StudyInputError(str(error)) from None
+    lo, hi = (float(v) for v in FLAGS.learning_rate_range)
+    learning_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.num_configs)
+    runs = FLAGS.num_configs * FLAGS.num_seeds
+    steps = perf.steps_per_run(config, m)
+    chunk_size = FLAGS.chunk_size or None
+    devices = jax.devices()
+    print(
+        f"{STUDY}: {runs} runs × {steps} updates of {'-'.join(map(str, config.layer_sizes))} ({FLAGS.optimizer}) "
+        f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
+    )
+
+    print("matmul peak ...", flush=True)
+    peak = perf.matmul_peak(FLAGS.matmul_size, max(FLAGS.repeats, 5))
+    peak["size"] = FLAGS.matmul_size
+    print(f"  {peak['peak'] / 1e9:.1f} GFLOP/s")
+
+    print("deepopt sweep ...", flush=True)
+    sweep_m = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size)
+    print(f"  {sweep_m['config_steps_per_second']:,.0f} config-steps/s (compile {sweep_m['compile_seconds']:.1f} s)")
+
+    loop_runs = runs if FLAGS.loop_runs == 0 else min(FLAGS.loop_runs, runs)
+    print(f"jitted fit loop ({loop_runs} runs) ...", flush=True)
+    keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
+    loop_m = measure_jitted_loop(config, learning_rates, keys, train_set, dev_set, loop_runs, FLAGS.repeats)
+    print(f"  {loop_m['config_steps_per_second']:,.0f} config-steps/s")
+
+    print(f"Flax + optax loop, recompiling ({FLAGS.recompile_runs} runs) ...", flush=True)
+    recompile_m = measure_recompiling_loop(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, FLAGS.recompile_runs)
+    print(f"  {recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s of it compiling")
+
+    print("compute-bound sweep ...", flush=True)
+    compute_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.compute_configs)
+    compute_m = measure_sweep(
+        compute_config, compute_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size
+    )
+
+    def flop_entry(cfg: train.Config, measured: dict[str, Any]) -> dict[str, Any]:
+        flops_per_run = perf.training_flops(cfg, m)
+        rate = measured["runs"] * flops_per_run / measured["seconds"]
+        return {
+            "layer_sizes": list(cfg.layer_sizes),
+            "runs": measured["runs"],
+            "epochs": cfg.epochs,
+            "gflop_per_run": flops_per_run / 1e9,
+            "seconds": measured["seconds"],
+            "gflops_per_second": rate / 1e9,
+            "peak_fraction": rate / peak["peak"],
+        }
+
+    sweep_rows = sweep_m.pop("rows")
+    compute_m.pop("rows")
+    loop_outputs = loop_m.pop("outputs")
+    measured_rows = sweep_rows[: len(loop_outputs)]  # the sweep's plan order is the loop's: rate major, then seed
+    cost_gaps = [
+        abs((row["final_cost"] if row["final_cost"] is not None else np.nan) - output[2])
+        for row, output in zip(measured_rows, loop_outputs)
+    ]
+    end_to_end = {
+        "sweep": sweep_m["end_to_end_seconds"],
+        "jitted_loop": loop_m["compile_seconds"] + loop_m["seconds_per_run"] * runs,
+        "recompiling_loop": recompile_m["seconds_per_run"] * runs,
+    }
+    results = {
+        "study": STUDY,
+        "machine": {
+            "platform": devices[0].platform,
+            "device_kind": devices[0].device_kind,
+            "devices": len(devices),
+            "cpu_cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "python": platform.python_version(),
+        },
+        "job": {
+            "data": source,
+            "n_train": m,
+            "n_dev": len(dev_set.y),
+            "layer_sizes": list(config.layer_sizes),
+            "optimizer": FLAGS.optimizer,
+            "batch_size": FLAGS.batch_size,
+            "epochs": FLAGS.epochs,
+            "num_configs": FLAGS.num_configs,
+            "num_seeds": FLAGS.num_seeds,
+            "learning_rate_range": [lo, hi],
+            "runs": runs,
+            "steps_per_run": steps,
+            "repeats": FLAGS.repeats,
+            "seed": FLAGS.seed,
+        },
+        "matmul_peak": peak,
+        "measured": {"sweep": sweep_m, "jitted_loop": loop_m, "recompiling_loop": recompile_m, "compute_bound_sweep": compute_m},
+        "end_to_end": end_to_end,
+        "ratios": {
+            "sweep_vs_jitted_loop": sweep_m["config_steps_per_second"] / loop_m["config_steps_per_second"],
+            "sweep_vs_recompiling_loop": end_to_end["recompiling_loop"] / end_to_end["sweep"],
+            "sweep_vs_recompiling_loop_steady": sweep_m["config_steps_per_second"] / recompile_m["config_steps_per_second"],
+        },
+        "flops": {"default": flop_entry(config, sweep_m), "compute_bound": flop_entry(compute_config, compute_m)},
+        "agreement": {
+            "runs": len(loop_outputs),
+            "max_final_cost_difference": float(np.nanmax(cost_gaps)) if cost_gaps else float("nan"),
+            "dev_accuracy_equal": sum(
+                row["dev_accuracy"] is not None and abs(row["dev_accuracy"] - output[1]) < 1e-6
+                for row, output in zip(measured_rows, loop_outputs)
+            ),
+        },
+    }
+    results["targets"] = targets(results)
+    text = report(results)
+    common.write_json(output_dir / "results.json", results)
+    common.write_text(output_dir / "report.md", text)
+    print("\n" + text)
+    print(f"wrote {output_dir}/results.json, report.md")
+
+
+if __name__ == "__main__":
+    common.run_study(main)

@@ -323,7 +323,7 @@ def resolve_dropout(keep_prob: Any, dropout: bool | None = None) -> bool:
     if dropout is False and concrete and not all_one:
         raise ValueError(
             f"dropout=False compiles dropout out, but HParams.keep_prob is {keep_prob!r}; "
-            "pass keep_prob=1.0 or dropout=None"
+            "pass keep_prob=1.0 or dropout=True"
         )
     return (not all_one) if dropout is None else dropout
 

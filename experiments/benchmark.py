@@ -58,7 +58,7 @@ flags.DEFINE_integer("num_configs", 512, "Learning rates (log-spaced over --lear
 flags.DEFINE_integer("num_seeds", 2, "Keys per learning rate.", lower_bound=1)
 flags.DEFINE_list("learning_rate_range", ["1e-4", "1e-1"], "Smallest and largest learning rate.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measurement (medians are reported).", lower_bound=3)
-flags.DEFINE_integer("chunk_size", 0, "Runs per sweep chunk (0: a whole group in one chunk).", lower_bound=0)
+flags.DEFINE_integer("chunk_size", 256, "Runs per sweep chunk (0: a whole group in one chunk).", lower_bound=0)
 flags.DEFINE_integer("loop_runs", 128, "Runs the jitted loop trains per repeat (0: all; more are extrapolated).", lower_bound=0)
 flags.DEFINE_integer("recompile_runs", 4, "Runs of the recompiling Flax + optax loop (extrapolated).", lower_bound=3)
 flags.DEFINE_list("compute_hidden", ["256", "256"], "Hidden widths of the compute-bound net.")
@@ -488,6 +488,12 @@ def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, str]:
 
 def main(argv: list[str]) -> None:
     del argv
+    try:
+        import optax  # noqa: F401  (the Flax + optax baseline; checked before any measurement)
+    except ImportError:
+        raise common.StudyInputError(
+            "the Flax + optax baseline needs optax: pip install -e '.[benchmark]'"
+        ) from None
     common.split_cpu(FLAGS.host_devices)
     output_dir = common.prepare_output_dir(STUDY)
     data_key, model_key = jax.random.split(jax.random.key(FLAGS.seed))

@@ -1,0 +1,96 @@
+"""The benchmark end to end on a tiny job, as a user runs it (a subprocess: it defines its own absl flags)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = [
+    "--num_configs=4", "--num_seeds=2", "--epochs=3", "--loop_runs=3", "--recompile_runs=3",
+    "--compute_hidden=16", "--compute_configs=2", "--compute_epochs=2", "--matmul_size=64", "--host_devices=2",
+]
+
+
+def run_benchmark(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("benchmark") / "out"
+    completed = run_benchmark(f"--output_dir={output_dir}", *TINY)
+    assert completed.returncode == 0, completed.stderr
+    return output_dir, json.loads((output_dir / "results.json").read_text()), completed
+
+
+def test_measures_every_approach_on_the_same_job(tiny):
+    _, results, _ = tiny
+    job, measured = results["job"], results["measured"]
+    assert job["runs"] == 8 and job["steps_per_run"] == 3 * 5  # 300 examples in batches of 64
+    assert results["machine"]["devices"] == 2 and measured["sweep"]["devices"] == 2
+    assert measured["sweep"]["runs_measured"] == 8 and measured["jitted_loop"]["runs_measured"] == 3
+    assert measured["recompiling_loop"]["runs_measured"] == 3
+    for name in ("sweep", "jitted_loop"):
+        entry = measured[name]
+        assert len(entry["repeat_seconds"]) == 3 and entry["seconds"] == sorted(entry["repeat_seconds"])[1]
+        assert entry["compile_seconds"] > 0
+    sweep, loop = measured["sweep"], measured["jitted_loop"]
+    assert sweep["config_steps_per_second"] == pytest.approx(8 * 15 / sweep["seconds"])
+    assert loop["config_steps_per_second"] == pytest.approx(3 * 15 / loop["seconds"])
+    # The idiomatic loop compiles its step for every run (full and last, smaller, mini-batch).
+    assert measured["recompiling_loop"]["compilations_per_run"] == 2
+    assert not sweep["dropout_compiled"]
+
+
+def test_loop_and_sweep_agree_run_by_run(tiny):
+    _, results, _ = tiny
+    agreement = results["agreement"]
+    assert agreement["runs"] == 3 and agreement["dev_accuracy_equal"] == 3
+    assert agreement["max_final_cost_difference"] < 1e-4
+
+
+def test_ratios_flops_and_targets_are_computed_from_the_measurements(tiny):
+    _, results, _ = tiny
+    ratios, measured, end_to_end = results["ratios"], results["measured"], results["end_to_end"]
+    assert ratios["sweep_vs_jitted_loop"] == pytest.approx(
+        measured["sweep"]["config_steps_per_second"] / measured["jitted_loop"]["config_steps_per_second"]
+    )
+    assert end_to_end["recompiling_loop"] == pytest.approx(8 * measured["recompiling_loop"]["seconds_per_run"])
+    assert ratios["sweep_vs_recompiling_loop"] == pytest.approx(end_to_end["recompiling_loop"] / end_to_end["sweep"])
+    peak = results["matmul_peak"]["peak"]
+    compute = results["flops"]["compute_bound"]
+    assert compute["layer_sizes"] == [2, 16, 1] and compute["runs"] == 4
+    assert compute["gflops_per_second"] * 1e9 / peak == pytest.approx(compute["peak_fraction"])
+    assert [t["met"] for t in results["targets"]] == [t["measured"] >= t["wanted"] for t in results["targets"]]
+    memory = measured["sweep"]["memory"]
+    assert memory["peak_rss_mb"] > 0 and memory["runs_in_flight"] == 8 and memory["xla_kb_per_run"] > 0
+
+
+def test_report_has_the_tables(tiny):
+    output_dir, _, completed = tiny
+    report = (output_dir / "report.md").read_text()
+    for heading in ("## Throughput", "## Against the matmul peak", "## Memory", "## Targets"):
+        assert heading in report
+    assert "recompiles every run" in report and "(extrapolated)" in report
+    assert "## Targets" in completed.stdout
+
+
+def test_bad_flags_and_existing_results_are_one_line_errors(tiny):
+    output_dir, _, _ = tiny
+    for flags, message in (
+        (["--repeats=2"], "--repeats"),
+        (["--learning_rate_range=1,0.1"], "--learning_rate_range must be two numbers"),
+        (["--compute_hidden=0"], "--compute_hidden must be a comma-separated list"),
+    ):
+        completed = run_benchmark(*flags)
+        assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0, completed.stderr
+        assert message in completed.stderr
+    before = (output_dir / "results.json").read_text()
+    completed = run_benchmark(f"--output_dir={output_dir}", *TINY)
+    assert completed.returncode == 2 and "already holds results.json" in completed.stderr
+    assert (output_dir / "results.json").read_text() == before

@@ -1,0 +1,87 @@
+"""The engine's speed-ups change no result: the one-operand-sort permutation and dropout compiled out."""
+
+import collections
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from deepopt import data, sweep, train
+
+SMALL = train.Config((2, 6, 1), optimizer="adam", batch_size=32, epochs=6)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 64, 300, 1000])
+def test_permutation_is_a_permutation_and_repeats_with_its_key(m):
+    order = np.asarray(data.permutation(jax.random.key(7), m))
+    assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(m))
+    np.testing.assert_array_equal(order, np.asarray(data.permutation(jax.random.key(7), m)))
+    if m >= 64:
+        assert not np.array_equal(order, np.asarray(data.permutation(jax.random.key(8), m)))
+
+
+def test_permutation_is_uniform():
+    # All 24 orders of 4 items, 24000 draws: each count is 1000 ± 31 (1 sd); allow 5 sd.
+    draws = jax.jit(jax.vmap(lambda k: data.permutation(k, 4)))(jax.random.split(jax.random.key(0), 24000))
+    counts = collections.Counter(map(tuple, np.asarray(draws).tolist()))
+    assert len(counts) == 24
+    assert all(abs(c - 1000) < 5 * math.sqrt(1000) for c in counts.values())
+    # Every item is equally likely in every position (m = 300: 2 rounds of 23 random bits).
+    first = np.asarray(jax.vmap(lambda k: data.permutation(k, 300)[0])(jax.random.split(jax.random.key(1), 30000)))
+    histogram = np.bincount(first // 30, minlength=10)  # 10 bins of 30 items, 3000 ± 52 each
+    assert np.all(np.abs(histogram - 3000) < 5 * 52)
+
+
+def test_shuffle_rounds_match_jax_bound_and_fall_back_for_huge_sets():
+    assert [data.shuffle_rounds(m) for m in (1, 2, 300, 60_000, 2**20)] == [1, 1, 2, 3, 5]
+    assert data.shuffle_rounds(2**21) == 0  # fewer than 12 random bits left: jax.random.permutation
+
+
+def test_minibatches_use_the_permutation():
+    index, mask = data.padded_minibatch_indices(jax.random.key(3), 300, 64)
+    order = np.asarray(data.permutation(jax.random.key(3), 300))
+    np.testing.assert_array_equal(np.asarray(index).reshape(-1)[:300], order)
+    assert int(mask.sum()) == 300
+
+
+@pytest.fixture(scope="module")
+def moons_pair():
+    return data.make_moons(jax.random.key(0), 100, 0.2), data.make_moons(jax.random.key(1), 40, 0.2)
+
+
+def test_dropout_compiled_out_gives_the_same_run(moons_pair):
+    train_set, dev_set = moons_pair
+    hp = train.HParams(learning_rate=0.05)
+    with_masks = train.fit(SMALL, hp, jax.random.key(2), train_set, dev_set)
+    without = train.fit(SMALL, hp, jax.random.key(2), train_set, dev_set, dropout=False)
+    np.testing.assert_array_equal(np.asarray(with_masks.costs), np.asarray(without.costs))
+    for a, b in zip(jax.tree.leaves(with_masks.params), jax.tree.leaves(without.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_dropout_false_with_keep_prob_below_one_is_refused(moons_pair):
+    train_set, _ = moons_pair
+    with pytest.raises(ValueError, match=r"dropout=False compiles dropout out, but HParams.keep_prob is 0.8"):
+        train.fit(SMALL, train.HParams(keep_prob=0.8), jax.random.key(0), train_set, dropout=False)
+    with pytest.raises(TypeError, match="dropout must be True, False or None"):
+        train.fit(SMALL, train.HParams(), jax.random.key(0), train_set, dropout="no")
+    assert train.resolve_dropout(np.array([1.0, 1.0])) is False
+    assert train.resolve_dropout(np.array([1.0, 0.9])) is True
+
+
+def test_sweep_compiles_dropout_out_only_for_groups_without_it(moons_pair):
+    train_set, dev_set = moons_pair
+    space = {"learning_rate": sweep.grid([0.01, 0.1]), "keep_prob": sweep.grid([1.0])}
+    plain = sweep.run(SMALL, space, train_set, dev_set, key=jax.random.key(5), num_configs=None, sampler="grid")
+    assert [group["dropout"] for group in plain.stats["layout"]] == [False]
+    assert plain.stats["layout"][0]["compile_seconds"] > 0
+    for row in plain.rows:  # the same numbers as fit with the masks compiled in
+        single = train.fit(SMALL, sweep.hparams_of(row), sweep.key_of(row), train_set, dev_set)
+        assert row["final_cost"] == pytest.approx(float(single.final_cost), rel=1e-6)
+        assert row["dev_accuracy"] == pytest.approx(float(single.dev_accuracy), abs=1e-6)
+    dropped = sweep.run(
+        SMALL, {**space, "keep_prob": sweep.grid([1.0, 0.7])}, train_set, dev_set,
+        key=jax.random.key(5), num_configs=None, sampler="grid",
+    )
+    assert [group["dropout"] for group in dropped.stats["layout"]] == [True]

@@ -58,7 +58,10 @@ flags.DEFINE_integer("num_configs", 512, "Learning rates (log-spaced over --lear
 flags.DEFINE_integer("num_seeds", 2, "Keys per learning rate.", lower_bound=1)
 flags.DEFINE_list("learning_rate_range", ["1e-4", "1e-1"], "Smallest and largest learning rate.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measurement (medians are reported).", lower_bound=3)
-flags.DEFINE_integer("chunk_size", 256, "Runs per sweep chunk (0: a whole group in one chunk).", lower_bound=0)
+flags.DEFINE_string(
+    "chunk_size", sweep.AUTO_CHUNK, "Runs per sweep chunk: a positive int, 0 (a whole group in one chunk) or 'auto' "
+    "(as many runs per device as fit sweep.CACHE_BYTES_PER_DEVICE)."
+)
 flags.DEFINE_integer("loop_runs", 128, "Runs the jitted loop trains per repeat (0: all; more are extrapolated).", lower_bound=0)
 flags.DEFINE_integer("recompile_runs", 4, "Runs of the recompiling Flax + optax loop (extrapolated).", lower_bound=3)
 flags.DEFINE_list("compute_hidden", ["256", "256"], "Hidden widths of the compute-bound net.")
@@ -82,6 +85,11 @@ def _range_is_valid(values: list[str]) -> bool:
     return 0 < lo < hi < float("inf")
 
 
+flags.register_validator(
+    "chunk_size",
+    lambda value: value == sweep.AUTO_CHUNK or value.isdigit(),
+    message="--chunk_size must be a non-negative int or 'auto'",
+)
 flags.register_validator(
     "learning_rate_range", _range_is_valid, message="--learning_rate_range must be two numbers lo,hi with 0 < lo < hi"
 )
@@ -161,7 +169,7 @@ def measure_sweep(
     dev_set: data_lib.Dataset,
     key: jax.Array,
     repeats: int,
-    chunk_size: int | None,
+    chunk_size: int | str | None,
 ) -> dict[str, Any]:
     """``sweep.run`` over every device: the first call (compilation + run), then ``repeats`` timed calls."""
     space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
@@ -173,7 +181,7 @@ def measure_sweep(
         )
 
     start = time.perf_counter()
-    first = call()
+    first, first_memory = measure_memory(call, 0)
     first_seconds = time.perf_counter() - start
     compile_seconds = sum(group["compile_seconds"] for group in first.stats["layout"])
     runs = first.stats["runs"]
@@ -182,6 +190,7 @@ def measure_sweep(
     per_device = max(group["bytes_per_device"] for group in first.stats["layout"])
     runs_per_device = chunk // first.stats["devices"]
     memory["xla_kb_per_run"] = per_device / 1024 / max(runs_per_device, 1)
+    memory["first_call_peak_rss_mb"] = first_memory["peak_rss_mb"]  # compilation included
     seconds = perf.median_seconds(timed)
     steps = perf.steps_per_run(config, len(train_set.y))
     return {
@@ -387,7 +396,7 @@ def report(results: dict[str, Any]) -> str:
     throughput = common.markdown_table(
         ["approach", "devices", "runs timed", "median s (timed runs)", "config-steps/s", "compile s", "whole job, end to end s", "sweep is faster by"],
         [
-            [f"deepopt sweep (`sweep.run`, chunk {sweep_m['chunk']})", sweep_m["devices"], sweep_m["runs_measured"],
+            [f"deepopt sweep (`sweep.run`, chunks of {sweep_m['chunk']})", sweep_m["devices"], sweep_m["runs_measured"],
              _fmt(sweep_m["seconds"]), _fmt(sweep_m["config_steps_per_second"]), _fmt(sweep_m["compile_seconds"]),
              _fmt(results["end_to_end"]["sweep"]), "1×"],
             ["Python loop of one jitted `fit` (learning rate traced)", 1, loop_m["runs_measured"], _fmt(loop_m["seconds"]),
@@ -403,17 +412,19 @@ def report(results: dict[str, Any]) -> str:
     )
     flops = results["flops"]
     flop_rows = [
-        [f"{name.replace('_', ' ')}: {'-'.join(map(str, entry['layer_sizes']))}", entry["runs"], entry["epochs"],
+        [f"{name.replace('_', ' ')}: {'-'.join(map(str, entry['layer_sizes']))}", entry["runs"], entry["chunk"], entry["epochs"],
          _fmt(entry["gflop_per_run"]), _fmt(entry["seconds"]), _fmt(entry["gflops_per_second"]),
          f"{entry['peak_fraction']:.1%}"]
         for name, entry in (("default", flops["default"]), ("compute_bound", flops["compute_bound"]))
     ]
     peak = results["matmul_peak"]
     memory_rows = [
+        ["sweep, first call (compiles)", _fmt(sweep_m["memory"]["first_call_peak_rss_mb"]), "", "", "", ""]
+    ] + [
         [name, _fmt(m["memory"]["peak_rss_mb"]), _fmt(m["memory"]["added_rss_mb"]), m["memory"]["runs_in_flight"],
          _fmt(m["memory"]["added_rss_kb_per_run"]),
          _fmt(m["memory"]["xla_kb_per_run"]) if "xla_kb_per_run" in m["memory"] else "—"]
-        for name, m in (("sweep", sweep_m), ("jitted loop", loop_m), ("Flax + optax loop", recompile_m))
+        for name, m in (("sweep, timed repeats", sweep_m), ("jitted loop", loop_m), ("Flax + optax loop", recompile_m))
     ]
     target_rows = [
         [t["target"], (f"≥ {t['wanted']:.0%}" if t["unit"] == "%" else f"≥ {t['wanted']:g}×"),
@@ -424,7 +435,7 @@ def report(results: dict[str, Any]) -> str:
         "# Benchmark: the sweep against the alternatives",
         "",
         f"Machine: {machine['device_kind']} ({machine['platform']}), {machine['devices']} JAX device(s), "
-        f"{machine['cpu_cores']} CPU cores, jax {machine['jax']}, Python {machine['python']}.",
+        f"{machine['cpu_cores']} CPU cores ({machine['cpu']}), jax {machine['jax']}, Python {machine['python']}.",
         "",
         f"Job: {job['data']}, {job['n_train']} training examples, net {'-'.join(map(str, job['layer_sizes']))}, "
         f"{job['optimizer']}, mini-batch {job['batch_size']}, {job['epochs']} epochs ({steps} updates per run), "
@@ -450,7 +461,7 @@ def report(results: dict[str, Any]) -> str:
         "`deepopt.perf.matmul_flops_per_example`) over the real examples, so padding, the optimizer and the "
         "random numbers are work the count leaves out.",
         "",
-        common.markdown_table(["net (sweep over all devices)", "runs", "epochs", "GFLOP per run", "median s", "GFLOP/s", "of peak"], flop_rows),
+        common.markdown_table(["net (sweep over all devices)", "runs", "chunk", "epochs", "GFLOP per run", "median s", "GFLOP/s", "of peak"], flop_rows),
         "",
         "## Memory",
         "",
@@ -471,6 +482,18 @@ def report(results: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ main
+
+
+def cpu_model() -> str:
+    """The processor's name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, str]:
@@ -515,7 +538,7 @@ def main(argv: list[str]) -> None:
     learning_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.num_configs)
     runs = FLAGS.num_configs * FLAGS.num_seeds
     steps = perf.steps_per_run(config, m)
-    chunk_size = FLAGS.chunk_size or None
+    chunk_size = FLAGS.chunk_size if FLAGS.chunk_size == sweep.AUTO_CHUNK else (int(FLAGS.chunk_size) or None)
     devices = jax.devices()
     print(
         f"{STUDY}: {runs} runs × {steps} updates of {'-'.join(map(str, config.layer_sizes))} ({FLAGS.optimizer}) "
@@ -553,6 +576,7 @@ def main(argv: list[str]) -> None:
         return {
             "layer_sizes": list(cfg.layer_sizes),
             "runs": measured["runs"],
+            "chunk": measured["chunk"],
             "epochs": cfg.epochs,
             "gflop_per_run": flops_per_run / 1e9,
             "seconds": measured["seconds"],
@@ -580,6 +604,7 @@ def main(argv: list[str]) -> None:
             "device_kind": devices[0].device_kind,
             "devices": len(devices),
             "cpu_cores": os.cpu_count(),
+            "cpu": cpu_model(),
             "jax": jax.__version__,
             "python": platform.python_version(),
         },

@@ -85,3 +85,38 @@ def test_sweep_compiles_dropout_out_only_for_groups_without_it(moons_pair):
         key=jax.random.key(5), num_configs=None, sampler="grid",
     )
     assert [group["dropout"] for group in dropped.stats["layout"]] == [True]
+
+
+def test_auto_chunk_fits_the_cache_budget():
+    small = train.Config((2, 20, 10, 1), optimizer="adam", batch_size=64, epochs=1)
+    wide = train.Config((2, 256, 256, 1), optimizer="adam", batch_size=64, epochs=1)
+    # P params · (params + grads + 2 Adam slots) + 4 activations per hidden unit and example, float32
+    assert sweep.working_set_bytes(small, 300) == 4 * (281 * 4 + 4 * 64 * 30) + 4  # + Adam's int32 step count
+    assert sweep.working_set_bytes(train.Config((2, 20, 10, 1), optimizer="gd", batch_size=64), 300) == 4 * (
+        281 * 2 + 4 * 64 * 30
+    )
+    assert sweep.auto_chunk_size(small, 300, 2) == 128  # 64 runs per device: best measured here
+    assert sweep.auto_chunk_size(wide, 300, 2) == 4  # 2 runs per device: 113 vs 74 GFLOP/s in one chunk
+    huge = train.Config((2, 2048, 2048, 1), optimizer="adam", batch_size=64)
+    assert sweep.auto_chunk_size(huge, 300, 3) == 3  # never below one run per device
+    for size, devices in ((small, 1), (wide, 4)):
+        chunk = sweep.auto_chunk_size(size, 300, devices)
+        assert chunk % devices == 0 and chunk // devices * sweep.working_set_bytes(size, 300) <= max(
+            sweep.CACHE_BYTES_PER_DEVICE, sweep.working_set_bytes(size, 300)
+        )
+
+
+def test_sweep_with_auto_chunks(moons_pair):
+    train_set, dev_set = moons_pair
+    wide = train.Config((2, 2048, 1), optimizer="adam", batch_size=32, epochs=2)  # about 1.2 MB per run
+    space = {"learning_rate": sweep.grid([0.001, 0.01, 0.1])}
+    results = sweep.run(wide, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid",
+                        chunk_size="auto", devices=jax.devices()[:1])
+    (layout,) = results.stats["layout"]
+    assert layout["chunk"] == sweep.auto_chunk_size(wide, 100, 1) == 2 and layout["chunks"] == 2
+    for row in results.rows:
+        single = train.fit(wide, sweep.hparams_of(row), sweep.key_of(row), train_set, dev_set)
+        assert row["final_cost"] == pytest.approx(float(single.final_cost), rel=1e-5)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int, None \\(whole groups\\) or 'auto', got 'big'"):
+        sweep.run(wide, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid",
+                  chunk_size="big")

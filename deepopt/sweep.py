@@ -7,11 +7,14 @@ compiled program, whatever the number of configs in it.
 
 ``run`` samples ``num_configs`` configs (``"random"``, ``"quasi"`` = scrambled Halton, or
 ``"grid"`` = the Cartesian product), replicates each with ``seeds`` PRNG keys and validates every
-value before compiling. Per group it compiles ``vmap(fit)`` once for one chunk shape
-(``chunk_layout``; fewer runs when ``memory_budget_bytes`` per device, read from
-``memory_analysis()``, demands it), cuts the group into chunks of that shape (the last padded
-with copies of its last run, so every chunk is a multiple of the device count) and shards each
-chunk's run axis over a ``Mesh`` of every device, several processes included. Each finished
+value before compiling. Per group it compiles ``fit``, ``vmap``-ed over configs and seeds, once
+for one chunk shape: ``C`` configs × every seed (``chunk_layout``; ``chunk_size="auto"`` sizes it
+to a per-device cache budget, and fewer configs are taken when ``memory_budget_bytes`` per device,
+read from ``memory_analysis()``, demands it). It cuts the group into chunks of that shape (the
+last padded with copies of its last config, so ``C`` is a multiple of the device count) and
+shards each chunk's config axis over a ``Mesh`` of every device, several processes included. The
+seed keys are not batched inside a chunk's config axis, so work that depends on the key alone
+(permutations, mini-batch gathers, dropout's draws) is done once per seed, not once per run. Each finished
 chunk is appended to ``results_path`` as JSON lines in one write, flushed and fsynced; with
 ``resume=True`` rows already there are skipped by id, so a killed sweep restarted with the same
 arguments recomputes only unfinished chunks, with the same program, and ends with the same rows.
@@ -529,9 +532,15 @@ def compile_count() -> int:
 
 
 def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool) -> Callable:
-    """``vmap`` of ``fit`` over ``(hp, key_data)``; returns every per-run scalar of ``TrainResult`` (no params).
+    """``fit`` over ``C`` configs × ``S`` seeds; returns every per-run scalar of ``TrainResult`` (no params).
 
-    ``dropout=False`` (every run of the group has ``keep_prob == 1``) compiles the masks out.
+    Takes ``hp`` with a leading axis of ``C`` configs and ``key_data`` with one of ``S`` seed keys
+    and returns ``(C · S,)`` arrays in plan order (config-major, then seed). Two nested ``vmap``s:
+    the inner one maps the configs with the key *unbatched*, so whatever depends on the key alone
+    (initial draws, each epoch's permutation and mini-batch gathers, dropout's uniform draws) is
+    computed once per seed instead of once per run: every config's seed ``s`` trains with the same
+    key, so nothing changes but the work. ``dropout=False`` (every run of the group has
+    ``keep_prob == 1``) compiles the masks out.
     """
 
     def one_run(
@@ -551,13 +560,27 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
             ).astype(result.train_accuracy.dtype)
         return scalars
 
-    return jax.vmap(one_run, in_axes=(0, 0, None, None, None))
+    over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None, None))
+    over_configs = jax.vmap(over_seeds, in_axes=(0, None, None, None, None))
+
+    def chunk_program(
+        hp: train_lib.HParams,
+        key_data: jax.Array,
+        train_set: data_lib.Dataset,
+        dev_set: data_lib.Dataset | None,
+        test_set: data_lib.Dataset | None,
+    ) -> dict[str, jax.Array]:
+        by_config = over_configs(hp, key_data, train_set, dev_set, test_set)  # (C, S)
+        return {name: value.reshape(-1) for name, value in by_config.items()}
+
+    return chunk_program
 
 
 @functools.lru_cache(maxsize=32)
 def _compile(
     config: train_lib.Config,
-    chunk: int,
+    configs: int,
+    seeds: int,
     key_impl: str,
     key_shape: tuple[int, ...],
     dtype: str,
@@ -566,20 +589,23 @@ def _compile(
     with_test: bool,
     dropout: bool,
 ) -> tuple[Any, int]:
-    """Compile the chunk program for ``chunk`` runs sharded over ``devices``; returns it and its bytes per device."""
+    """Compile the chunk program for ``configs`` × ``seeds`` runs, configs sharded over ``devices``.
+
+    Returns it and its bytes per device.
+    """
     global _compilations
     _compilations += 1
     mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
-    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((chunk,), dtype) for name in train_lib.HParams._fields})
-    keys = jax.ShapeDtypeStruct((chunk, *key_shape), jnp.uint32)
+    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
+    keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
     datasets = [
         None
         if shapes is None
         else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
         for shapes in data_shapes
     ]
-    in_shardings = (by_run, by_run, *(None if d is None else replicated for d in datasets))
+    in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
     program = jax.jit(
         _chunk_program(config, key_impl, with_test, dropout), in_shardings=in_shardings, out_shardings=replicated
     )
@@ -608,7 +634,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 AUTO_CHUNK = "auto"
-CACHE_BYTES_PER_DEVICE = 4 * 2**20  # the per-device working set that ran fastest here (see WORKSPACE.md)
+CACHE_BYTES_PER_DEVICE = 8 * 2**20  # the per-device working set that ran fastest here (see WORKSPACE.md)
 
 
 def working_set_bytes(config: train_lib.Config, num_examples: int, dtype: Any = jnp.float32) -> int:
@@ -637,8 +663,9 @@ def auto_chunk_size(config: train_lib.Config, num_examples: int, num_devices: in
     r"""Runs per chunk so that each device's runs fit ``CACHE_BYTES_PER_DEVICE``: :math:`D \cdot 2^k`.
 
     ``k`` is the largest with :math:`2^k \cdot` ``working_set_bytes`` within the budget (at least one run
-    per device). Measured here: a 2-256-256-1 Adam net ran at 113 GFLOP/s in chunks of 4 on 2 devices
-    and 74 GFLOP/s in one chunk of 32; a 2-20-10-1 net is best at 64 to 128 runs per device.
+    per device). Measured on the 2-core CPU here: a 2-256-256-1 Adam net (about 1.6 MB per run) ran
+    at 110-114 GFLOP/s in chunks of 8 (2 configs × 2 seeds) on 2 devices, 93 in chunks of 4 and 90 in
+    chunks of 16; a 2-20-10-1 net runs equally fast from 64 to 256 runs per device.
     """
     per_run = max(working_set_bytes(config, num_examples, dtype), 1)
     runs_per_device = max(CACHE_BYTES_PER_DEVICE // per_run, 1)
@@ -1039,9 +1066,12 @@ def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Seque
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
-    for config in grouped:
+    for config, group_runs in grouped.items():
+        dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         jax.eval_shape(
-            lambda h, k, config=config: train_lib.fit(config, h, k, train_set, dev_set),
+            lambda h, k, config=config, dropout=dropout: train_lib.fit(
+                config, h, k, train_set, dev_set, dropout=dropout
+            ),
             train_lib.prepare_hparams(train_lib.HParams(), config, dtype),
             key,
         )
@@ -1111,34 +1141,39 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
     """Compile the group's chunk program once, then run, record and report its chunks that are not done yet."""
     if all(run_.id in sweep.done for run_ in group_runs):
         return
-    dropout = train_lib.resolve_dropout(np.asarray([run_.hparams["keep_prob"] for run_ in group_runs], np.float64))
+    dropout = _group_dropout(group_runs)
     compile_start = time.perf_counter()
     chunk_size = sweep.chunk_size
     if chunk_size == AUTO_CHUNK:
         train_set = sweep.splits[0]
         chunk_size = auto_chunk_size(config, len(train_set.y), len(sweep.compile_args[4]), train_set.X.dtype)
-    chunk, compiled, size = _choose_chunk(
-        config, len(group_runs), chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout)
+    seeds = _seeds_per_config(group_runs)
+    num_configs = len(group_runs) // seeds
+    configs_per_chunk, compiled, size = _choose_chunk(
+        config, num_configs, seeds, chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout)
     )
-    num_chunks = -(-len(group_runs) // chunk)
+    chunk = configs_per_chunk * seeds
+    num_chunks = -(-num_configs // configs_per_chunk)
     sweep.layout.append(
         {
             "group": label,
             "runs": len(group_runs),
             "chunk": chunk,
+            "configs_per_chunk": configs_per_chunk,
             "chunks": num_chunks,
             "bytes_per_device": size,
             "dropout": dropout,
             "compile_seconds": time.perf_counter() - compile_start,  # ~0 when the program was cached
         }
     )
-    hp_host = _group_hparams(group_runs, config, np.dtype(sweep.compile_args[2]))
-    key_host = np.asarray([run_.key_data for run_ in group_runs], np.uint32)
+    hp_host = _group_hparams(group_runs[::seeds], config, np.dtype(sweep.compile_args[2]))
+    key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
     for chunk_number in range(num_chunks):
         members = group_runs[chunk_number * chunk : (chunk_number + 1) * chunk]
         if all(run_.id in sweep.done for run_ in members):
             continue
-        local = np.minimum(np.arange(chunk) + chunk_number * chunk, len(group_runs) - 1)  # pad with the last run
+        first = chunk_number * configs_per_chunk  # pad with the last config
+        local = np.minimum(np.arange(configs_per_chunk) + first, num_configs - 1)
         chunk_start = time.perf_counter()
         outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, sweep.data_on_devices())
         seconds = (time.perf_counter() - chunk_start) / len(members)
@@ -1177,32 +1212,53 @@ def _resume(results_path: str | os.PathLike | None, runs: Sequence[Run], resume:
     return done
 
 
+def _group_dropout(group_runs: Sequence[Run]) -> bool:
+    """Whether the group's program needs dropout: some run has ``keep_prob < 1``."""
+    return train_lib.resolve_dropout(np.asarray([run_.hparams["keep_prob"] for run_ in group_runs], np.float64))
+
+
+def _seeds_per_config(group_runs: Sequence[Run]) -> int:
+    """``S``: a group's runs are every one of its configs × the same ``S`` seeds, config-major (as ``plan`` makes them)."""
+    seeds = 1
+    while seeds < len(group_runs) and group_runs[seeds].config_index == group_runs[0].config_index:
+        seeds += 1
+    layout_ok = len(group_runs) % seeds == 0 and all(
+        run_.seed == i % seeds and run_.key_data == group_runs[i % seeds].key_data for i, run_ in enumerate(group_runs)
+    )
+    if not layout_ok:
+        raise ValueError("a sweep group must hold every config × the same seeds, config-major (sweep.plan's order)")
+    return seeds
+
+
 def _choose_chunk(
     config: train_lib.Config,
-    group_size: int,
+    num_configs: int,
+    seeds: int,
     chunk_size: int | None,
     budget: int | None,
     data_bytes: int,
     compile_args: tuple,
 ) -> tuple[int, Any, int]:
-    """The group's chunk size, compiled program and bytes per device: ``chunk_layout``, shrunk to fit ``budget``.
+    """Configs per chunk, the compiled program and its bytes per device, shrunk to fit ``budget``.
 
-    Bytes per device are modelled as ``data + per_run · chunk / D``; ``per_run`` is read off the
-    compiled program, then the largest fitting chunk is compiled and checked again.
+    A chunk is ``C`` configs × every seed; ``C = chunk_layout(configs, chunk_size // seeds, D)``.
+    Bytes per device are modelled as ``data + per_config · C / D``; ``per_config`` is read off
+    the compiled program, then the largest fitting ``C`` is compiled and checked again.
     """
     num_devices = len(compile_args[4])
-    chunk = chunk_layout(group_size, chunk_size, num_devices)
-    compiled, size = _compile(config, chunk, *compile_args)
+    configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1), num_devices)
+    compiled, size = _compile(config, configs, seeds, *compile_args)
     while budget is not None and size > budget:
-        if chunk == num_devices:
+        if configs == num_devices:
             raise ValueError(
-                f"memory_budget_bytes={budget} is below what one run per device takes ({size} bytes for {config})"
+                f"memory_budget_bytes={budget} is below what one config ({seeds} seeds) per device takes "
+                f"({size} bytes for {config})"
             )
-        per_run = max(size - data_bytes, 1) / (chunk // num_devices)
-        fitting = max(int((budget - data_bytes) // per_run), 1) * num_devices
-        chunk = min(fitting, chunk - num_devices)
-        compiled, size = _compile(config, chunk, *compile_args)
-    return chunk, compiled, size
+        per_config = max(size - data_bytes, 1) / (configs // num_devices)
+        fitting = max(int((budget - data_bytes) // per_config), 1) * num_devices
+        configs = min(fitting, configs - num_devices)
+        compiled, size = _compile(config, configs, seeds, *compile_args)
+    return configs, compiled, size
 
 
 def _group_hparams(group_runs: Sequence[Run], config: train_lib.Config, dtype: Any) -> dict[str, np.ndarray]:
@@ -1228,8 +1284,8 @@ def _execute(
     local: np.ndarray,
     device_data: Sequence[data_lib.Dataset | None],
 ) -> dict[str, np.ndarray]:
-    """Run one chunk (group positions ``local``, padding included) sharded over ``mesh``; host outputs."""
-    by_run = NamedSharding(mesh, P(RUN_AXIS))
+    """Run one chunk: configs ``local`` (padding included) sharded over ``mesh`` × every seed key; host outputs."""
+    by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
     hp = train_lib.HParams(**{name: _global_array(values[local], by_run) for name, values in hp_host.items()})
-    outputs = compiled(hp, _global_array(key_host[local], by_run), *device_data)
+    outputs = compiled(hp, _global_array(key_host, replicated), *device_data)
     return {name: np.asarray(value) for name, value in outputs.items()}

@@ -22,8 +22,13 @@ Throughput is config-steps per second (one optimizer update of one run); times a
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +73,13 @@ flags.DEFINE_list("compute_hidden", ["256", "256"], "Hidden widths of the comput
 flags.DEFINE_integer("compute_configs", 16, "Learning rates of the compute-bound sweep.", lower_bound=1)
 flags.DEFINE_integer("compute_epochs", 20, "Epochs of the compute-bound sweep.", lower_bound=1)
 flags.DEFINE_integer("matmul_size", 2048, "n of the (n, n) @ (n, n) peak measurement.", lower_bound=16)
+flags.DEFINE_bool(
+    "baselines_in_own_process",
+    True,
+    "On a CPU split into several devices, time the two loops in a child process with JAX's default single CPU "
+    "device: measured here, a one-device loop runs 15-25% slower in a process that also holds the split devices.",
+)
+flags.DEFINE_string("baselines_to", None, "Internal: only time the two loops and write them as JSON to this path.")
 flags.DEFINE_integer(
     "host_devices",
     -1,
@@ -449,7 +461,10 @@ def report(results: dict[str, Any]) -> str:
         f"The jitted loop times {loop_m['runs_measured']} of the {runs} runs per repeat and the Flax + optax loop "
         f"{recompile_m['runs_measured']} runs (spread over the learning rates); their whole-job times are the "
         f"per-run medians × {runs}. Both loops do the same work per run as the sweep (same data, updates and "
-        f"dev evaluation). Jitted loop against the sweep on the runs both trained: largest |Δ final cost| "
+        f"dev evaluation) and ran in a process with {loop_m['process_devices']} JAX device(s)"
+        + (" (their fastest setting: a one-device loop is slower beside split devices)" if loop_m["process_devices"] == 1
+           and machine["devices"] > 1 else "") + "."
+        + f" Jitted loop against the sweep on the runs both trained: largest |Δ final cost| "
         f"{results['agreement']['max_final_cost_difference']:.2g}, dev accuracy equal in "
         f"{results['agreement']['dev_accuracy_equal']}/{results['agreement']['runs']} runs.",
         "",
@@ -509,6 +524,51 @@ def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, str]:
     return train_set, dev_set, f"{FLAGS.dataset} (noise {FLAGS.noise})"
 
 
+def measure_baselines(
+    config: train.Config,
+    learning_rates: np.ndarray,
+    model_key: jax.Array,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+) -> dict[str, Any]:
+    """The jitted loop and the recompiling Flax + optax loop, in this process."""
+    runs = FLAGS.num_configs * FLAGS.num_seeds
+    loop_runs = runs if FLAGS.loop_runs == 0 else min(FLAGS.loop_runs, runs)
+    say = print if FLAGS.baselines_to is None else (lambda *args, **kwargs: None)
+    say(f"jitted fit loop ({loop_runs} runs) ...", flush=True)
+    keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
+    loop_m = measure_jitted_loop(config, learning_rates, keys, train_set, dev_set, loop_runs, FLAGS.repeats)
+    say(f"  {loop_m['config_steps_per_second']:,.0f} config-steps/s")
+    say(f"Flax + optax loop, recompiling ({FLAGS.recompile_runs} runs) ...", flush=True)
+    recompile_m = measure_recompiling_loop(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, FLAGS.recompile_runs)
+    say(f"  {recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s of it compiling")
+    for entry in (loop_m, recompile_m):
+        entry["process_devices"] = len(jax.devices())
+    return {"jitted_loop": loop_m, "recompiling_loop": recompile_m}
+
+
+def baselines_in_child_process() -> dict[str, Any]:
+    """``measure_baselines`` in ``python -m experiments.benchmark`` with the same flags and one CPU device."""
+    print("jitted fit loop and Flax + optax loop, in a one-device process ...", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "baselines.json")
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = " ".join(
+            part for part in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in part
+        )
+        command = [sys.executable, "-m", "experiments.benchmark", *sys.argv[1:], "--host_devices=0", f"--baselines_to={path}"]
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            last = (completed.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"the baselines' process failed (exit {completed.returncode}): {last}")
+        with open(path, encoding="utf-8") as stream:
+            measured = json.load(stream)
+    loop_m, recompile_m = measured["jitted_loop"], measured["recompiling_loop"]
+    print(f"  jitted loop {loop_m['config_steps_per_second']:,.0f} config-steps/s; Flax + optax "
+          f"{recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s compiling")
+    return measured
+
+
 def main(argv: list[str]) -> None:
     del argv
     try:
@@ -518,7 +578,7 @@ def main(argv: list[str]) -> None:
             "the Flax + optax baseline needs optax: pip install -e '.[benchmark]'"
         ) from None
     common.split_cpu(FLAGS.host_devices)
-    output_dir = common.prepare_output_dir(STUDY)
+    output_dir = common.prepare_output_dir(STUDY) if FLAGS.baselines_to is None else None
     data_key, model_key = jax.random.split(jax.random.key(FLAGS.seed))
     train_set, dev_set, source = load_data(data_key)
     if common.output_units(train_set, dev_set) != 1:
@@ -540,6 +600,9 @@ def main(argv: list[str]) -> None:
     steps = perf.steps_per_run(config, m)
     chunk_size = FLAGS.chunk_size if FLAGS.chunk_size == sweep.AUTO_CHUNK else (int(FLAGS.chunk_size) or None)
     devices = jax.devices()
+    if FLAGS.baselines_to is not None:
+        common.write_json(pathlib.Path(FLAGS.baselines_to), measure_baselines(config, learning_rates, model_key, train_set, dev_set))
+        return
     print(
         f"{STUDY}: {runs} runs × {steps} updates of {'-'.join(map(str, config.layer_sizes))} ({FLAGS.optimizer}) "
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
@@ -554,15 +617,11 @@ def main(argv: list[str]) -> None:
     sweep_m = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size)
     print(f"  {sweep_m['config_steps_per_second']:,.0f} config-steps/s (compile {sweep_m['compile_seconds']:.1f} s)")
 
-    loop_runs = runs if FLAGS.loop_runs == 0 else min(FLAGS.loop_runs, runs)
-    print(f"jitted fit loop ({loop_runs} runs) ...", flush=True)
-    keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
-    loop_m = measure_jitted_loop(config, learning_rates, keys, train_set, dev_set, loop_runs, FLAGS.repeats)
-    print(f"  {loop_m['config_steps_per_second']:,.0f} config-steps/s")
-
-    print(f"Flax + optax loop, recompiling ({FLAGS.recompile_runs} runs) ...", flush=True)
-    recompile_m = measure_recompiling_loop(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, FLAGS.recompile_runs)
-    print(f"  {recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s of it compiling")
+    if FLAGS.baselines_in_own_process and devices[0].platform == "cpu" and len(devices) > 1:
+        baselines = baselines_in_child_process()
+    else:
+        baselines = measure_baselines(config, learning_rates, model_key, train_set, dev_set)
+    loop_m, recompile_m = baselines["jitted_loop"], baselines["recompiling_loop"]
 
     print("compute-bound sweep ...", flush=True)
     compute_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.compute_configs)

@@ -564,13 +564,9 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
     over_configs = jax.vmap(over_seeds, in_axes=(0, None, None, None, None))
 
     def chunk_program(
-        hp: train_lib.HParams,
-        key_data: jax.Array,
-        train_set: data_lib.Dataset,
-        dev_set: data_lib.Dataset | None,
-        test_set: data_lib.Dataset | None,
+        hp: train_lib.HParams, key_data: jax.Array, *splits: data_lib.Dataset | None
     ) -> dict[str, jax.Array]:
-        by_config = over_configs(hp, key_data, train_set, dev_set, test_set)  # (C, S)
+        by_config = over_configs(hp, key_data, *splits)  # (C, S): train, dev, test
         return {name: value.reshape(-1) for name, value in by_config.items()}
 
     return chunk_program

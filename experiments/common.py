@@ -86,6 +86,17 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded_main, flags_parser=parse_flags)
 
 
+def define_host_devices_flag() -> None:
+    """Define ``--host_devices`` (how many JAX devices to split the CPU into), read by ``split_cpu``."""
+    flags.DEFINE_integer(
+        "host_devices",
+        -1,
+        "Split the CPU into this many devices; -1: one per core unless XLA_FLAGS sets "
+        "--xla_force_host_platform_device_count; 0: leave JAX's default (one).",
+        lower_bound=-1,
+    )
+
+
 def split_cpu(host_devices: int) -> int:
     """Split the CPU into ``host_devices`` JAX devices, before any computation; returns the count asked for.
 

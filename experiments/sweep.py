@@ -67,13 +67,7 @@ flags.DEFINE_float("memory_budget_mb", 0.0, "Memory per device a chunk may use, 
 flags.DEFINE_float("bayes_error", 0.0, "Bayes (human-level) error estimate for the bias/variance verdict.")
 flags.DEFINE_float("tolerance", 0.02, "Gap that counts as high bias or high variance.", lower_bound=0.0)
 flags.DEFINE_bool("resume", False, "Continue the sweep in --output_dir: runs already in results.jsonl are skipped.")
-flags.DEFINE_integer(
-    "host_devices",
-    -1,
-    "Split the CPU into this many devices; -1: one per core unless XLA_FLAGS sets "
-    "--xla_force_host_platform_device_count; 0: leave JAX's default (one).",
-    lower_bound=-1,
-)
+common.define_host_devices_flag()
 flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, to run one sweep over several processes/hosts."
 )

@@ -512,7 +512,8 @@ def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, str]:
     user_data = common.load_user_data(split_key)
     if user_data is not None:
         train_set, dev_set = user_data
-        return train_set, dev_set, common.data_source()
+        held_out = FLAGS.test_data or f"{FLAGS.test_fraction:.0%} of it"
+        return train_set, dev_set, f"{FLAGS.data} (dev set: {held_out})"
     make = DATASETS[FLAGS.dataset]
     train_set = data_lib.Dataset(*map(np.asarray, make(train_key, FLAGS.n_train, FLAGS.noise)))
     dev_set = data_lib.Dataset(*map(np.asarray, make(dev_key, FLAGS.n_dev, FLAGS.noise)))

@@ -168,14 +168,18 @@ def _check_batching(m: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
+def _index_bits(m: int) -> int:
+    """Bits that hold a position in ``0..m-1`` (at least one)."""
+    return max((m - 1).bit_length(), 1)
+
+
 def shuffle_rounds(m: int) -> int:
     r"""Sort rounds ``permutation`` uses for ``m`` items (0: it falls back to ``jax.random.permutation``).
 
     Each round draws :math:`32 - \lceil\log_2 m\rceil` random bits per item; rounds are added until
     they total :math:`3\log_2 m` bits, the bound ``jax.random.permutation`` uses for its 32-bit keys.
     """
-    index_bits = max((m - 1).bit_length(), 1)
-    random_bits = 32 - index_bits
+    random_bits = 32 - _index_bits(m)
     if random_bits < 12:
         return 0
     return max(1, math.ceil(3 * math.log2(max(m, 2)) / random_bits))
@@ -194,13 +198,12 @@ def permutation(key: jax.Array, m: int) -> jax.Array:
     rounds = shuffle_rounds(m)
     if rounds == 0:
         return jax.random.permutation(key, m).astype(jnp.int32)
-    index_bits = max((m - 1).bit_length(), 1)
-    low = jnp.uint32((1 << index_bits) - 1)
-    order = jnp.arange(m, dtype=jnp.uint32)
+    low = jnp.uint32((1 << _index_bits(m)) - 1)
+    positions = jnp.arange(m, dtype=jnp.uint32)
+    order = positions
     for round_key in jax.random.split(key, rounds):
         high = jax.random.bits(round_key, (m,), jnp.uint32) & ~low
-        position = jnp.sort(high | jnp.arange(m, dtype=jnp.uint32)) & low
-        order = order[position]
+        order = order[jnp.sort(high | positions) & low]
     return order.astype(jnp.int32)
 
 

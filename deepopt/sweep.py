@@ -13,9 +13,9 @@ to a per-device cache budget, and fewer configs are taken when ``memory_budget_b
 read from ``memory_analysis()``, demands it). It cuts the group into chunks of that shape (the
 last padded with copies of its last config, so ``C`` is a multiple of the device count) and
 shards each chunk's config axis over a ``Mesh`` of every device, several processes included. The
-seed keys are not batched inside a chunk's config axis, so work that depends on the key alone
-(permutations, mini-batch gathers, dropout's draws) is done once per seed, not once per run. Each finished
-chunk is appended to ``results_path`` as JSON lines in one write, flushed and fsynced; with
+seed keys are not batched along a chunk's config axis, so work that depends on the key alone
+(permutations, mini-batch gathers, dropout's draws) is done once per seed, not once per run.
+Each finished chunk is appended to ``results_path`` as JSON lines in one write, flushed and fsynced; with
 ``resume=True`` rows already there are skipped by id, so a killed sweep restarted with the same
 arguments recomputes only unfinished chunks, with the same program, and ends with the same rows.
 
@@ -52,7 +52,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
-from deepopt import model
+from deepopt import init as init_lib
+from deepopt import model, optim
 from deepopt import train as train_lib
 
 if TYPE_CHECKING:
@@ -536,7 +537,8 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
 
     Takes ``hp`` with a leading axis of ``C`` configs and ``key_data`` with one of ``S`` seed keys
     and returns ``(C · S,)`` arrays in plan order (config-major, then seed). Two nested ``vmap``s:
-    the inner one maps the configs with the key *unbatched*, so whatever depends on the key alone
+    the outer one maps the configs with the key *unbatched*, the inner one the seeds, so whatever
+    depends on the key alone
     (initial draws, each epoch's permutation and mini-batch gathers, dropout's uniform draws) is
     computed once per seed instead of once per run: every config's seed ``s`` trains with the same
     key, so nothing changes but the work. ``dropout=False`` (every run of the group has
@@ -639,9 +641,6 @@ def working_set_bytes(config: train_lib.Config, num_examples: int, dtype: Any = 
     ``itemsize · (P · (2 + state slots) + 4 · batch · Σ hidden widths)`` with ``P`` parameters, from
     the shapes of ``init.mlp`` and the optimizer's ``init`` (nothing is computed or compiled).
     """
-    from deepopt import init as init_lib
-    from deepopt import optim
-
     params = jax.eval_shape(
         lambda: init_lib.mlp(
             jax.random.key(0), config.layer_sizes, config.init, 1.0, dtype=dtype, batchnorm=config.batchnorm

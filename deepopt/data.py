@@ -237,55 +237,163 @@ def one_hot(y: jax.Array, num_classes: int) -> jax.Array:
     return jax.nn.one_hot(y, num_classes)
 
 
-def validate(X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32) -> Dataset:
-    """Check a user's arrays (``X`` 2-D finite numbers, ``y`` integer labels ``0..C-1``) and return a ``Dataset``.
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
 
-    Labels given as integral floats (``1.0``) are accepted; every error names ``source``.
+
+def check_dataset(
+    split: Any,
+    name: str = "data",
+    *,
+    num_features: int | None = None,
+    features_from: str = "the model's input width",
+    num_classes: int | None = None,
+    classes_from: str = "the model",
+    float_dtype: Any = None,
+    x_name: str | None = None,
+    y_name: str | None = None,
+) -> Dataset:
+    r"""The one validation of a data split, shared by ``train.fit``, ``sweep.run`` and ``load``.
+
+    Checks that ``split`` is ``(X, y)`` with ``X`` numeric of shape ``(m, n)``, ``m >= 1`` (and
+    ``n = num_features`` when given) and ``y`` integer of shape ``(m,)``. Concrete values (not
+    tracers under ``jit``/``vmap``) are also checked: every :math:`X_{ij}` finite (the error names
+    the first offending row and column, counting from 0) and every label in
+    :math:`0..	ext{num\_classes}-1` (or :math:`\ge 0` without ``num_classes``).
+
+    Returns the split as JAX arrays: ``X`` cast to ``float_dtype`` (a non-float ``X`` to the default
+    float dtype first), ``y`` as int32. Errors name ``{name}.X`` / ``{name}.y`` (or ``x_name`` /
+    ``y_name``), what they got and what was expected.
+    """
+    x_name = f"{name}.X" if x_name is None else x_name
+    y_name = f"{name}.y" if y_name is None else y_name
+    if not isinstance(split, tuple) or len(split) != 2:
+        raise TypeError(f"{name} must be a deepopt.data.Dataset(X, y), got {type(split).__name__}")
+    X, y = split
+    if not _is_traced(X) and not isinstance(X, jax.Array):
+        X = np.asarray(X)
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise TypeError(f"{x_name} must hold numbers, got dtype {X.dtype}")
+    if not _is_traced(y) and not isinstance(y, jax.Array):
+        y = np.asarray(y)
+    X_shape, y_shape = np.shape(X), np.shape(y)
+    if len(X_shape) != 2:
+        raise ValueError(f"{x_name} must be 2-D (m, n_features), got shape {X_shape}")
+    if y_shape != (X_shape[0],):
+        raise ValueError(f"{y_name} must be (m,) = ({X_shape[0]},), got shape {y_shape}")
+    if X_shape[0] == 0:
+        raise ValueError(f"{name} is empty: {x_name} has shape {X_shape}")
+    if num_features is not None and X_shape[1] != num_features:
+        raise ValueError(f"{x_name} has {X_shape[1]} features but {features_from} is {num_features}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"{y_name} must hold integer class ids, got dtype {y.dtype}")
+    if not _is_traced(X):
+        values = np.asarray(X)
+        if np.issubdtype(values.dtype, np.inexact):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row, column = (int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"{x_name} has a non-finite value ({values[row, column]}) at row {row}, column {column} "
+                    f"(counting from 0; {int(bad.sum())} non-finite values in all): inputs must be finite numbers"
+                )
+    if num_classes is not None and not _is_traced(y):
+        labels = np.asarray(y)
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{y_name} must be class ids in 0..{num_classes - 1} for {classes_from}, got values in [{low}, {high}]"
+            )
+    X = jnp.asarray(X)
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.zeros(()).dtype)
+    if float_dtype is not None:
+        X = X.astype(float_dtype)
+    return Dataset(X, jnp.asarray(y).astype(jnp.int32))
+
+
+def validate(
+    X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32, num_classes: int | None = None
+) -> Dataset:
+    """Check a user's arrays and return a host ``Dataset`` (``X`` of ``dtype``, ``y`` int32); errors name ``source``.
+
+    ``X`` must be 2-D finite numbers (``check_dataset``); labels integer class ids, integral floats
+    (``1.0``) accepted. Without ``num_classes`` the labels must be exactly ``0..K-1`` with every
+    class present, ``K >= 2`` (labels ``1, 2`` or ``0, 2`` would silently build an empty class, so
+    they are refused with the labels found and how to fix them); with ``num_classes`` (a test file
+    checked against its training file) they must lie in ``0..num_classes-1``, classes may be missing.
     """
     X, y = np.asarray(X), np.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"{source}: X must be 2-D (m, n_features), got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
+    if X.ndim == 2 and X.shape[1] == 0:
         raise ValueError(f"{source}: X is empty, shape {X.shape}")
-    if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise ValueError(f"{source}: y must be 1-D with {X.shape[0]} labels (one per row of X), got shape {y.shape}")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{source}: X must be numeric, got dtype {X.dtype}")
-    bad_rows = np.where(~np.isfinite(X).all(axis=1))[0]
-    if bad_rows.size:
-        raise ValueError(f"{source}: X has non-finite values (NaN or inf) in rows {bad_rows[:5].tolist()}")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
+    if y.ndim == 1 and (
+        not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0)
+    ):
         raise ValueError(f"{source}: labels must be integer class ids 0..C-1, got values {np.unique(y)[:10].tolist()}")
-    y = y.astype(np.int32)
-    present = np.unique(y)
-    if present.size < 2:
-        raise ValueError(f"{source}: labels must cover at least two classes 0..C-1, got only {present.tolist()}")
-    return Dataset(X.astype(dtype), y)
+    labels = y.astype(np.int32) if y.ndim == 1 else y
+    checked = check_dataset(
+        Dataset(X, labels), source, num_classes=num_classes, classes_from="the classes of the training data",
+        x_name=f"{source}: X", y_name=f"{source}: labels",
+    )
+    present = np.unique(labels)
+    if num_classes is None:
+        if present.size < 2:
+            raise ValueError(f"{source}: labels must cover at least two classes 0..C-1, got only {present.tolist()}")
+        if present.tolist() != list(range(present.size)):
+            mapping = ", ".join(f"{old} -> {new}" for new, old in enumerate(present.tolist()))
+            raise ValueError(
+                f"{source}: labels must be the class ids 0..{present.size - 1} with every class present, "
+                f"found {present.tolist()}; relabel the file ({mapping})"
+            )
+    return Dataset(np.asarray(checked.X, dtype), np.asarray(checked.y))
 
 
-def load(path: str | os.PathLike, *, dtype: Any = np.float32) -> Dataset:
-    """Load a user's dataset: ``.csv`` (a header row, last column the label) or ``.npz`` (arrays ``X``, ``y``).
+def _csv_has_header(path: str) -> bool:
+    """Whether the first non-empty line of a CSV is a header: it is, unless every cell parses as a number."""
+    with open(path, encoding="utf-8-sig") as stream:
+        for line in stream:
+            if line.strip():
+                try:
+                    [float(cell) for cell in line.strip().split(",")]
+                except ValueError:
+                    return True
+                return False
+    return False
 
-    Validated with ``validate``: 2-D, finite, labels ``0..C-1``; errors name the file.
+
+def load(path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int | None = None) -> Dataset:
+    """Load a user's dataset: ``.csv`` (last column the label) or ``.npz`` (arrays ``X``, ``y``).
+
+    A CSV's header row is optional: a first row whose every cell parses as a number is data,
+    anything else is a header and skipped. Validated with ``validate`` (2-D, finite, labels exactly
+    ``0..C-1``, or within ``0..num_classes-1`` when given); errors name the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path!r}")
     extension = os.path.splitext(path)[1].lower()
     if extension == ".csv":
+        header = _csv_has_header(path)
         try:
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+            table = np.loadtxt(
+                path, delimiter=",", skiprows=1 if header else 0, ndmin=2, dtype=np.float64, encoding="utf-8-sig"
+            )
         except ValueError as error:
-            raise ValueError(f"{path}: not a numeric CSV with one header row ({error})") from None
+            what = "after its header row" if header else "(no header row: the first row is numbers, so it is data)"
+            raise ValueError(f"{path}: not a numeric CSV {what} ({error})") from None
+        if table.shape[0] == 0:
+            raise ValueError(f"{path}: the CSV has no data rows")
         if table.shape[1] < 2:
             raise ValueError(f"{path}: needs at least one feature column and a label column, got {table.shape[1]} column(s)")
-        return validate(table[:, :-1], table[:, -1], path, dtype=dtype)
+        return validate(table[:, :-1], table[:, -1], path, dtype=dtype, num_classes=num_classes)
     if extension == ".npz":
         with np.load(path) as archive:
             missing = {"X", "y"} - set(archive.files)
             if missing:
                 raise ValueError(f"{path}: .npz needs arrays 'X' and 'y', missing {sorted(missing)} (has {archive.files})")
-            return validate(archive["X"], archive["y"], path, dtype=dtype)
+            return validate(archive["X"], archive["y"], path, dtype=dtype, num_classes=num_classes)
     raise ValueError(f"{path}: unsupported file type {extension!r}; expected .csv or .npz")
 
 

@@ -33,8 +33,10 @@ Distributions map a unit coordinate :math:`u \in [0, 1)` to a value:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -42,7 +44,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
@@ -354,8 +356,12 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _data_digest(*datasets: data_lib.Dataset | None) -> str:
-    """Fingerprint of the data, so that a results file never mixes rows trained on other data."""
+def data_fingerprint(*datasets: data_lib.Dataset | None) -> str:
+    """Fingerprint of the data (dtypes, shapes and bytes of every array; 16 hex digits).
+
+    Part of every run id, so that a results file never mixes rows trained on other data; the
+    main job also records it to refuse resuming a sweep with other data.
+    """
     hasher = hashlib.sha256()
     for dataset in datasets:
         for array in () if dataset is None else dataset:
@@ -409,6 +415,11 @@ def plan(
 ) -> list[Run]:
     """Sample and validate the sweep's runs (config-major, then seed); nothing is compiled.
 
+    A sampled config identical to an earlier one (same Config and HParams, as an all-discrete
+    space sampled more often than it has combinations gives, or an empty space: every config is
+    the base one) is planned once, under the index it was first sampled at: run ids are unique,
+    and a sweep may therefore hold fewer than ``num_configs`` configs.
+
     Every static combination is built with ``dataclasses.replace(base_config, ...)`` (so new
     Config fields join the sweep by themselves) and every hyperparameter column is checked with
     ``train.validate_hparams``, whose error names the config index.
@@ -446,11 +457,15 @@ def plan(
     keys = seed_keys(key, seeds)
     key_data = [tuple(int(v) for v in np.asarray(jax.random.key_data(k)).reshape(-1)) for k in keys]
     runs = []
+    seen: set[str] = set()
     for config_index, assignment in enumerate(assignments):
         config = configs[tuple(_canonical(assignment[name]) for name in static)]
         values = {name: (None if v is None else _plain(v)) for name, v in hparams._asdict().items()}
         values.update({name: _plain(assignment[name]) for name in traced})
         config_id = _digest({"config": dataclasses.asdict(config), "hparams": values})
+        if config_id in seen:  # the same Config and HParams again (an empty or all-discrete space): trained once
+            continue
+        seen.add(config_id)
         for seed in range(seeds):
             run_id = _digest({"config_id": config_id, "seed": seed, "key": key_data[seed], "data": data_digest})
             runs.append(Run(len(runs), run_id, config_id, config_index, seed, config, values, key_data[seed]))
@@ -517,6 +532,77 @@ def _append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Non
         stream.write(text)
         stream.flush()
         os.fsync(stream.fileno())
+
+
+class ResultsInUseError(RuntimeError):
+    """Another process holds the results file's writer lock (its pid is in the message)."""
+
+
+_HELD_LOCKS: dict[str, list[int]] = {}  # real path -> [fd, depth] of the locks this process holds
+
+
+def _lock_holder(path: str) -> int | None:
+    """The pid holding a ``flock`` on ``path``, read from ``/proc/locks`` (None where that is not available)."""
+    try:
+        info = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].count(":") == 2:
+            major, minor, inode = fields[5].split(":")
+            try:
+                same = (int(major, 16), int(minor, 16), int(inode)) == (
+                    os.major(info.st_dev), os.minor(info.st_dev), info.st_ino
+                )
+            except ValueError:
+                continue
+            if same and fields[4].isdigit():
+                return int(fields[4])
+    return None
+
+
+@contextlib.contextmanager
+def lock_results(results_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on the results file for the life of the block.
+
+    One writer per results file: a second process fails at once with ``ResultsInUseError`` naming
+    the file's directory and the holder's pid (instead of redoing and appending every run). The
+    lock is re-entrant within a process (the main job holds it across its rounds, and ``run``
+    takes it again) and the kernel drops it when its holder dies, SIGKILL included, so a killed
+    sweep can be resumed at once. Creates the file if it does not exist; never truncates it.
+    """
+    real = os.path.realpath(os.fspath(results_path))
+    held = _HELD_LOCKS.get(real)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    try:
+        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise OSError(f"results_path {os.fspath(results_path)!r} cannot be opened for writing: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(real)
+        os.close(fd)
+        who = f"pid {holder}" if holder is not None else "a process whose pid this system does not show"
+        raise ResultsInUseError(
+            f"{os.path.dirname(real) or '.'}: another sweep is writing {os.path.basename(real)} ({who}); "
+            "wait for it to finish or stop it before resuming"
+        ) from None
+    _HELD_LOCKS[real] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD_LOCKS[real]
+        os.close(fd)  # releases the lock
 
 
 # ------------------------------------------------------------------------------ compiled programs
@@ -888,15 +974,11 @@ def _metric_fields(dev: Any, test: Any) -> tuple[str, ...]:
 
 
 def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
-    """Host copy of a split: X float (the default float dtype unless already floating), y int32."""
+    """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
     if split is None:
         return None
-    if not isinstance(split, tuple) or len(split) != 2:
-        raise TypeError(f"{name} must be a deepopt.data.Dataset(X, y), got {type(split).__name__}")
-    X = jnp.asarray(split[0])
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = X.astype(jnp.zeros(()).dtype)
-    return data_lib.Dataset(np.asarray(X), np.asarray(split[1]))
+    checked = data_lib.check_dataset(split, name)
+    return data_lib.Dataset(np.asarray(checked.X), np.asarray(checked.y))
 
 
 def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float) -> dict[str, Any]:
@@ -951,7 +1033,9 @@ def run(
       seeds: keys per config.
       sampler: ``"random"``, ``"quasi"`` (scrambled Halton) or ``"grid"``.
       results_path: JSON-lines file; each finished chunk is appended, flushed and fsynced
-        (process 0 writes).
+        (process 0 writes). ``run`` holds an exclusive lock on it while it runs
+        (``lock_results``): a second writer of the same file fails at once with
+        ``ResultsInUseError``, naming the directory and the holder's pid.
       resume: skip runs whose id is already in ``results_path`` (False: start the file afresh).
       devices: the devices to shard over (default ``jax.devices()``: every process's).
       memory_budget_bytes: per-device bytes a chunk may take (from ``memory_analysis``).
@@ -1004,64 +1088,69 @@ def run(
         seeds=seeds,
         sampler=sampler,
         hparams=hparams,
-        data_digest=_data_digest(*splits),
+        data_digest=data_fingerprint(*splits),
     )
     grouped = groups(runs)
     _check_data(grouped, splits, key)
 
-    done = _resume(results_path, runs, resume)
-    sweep = _Sweep(
-        mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
-        splits=splits,
-        data_bytes=data_bytes,
-        budget=memory_budget_bytes,
-        chunk_size=chunk_size,
-        results_path=results_path if jax.process_index() == 0 else None,
-        done=done,
-        progress=progress,
-        start=start,
-        total=len(runs),
-        resumed=sum(run_.id in done for run_ in runs),
-        groups=len(grouped),
-        compile_args=(
-            str(jax.random.key_impl(key)),
-            tuple(np.asarray(jax.random.key_data(key)).shape),
-            str(splits[0].X.dtype),
-            tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
-            devices,
-            splits[2] is not None,
-        ),
-    )
-    compiled_before = _compilations
-    for number, (config, group_runs) in enumerate(grouped.items(), start=1):
-        label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
-        _run_group(sweep, number, label or "all", config, group_runs)
-    stats = {
-        "runs": len(runs),
-        "configs": len({r.config_id for r in runs}),
-        "seeds": seeds,
-        "groups": len(grouped),
-        "runs_computed": sweep.computed,
-        "runs_resumed": sweep.resumed,
-        "chunks": sweep.chunks,
-        "compilations": _compilations - compiled_before,
-        "devices": len(devices),
-        "processes": jax.process_count(),
-        "seconds": time.perf_counter() - start,
-        "layout": sweep.layout,
-    }
-    return Results(rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats)
+    writer = results_path is not None and jax.process_index() == 0
+    with lock_results(results_path) if writer else contextlib.nullcontext():  # one writer per file, from here on
+        done = _resume(results_path, runs, resume)
+        sweep = _Sweep(
+            mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
+            splits=splits,
+            data_bytes=data_bytes,
+            budget=memory_budget_bytes,
+            chunk_size=chunk_size,
+            results_path=results_path if jax.process_index() == 0 else None,
+            done=done,
+            progress=progress,
+            start=start,
+            total=len(runs),
+            resumed=sum(run_.id in done for run_ in runs),
+            groups=len(grouped),
+            compile_args=(
+                str(jax.random.key_impl(key)),
+                tuple(np.asarray(jax.random.key_data(key)).shape),
+                str(splits[0].X.dtype),
+                tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
+                devices,
+                splits[2] is not None,
+            ),
+        )
+        compiled_before = _compilations
+        for number, (config, group_runs) in enumerate(grouped.items(), start=1):
+            label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
+            _run_group(sweep, number, label or "all", config, group_runs)
+        stats = {
+            "runs": len(runs),
+            "configs": len({r.config_id for r in runs}),
+            "seeds": seeds,
+            "groups": len(grouped),
+            "runs_computed": sweep.computed,
+            "runs_resumed": sweep.resumed,
+            "chunks": sweep.chunks,
+            "compilations": _compilations - compiled_before,
+            "devices": len(devices),
+            "processes": jax.process_count(),
+            "seconds": time.perf_counter() - start,
+            "layout": sweep.layout,
+        }
+        return Results(rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats)
 
 
 def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Sequence[Any], key: jax.Array) -> None:
-    """``fit``'s own checks of train/dev against every group, and test's shapes and labels.
+    """``fit``'s own checks (``train.check_split``) of train, dev and test against every group.
 
-    ``eval_shape`` traces ``fit`` with concrete data (so the label range is checked); the trace is
-    cached and reused by the group's compilation, so it costs no second trace.
+    Then ``eval_shape`` traces ``fit`` once per group (what is left: the config against the data's
+    shapes); the trace is cached and reused by the group's compilation, so it costs no second trace.
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
     for config, group_runs in grouped.items():
+        for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
+            if split is not None:  # exactly fit's checks, in Python, before anything is traced
+                train_lib.check_split(name, split, config)
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         jax.eval_shape(
             lambda h, k, config=config, dropout=dropout: train_lib.fit(
@@ -1070,19 +1159,6 @@ def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Seque
             train_lib.prepare_hparams(train_lib.HParams(), config, dtype),
             key,
         )
-        if test_set is not None:
-            n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
-            num_classes = 2 if n_out == 1 else n_out
-            if test_set.X.ndim != 2 or test_set.X.shape[1] != n_in or test_set.y.shape != test_set.X.shape[:1]:
-                raise ValueError(
-                    f"test must be X (m, {n_in}) and y (m,), got {test_set.X.shape} and {test_set.y.shape}"
-                )
-            if (
-                not np.issubdtype(test_set.y.dtype, np.integer)
-                or test_set.y.min() < 0
-                or test_set.y.max() >= num_classes
-            ):
-                raise ValueError(f"test.y must be integer class ids in 0..{num_classes - 1} for n_out={n_out}")
 
 
 @dataclasses.dataclass

@@ -204,35 +204,21 @@ def _check_key(key: Any) -> None:
         )
 
 
-def _check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:
-    """Validate a train/dev ``Dataset`` against ``config``; return it as arrays (X float, y int32)."""
-    if not isinstance(split, tuple) or len(split) != 2:
-        raise TypeError(f"{name} must be a deepopt.data.Dataset(X, y), got {type(split).__name__}")
-    X, y = jnp.asarray(split[0]), jnp.asarray(split[1])
-    if X.ndim != 2:
-        raise ValueError(f"{name}.X must be (m, n_features), got shape {X.shape}")
-    if y.shape != (X.shape[0],):
-        raise ValueError(f"{name}.y must be (m,) = ({X.shape[0]},), got shape {y.shape}")
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
+def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:
+    """Validate a split against ``config`` as ``fit`` does (``data.check_dataset``); return it as arrays (X float, y int32).
+
+    ``X`` must have ``layer_sizes[0]`` features, finite values, and ``y`` class ids below ``max(2, n_out)``.
+    """
     n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
-    if X.shape[1] != n_in:
-        raise ValueError(f"{name}.X has {X.shape[1]} features but Config.layer_sizes[0] is {n_in}")
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"{name}.y must hold integer class ids, got dtype {y.dtype}")
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = X.astype(jnp.zeros(()).dtype)
-    if dtype is not None:
-        X = X.astype(dtype)
-    if not isinstance(y, jax.core.Tracer):
-        num_classes = 2 if n_out == 1 else n_out
-        labels = np.asarray(y)
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
-                f"{name}.y must be class ids in 0..{num_classes - 1} for n_out={n_out}, "
-                f"got values in [{labels.min()}, {labels.max()}]"
-            )
-    return data_lib.Dataset(X, y.astype(jnp.int32))
+    return data_lib.check_dataset(
+        split,
+        name,
+        num_features=n_in,
+        features_from="Config.layer_sizes[0]",
+        num_classes=2 if n_out == 1 else n_out,
+        classes_from=f"n_out={n_out}",
+        float_dtype=dtype,
+    )
 
 
 def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
@@ -280,10 +266,10 @@ def fit(
     if not isinstance(config, Config):
         raise TypeError(f"config must be a deepopt.train.Config, got {type(config).__name__}")
     _check_key(key)
-    train = _check_split("train", train, config)
+    train = check_split("train", train, config)
     dtype = train.X.dtype
     if dev is not None:
-        dev = _check_split("dev", dev, config, dtype)
+        dev = check_split("dev", dev, config, dtype)
     elif config.early_stopping is not None:
         raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation

@@ -161,7 +161,7 @@ def findings(settings: dict[str, dict[str, Any]]) -> list[str]:
 
 def plot_accuracy_against_rate(path: Any, settings: dict[str, dict[str, Any]]) -> None:
     """Mean final dev accuracy (min..max over seeds) against the learning rate, log scale, one line per setting."""
-    plt = common._pyplot()
+    plt = common.pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, s in settings.items():
         rates = [row["learning_rate"] for row in s["rows"]]

@@ -3,9 +3,16 @@
 Every study: absl flags with validators; ``--output_dir`` (default ``runs/<study>-<timestamp>``),
 ``--seed``, ``--data`` / ``--test_data`` to run on the user's own CSV/NPZ; writes
 ``results.json`` + ``report.md`` (+ PNG plots when matplotlib is installed); a bad flag or bad
-input file ends with a one-line message on stderr and exit code 2. Files are written atomically
-(temporary file, fsync, rename), and a directory that already holds results is never overwritten
-unless ``--overwrite`` is given.
+input file ends with a one-line message on stderr and exit code 2.
+
+``run_study`` parses the flags: ``--help`` / ``-?`` / ``--helpshort`` print the study's own flags and
+the shared ones defined here (absl alone would list only the main module's), ``--helpfull`` every
+flag; all three on stdout, exit 0. ``prepare_output_dir`` creates the directory and checks that a
+file can be created in it (an unusable ``--output_dir`` is a one-line error before any training);
+a directory that already holds results is never overwritten unless ``--overwrite`` is given, and
+directories it created are removed again if they are still empty when the study fails. Files are
+written atomically (temporary file, fsync, rename) with the mode a plain ``open()`` gives,
+``0o666`` less the umask.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import secrets
 import sys
 import tempfile
 import time
@@ -61,11 +69,87 @@ def define_study_flags() -> None:
     )
 
 
+class _StudyHelpFlag(flags.BooleanFlag):
+    """A help flag that prints to stdout and exits 0: the study's and the shared flags, or every flag (``full``)."""
+
+    def __init__(self, name: str, short_name: str | None, full: bool, describe: Callable[[bool], str]) -> None:
+        super().__init__(
+            name, False, "show every flag" if full else "show the study's own and the shared flags",
+            short_name=short_name, allow_override=True, allow_hide_cpp=True,
+        )
+        self._full = full
+        self._describe = describe
+
+    def parse(self, argument: Any) -> None:
+        """Parse the value; when true, print the help and exit 0."""
+        super().parse(argument)
+        if self.value:
+            sys.stdout.write(self._describe(self._full))
+            sys.stdout.flush()
+            sys.exit(0)
+
+
+def _module_flags_help(module_name: str, title: str) -> str:
+    """absl's help for the flags of one module, under ``title`` instead of the module's registry name."""
+    text = FLAGS.module_help(module_name)
+    header = f"\n{module_name}:"
+    return f"\n{title}:" + text[len(header):] if text.startswith(header) else text
+
+
+def study_help(module_name: str, full: bool = False) -> str:
+    """The help text of the study defined in ``module_name``: its docstring, its flags and the shared ones (or all)."""
+    module = sys.modules.get(module_name)
+    doc = (module.__doc__ if module is not None else None) or f"\nUSAGE: {sys.argv[0]} [flags]\n"
+    if full:
+        flag_text = FLAGS.get_help()
+    else:
+        spec = getattr(module, "__spec__", None)
+        study_name = spec.name if spec is not None else module_name  # "experiments.<study>" rather than "__main__"
+        parts = [_module_flags_help(module_name, f"{study_name} (this study)")]
+        if module_name != __name__:
+            parts.append(_module_flags_help(__name__, f"{__name__} (shared by every study)"))
+        flag_text = "\n".join(part for part in parts if part)
+    footer = "" if full else "\nTry --helpfull to get a list of all flags.\n"
+    return doc.rstrip("\n") + "\n\nflags:\n" + flag_text + "\n" + footer
+
+
+_created_dirs: list[pathlib.Path] = []  # directories prepare_output_dir created in this process, outermost first
+
+
+def remove_created_dirs() -> list[pathlib.Path]:
+    """Remove the directories ``prepare_output_dir`` created in this process that are still empty; returns them.
+
+    Only directories this process created are touched, innermost first, and ``os.rmdir`` never removes
+    one that holds anything.
+    """
+    removed = []
+    while _created_dirs:
+        directory = _created_dirs.pop()
+        try:
+            os.rmdir(directory)
+        except OSError:
+            continue
+        removed.append(directory)
+    return removed
+
+
 def run_study(main: Callable[[list[str]], Any]) -> None:
-    """``app.run(main)`` with the contract's errors: a bad flag or a ``StudyInputError`` prints one line, exits 2."""
+    """``app.run(main)`` with the contract's errors: a bad flag or a ``StudyInputError`` prints one line, exits 2.
+
+    ``--help`` / ``-?`` / ``--helpshort`` list the study's own flags and the shared ones on stdout and
+    exit 0 (``--helpfull``: every flag). When ``main`` fails in any way, the output directories it
+    created and left empty are removed.
+    """
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "study"
+    module_name = getattr(main, "__module__", None) or "__main__"
+
+    def describe(full: bool) -> str:
+        return study_help(module_name, full)
 
     def parse_flags(argv: list[str]) -> list[str]:
+        # app.run has defined absl's help flags (exit 1, main module only) by now; these replace them.
+        for name, short_name, full in (("help", "?", False), ("helpshort", None, False), ("helpfull", None, True)):
+            flags.DEFINE_flag(_StudyHelpFlag(name, short_name, full, describe), module_name="absl.app")
         try:
             return FLAGS(argv)
         except flags.Error as error:
@@ -80,8 +164,16 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
         try:
             main(argv)
         except StudyInputError as error:
+            remove_created_dirs()
             print(f"{program}: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0):
+                remove_created_dirs()
+            raise
+        except BaseException:
+            remove_created_dirs()
+            raise
 
     app.run(guarded_main, flags_parser=parse_flags)
 
@@ -112,8 +204,28 @@ def split_cpu(host_devices: int) -> int:
     return devices
 
 
+def _make_dirs(path: pathlib.Path) -> None:
+    """``mkdir -p path``, remembering in ``_created_dirs`` each directory this call created."""
+    missing = []
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # someone else made it meanwhile: not ours to remove
+        _created_dirs.append(directory)
+
+
 def prepare_output_dir(study: str) -> pathlib.Path:
-    """Create ``--output_dir`` (or ``runs/<study>-<timestamp>``); refuse one holding results unless ``--overwrite``."""
+    """Create ``--output_dir`` (or ``runs/<study>-<timestamp>``) and check a file can be created in it.
+
+    Refuses one holding results unless ``--overwrite``; an unusable path is a ``StudyInputError``.
+    """
     if FLAGS.output_dir:
         path = pathlib.Path(FLAGS.output_dir)
     else:
@@ -123,7 +235,22 @@ def prepare_output_dir(study: str) -> pathlib.Path:
         raise StudyInputError(f"--output_dir {str(path)!r} already holds results.json; choose another or pass --overwrite")
     if path.exists() and not path.is_dir():
         raise StudyInputError(f"--output_dir {str(path)!r} exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        _make_dirs(path)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+        if blocker is not None:
+            reason = f"{str(blocker)!r} is a file, not a directory"
+        else:
+            reason = error.strerror or str(error)
+            if error.filename is not None and pathlib.Path(os.fspath(error.filename)) in path.parents:
+                reason += f" ({os.fspath(error.filename)!r})"  # an ancestor it could not create
+        raise StudyInputError(
+            f"--output_dir {str(path)!r} cannot be used: {reason}; expected a directory that can be created and written to"
+        ) from None
     return path
 
 
@@ -134,7 +261,8 @@ def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None
     try:
         train = data_lib.load(FLAGS.data)
         if FLAGS.test_data is not None:
-            test = data_lib.load(FLAGS.test_data)
+            # The training file defines the classes 0..K-1; a test file may miss some but never adds one.
+            test = data_lib.load(FLAGS.test_data, num_classes=int(np.max(np.asarray(train.y))) + 1)
         else:
             train, _, test = data_lib.train_dev_test_split(key, train, 0.0, FLAGS.test_fraction)
     except (OSError, ValueError) as error:
@@ -150,6 +278,13 @@ def output_units(*datasets: data_lib.Dataset) -> int:
     return 1 if num_classes <= 2 else num_classes
 
 
+def output_description(n_out: int) -> str:
+    """The output layer in words, for reports: ``"sigmoid output"`` for 1 unit, ``"softmax output (K classes)"`` for K >= 2."""
+    if n_out < 1:
+        raise ValueError(f"n_out must be >= 1 output units, got {n_out}")
+    return "sigmoid output" if n_out == 1 else f"softmax output ({n_out} classes)"
+
+
 def data_source() -> str:
     """A short description of where the data came from, for reports."""
     if FLAGS.data is None:
@@ -158,8 +293,11 @@ def data_source() -> str:
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync, rename; mode ``0o666`` less the umask, as ``open()``."""
     path = pathlib.Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # os.open applies the umask to 0o666 itself (tempfile.mkstemp would force 0o600).
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
@@ -270,13 +408,17 @@ def plots_available() -> bool:
     return True
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (needs the ``plots`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_pyplot = pyplot  # the old private name, kept for scripts that still use it
 
 
 def plot_decision_boundaries(
@@ -287,7 +429,7 @@ def plot_decision_boundaries(
     resolution: int = 200,
 ) -> None:
     """One panel per ``(title, predict)``: predicted class over a grid around ``X`` (2-D), points coloured by ``y``."""
-    plt = _pyplot()
+    plt = pyplot()
     X, y = np.asarray(X), np.asarray(y)
     lo, hi = X.min(axis=0), X.max(axis=0)
     margin = 0.1 * (hi - lo) + 1e-3
@@ -322,7 +464,7 @@ def plot_curves(
     log_y: bool = True,
 ) -> None:
     """Line plot of each ``label -> (num_seeds, T)`` or ``(T,)`` array: the mean, with the min..max band over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, values in curves.items():
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))

@@ -121,7 +121,7 @@ def confusion_matrix(y: np.ndarray, predictions: np.ndarray, num_classes: int) -
 
 def plot_confusion_matrices(path: Any, matrices: dict[str, np.ndarray]) -> None:
     """One annotated heat map per implementation: true class down, predicted class across."""
-    plt = common._pyplot()
+    plt = common.pyplot()
     figure, axes = plt.subplots(1, len(matrices), figsize=(5.2 * len(matrices), 4.6), squeeze=False)
     for axis, (title, matrix) in zip(axes.flat, matrices.items()):
         axis.imshow(matrix, cmap="Blues")

@@ -136,8 +136,8 @@ def main(argv: list[str]) -> None:
     common.write_json(output_dir / "results.json", {"study": STUDY, "settings": settings, "schemes": rows, "plots": plots})
     report = [
         "# Initialization study", "",
-        f"Net {'-'.join(map(str, layer_sizes))} (ReLU hidden, sigmoid output), full-batch gradient descent, "
-        f"learning rate {FLAGS.learning_rate}, {FLAGS.epochs} epochs, {FLAGS.num_seeds} seeds per scheme "
+        f"Net {'-'.join(map(str, layer_sizes))} (ReLU hidden, {common.output_description(layer_sizes[-1])}), full-batch "
+        f"gradient descent, learning rate {FLAGS.learning_rate}, {FLAGS.epochs} epochs, {FLAGS.num_seeds} seeds per scheme "
         f"(mean ± std over seeds). Data: {common.data_source()}.", "",
         table, "", "## Reading", "",
         *[f"- {reading(name, row, rows)}" for name, row in rows.items()], "",

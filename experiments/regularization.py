@@ -143,7 +143,7 @@ def sweep_summary(
 
 def plot_sweep(path: Any, sweep: dict[str, Any], title: str) -> None:
     """Train, dev and test error against λ (log x axis), the chosen λ marked."""
-    plt = common._pyplot()  # the shared Agg set-up
+    plt = common.pyplot()  # the shared Agg set-up
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, style in (("train_error", "-o"), ("dev_error", "-s"), ("test_error", ":^")):
         axis.plot(sweep["lambdas"], 100 * np.asarray(sweep[name]), style, markersize=4, label=name.replace("_", " "))
@@ -349,7 +349,8 @@ def main(argv: list[str]) -> None:
     })
     report = [
         "# Regularization study", "",
-        (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, {FLAGS.init} init, sigmoid output), full-batch gradient "
+        (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, {FLAGS.init} init, "
+         f"{common.output_description(layer_sizes[-1])}), full-batch gradient "
          f"descent, learning rate {FLAGS.learning_rate:g}, {FLAGS.epochs} epochs, {FLAGS.num_seeds} seeds per row "
          f"(mean ± std over seeds). Data: {common.data_source()}: {train_set.X.shape[0]} training and "
          f"{test_set.X.shape[0]} test examples."), "",

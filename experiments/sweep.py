@@ -17,9 +17,12 @@ shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_proc
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import math
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -66,7 +69,12 @@ flags.DEFINE_integer("chunk_size", 64, "Runs per chunk: the unit of progress lin
 flags.DEFINE_float("memory_budget_mb", 0.0, "Memory per device a chunk may use, in MB (0: no limit).", lower_bound=0.0)
 flags.DEFINE_float("bayes_error", 0.0, "Bayes (human-level) error estimate for the bias/variance verdict.")
 flags.DEFINE_float("tolerance", 0.02, "Gap that counts as high bias or high variance.", lower_bound=0.0)
-flags.DEFINE_bool("resume", False, "Continue the sweep in --output_dir: runs already in results.jsonl are skipped.")
+flags.DEFINE_bool(
+    "resume",
+    False,
+    "Continue the sweep in --output_dir: runs already in results.jsonl are skipped. Refused when its manifest.json "
+    "records other flags or data, or the directory holds another study; a missing or empty directory starts afresh.",
+)
 common.define_host_devices_flag()
 flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, to run one sweep over several processes/hosts."
@@ -128,9 +136,43 @@ def start_devices() -> None:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
+MANIFEST = "manifest.json"
+# Flags that change how a sweep is executed or reported, not which runs it holds: --resume may change them.
+EXECUTION_FLAGS = frozenset(
+    {
+        "output_dir", "overwrite", "resume", "host_devices", "coordinator_address", "num_processes", "process_id",
+        "chunk_size", "memory_budget_mb", "bayes_error", "tolerance",
+        "data", "test_data",  # the paths: the data themselves are compared by their fingerprint
+    }
+)
+
+
+def defining_flags() -> dict[str, Any]:
+    """The flags that define the sweep's runs: every flag of this study and the shared ones, minus ``EXECUTION_FLAGS``."""
+    defined = [*FLAGS.get_flags_for_module(sys.modules[__name__]), *FLAGS.get_flags_for_module(common)]
+    return {flag.name: flag.value for flag in defined if flag.name not in EXECUTION_FLAGS}
+
+
 def output_directory() -> pathlib.Path:
-    """The output directory; ``--resume`` reuses one, a results.jsonl is otherwise never overwritten by accident."""
+    """The output directory; ``--resume`` reuses a sweep's, a results.jsonl is otherwise never overwritten by accident.
+
+    ``--resume`` refuses a directory holding another study's results; on a missing or empty
+    directory it says so and starts a fresh sweep.
+    """
     if FLAGS.resume:
+        path = pathlib.Path(FLAGS.output_dir)
+        summary = path / "results.json"
+        if summary.is_file():
+            try:
+                study = json.loads(summary.read_text()).get("study")
+            except (OSError, ValueError, AttributeError):
+                study = None
+            if study != STUDY:
+                raise common.StudyInputError(
+                    f"--resume: --output_dir {str(path)!r} holds the results of "
+                    f"{'the ' + repr(study) + ' study' if study else 'something that is not a sweep'}, not a sweep; "
+                    "choose the directory of the sweep to continue"
+                )
         FLAGS.overwrite = True  # resuming rewrites the summaries from the kept rows; results.jsonl only grows
     path = common.prepare_output_dir(STUDY)
     rows = path / "results.jsonl"
@@ -140,6 +182,52 @@ def output_directory() -> pathlib.Path:
             "pass --resume to continue it or --overwrite to start afresh"
         )
     return path
+
+
+def check_manifest(output_dir: pathlib.Path, manifest: dict[str, Any], say: Any) -> None:
+    """With ``--resume``: refuse a directory whose sweep was made with other defining flags or data, naming them.
+
+    A directory with no sweep in it yet starts fresh (and says so); one written before manifests
+    existed is continued with a note, since what made it cannot be checked.
+    """
+    if not FLAGS.resume:
+        return
+    path, rows = output_dir / MANIFEST, output_dir / "results.jsonl"
+    if not path.exists():
+        if rows.exists() and rows.stat().st_size > 0:
+            say(f"--resume: {output_dir} has no {MANIFEST} (written by an older deepopt): its flags cannot be checked")
+        else:
+            say(f"--resume: {output_dir} holds no sweep yet; starting a fresh one")
+        return
+    try:
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise common.StudyInputError(f"--resume: {path} is not a readable manifest ({error})") from None
+    if recorded.get("study") != STUDY:
+        raise common.StudyInputError(f"--resume: {path} belongs to the {recorded.get('study')!r} study, not a sweep")
+    differences = []
+    old_flags, new_flags = recorded.get("flags", {}), common.to_jsonable(manifest["flags"])
+    for name in sorted(set(old_flags) | set(new_flags)):
+        if old_flags.get(name) != new_flags.get(name):
+            differences.append(f"--{name} was {_flag_text(old_flags.get(name))}, now {_flag_text(new_flags.get(name))}")
+    if recorded.get("data_fingerprint") != manifest["data_fingerprint"]:
+        differences.append(
+            f"the data differ (fingerprint {recorded.get('data_fingerprint')}, now {manifest['data_fingerprint']}; "
+            "--data, --test_data, --dataset or the generator's flags)"
+        )
+    if differences:
+        raise common.StudyInputError(
+            f"--resume: {output_dir} holds a sweep made with other settings: {'; '.join(differences)}; "
+            "rerun with the same ones or choose another --output_dir"
+        )
+
+
+def _flag_text(value: Any) -> str:
+    if value is None:
+        return "unset"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
@@ -229,7 +317,7 @@ def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int]) -> str:
 
 def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]]) -> None:
     """Seed-mean dev accuracy of every config against its learning rate, one colour per optimizer."""
-    plt = common._pyplot()
+    plt = common.pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for optimizer in dict.fromkeys(e["config"]["optimizer"] for e in entries):
         mine = [e for e in entries if e["config"]["optimizer"] == optimizer and e["dev_accuracy"]["mean"] is not None]
@@ -252,7 +340,7 @@ def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]]) -> Non
 
 def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 8) -> None:
     """Mean dev accuracy of the configs in each (log λ, log learning rate) cell."""
-    plt = common._pyplot()
+    plt = common.pyplot()
     kept = [e for e in entries if e["dev_accuracy"]["mean"] is not None]
     x = np.log10([e["hparams"]["learning_rate"] for e in kept])
     y = np.log10([e["hparams"]["l2"] for e in kept])
@@ -279,11 +367,33 @@ def main(argv: list[str]) -> None:
     del argv
     start_devices()
     writer = jax.process_index() == 0
-    say = print if writer else (lambda *args, **kwargs: None)
     output_dir = output_directory() if writer else None
     results_path = None if output_dir is None else output_dir / "results.jsonl"
+    created = results_path is not None and not results_path.exists()
+    try:  # process 0 holds the results file's lock for its whole life: one writer per sweep directory
+        with sweep.lock_results(results_path) if writer else contextlib.nullcontext():
+            run_sweep(writer, output_dir, results_path)
+    except sweep.ResultsInUseError as error:
+        raise common.StudyInputError(str(error)) from None
+    except common.StudyInputError:
+        if created and results_path.exists() and results_path.stat().st_size == 0:
+            results_path.unlink()  # the lock's empty file: a refused sweep leaves nothing behind
+        raise
+
+
+def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathlib.Path | None) -> None:
+    """Both rounds, then (on process 0) the summaries; process 0 holds the results file's lock."""
+    say = print if writer else (lambda *args, **kwargs: None)
     data_key, coarse_key, fine_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
     train_set, dev_set, test_set = load_data(data_key)
+    if writer:
+        manifest = {
+            "study": STUDY,
+            "flags": defining_flags(),
+            "data_fingerprint": sweep.data_fingerprint(train_set, dev_set, test_set),
+        }
+        check_manifest(output_dir, manifest, say)
+        common.write_json(output_dir / MANIFEST, manifest)  # before the first run: the directory says what it is
     layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, dev_set, test_set))
     try:
         base = train.Config(
@@ -384,7 +494,7 @@ def main(argv: list[str]) -> None:
             "timing": timing,
             "rounds": [r.stats for r in rounds],
             "plots": plots,
-            "files": ["results.jsonl", "results.csv", "report.md", *plots],
+            "files": ["results.jsonl", "results.csv", "report.md", MANIFEST, *plots],
         },
     )
     report = [

@@ -264,7 +264,8 @@ def _posterior_spirals(X: np.ndarray, noise: float, classes: int) -> np.ndarray:
     if noise == 0.0:
         return _nearest(np.abs(offset))
     if noise <= 2.0:
-        k = np.arange(-math.ceil((12.0 * noise + math.pi) / (2.0 * math.pi)), math.ceil((12.0 * noise + math.pi) / (2.0 * math.pi)) + 1)
+        reach = math.ceil((12.0 * noise + math.pi) / (2.0 * math.pi))  # terms beyond are below e^-72
+        k = np.arange(-reach, reach + 1)
         terms = -((offset[..., None] + 2.0 * math.pi * k) ** 2) / (2.0 * noise**2)
         top = np.max(terms, axis=-1)
         logits = top + np.log(np.sum(np.exp(terms - top[..., None]), axis=-1))
@@ -329,7 +330,9 @@ def posterior(generator: str, X: Any, **params: float) -> np.ndarray:
 
     ``X`` is ``(m, 2)``; returns ``(m, C)`` float64 rows that sum to 1 (``C = classes`` for spirals,
     2 otherwise). ``params`` are the generator's keyword arguments (see ``bayes_error``). The
-    Bayes classifier is ``posterior(...).argmax(axis=1)``.
+    Bayes classifier is ``posterior(...).argmax(axis=1)``. Points the model cannot produce get the
+    natural extension: spirals beyond radius 1 the same angle posterior, ``overfit_2d`` points so far
+    outside the square that both class masses underflow the ``σ → 0`` rule.
     """
     generator, items = _normalize(generator, params)
     return _posterior(generator, _check_points(X), dict(items))

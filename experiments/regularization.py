@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from deepopt import data as data_lib
-from deepopt import diagnostics, losses, model, train
+from deepopt import bayes, diagnostics, losses, model, train
 from deepopt import init as init_lib
 from experiments import common
 
@@ -49,7 +49,10 @@ flags.DEFINE_integer("num_seeds", 3, "Models per row, trained in one vmapped cal
 flags.DEFINE_integer("sweep_points", 16, "Number of log-spaced λ values in the sweep.", lower_bound=2)
 flags.DEFINE_float("sweep_min", 1e-3, "Smallest λ of the sweep.")
 flags.DEFINE_float("sweep_max", 100.0, "Largest λ of the sweep.")
-flags.DEFINE_float("bayes_error", None, "Bayes-error estimate for the diagnosis (default: --flip on generated data, 0 on yours).")
+flags.DEFINE_float(
+    "bayes_error", None,
+    "Bayes-error estimate for the diagnosis (default: the generated data's own, deepopt.bayes; unknown on yours: 0, said so).",
+)
 flags.DEFINE_float("tolerance", 0.02, "Largest gap (fraction) that the diagnosis still calls small.")
 flags.DEFINE_integer("n_train", 211, "Generated training examples.", lower_bound=2)
 flags.DEFINE_integer("n_test", 400, "Generated test examples.", lower_bound=2)
@@ -273,10 +276,18 @@ def main(argv: list[str]) -> None:
     if user_data is None:
         train_set = data_lib.make_overfit_2d(data_key, FLAGS.n_train, FLAGS.noise, FLAGS.flip)
         test_set = data_lib.make_overfit_2d(test_key, FLAGS.n_test, FLAGS.noise, FLAGS.flip)
-        bayes_error = FLAGS.flip if FLAGS.bayes_error is None else FLAGS.bayes_error
+        if FLAGS.bayes_error is None:
+            bayes_error = bayes.bayes_error("overfit_2d", noise=FLAGS.noise, flip=FLAGS.flip)
+            bayes_source = f"the generator's own (deepopt.bayes: --flip {FLAGS.flip:g} with jitter {FLAGS.noise:g})"
+        else:
+            bayes_error, bayes_source = FLAGS.bayes_error, "given by --bayes_error"
     else:
         train_set, test_set = user_data
-        bayes_error = 0.0 if FLAGS.bayes_error is None else FLAGS.bayes_error
+        if FLAGS.bayes_error is None:
+            bayes_error = 0.0
+            bayes_source = "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)"
+        else:
+            bayes_error, bayes_source = FLAGS.bayes_error, "given by --bayes_error"
     fit_part, dev_part = split_dev(split_key, train_set)
     layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, test_set))
     seed_keys = jax.random.split(model_key, FLAGS.num_seeds)
@@ -338,7 +349,7 @@ def main(argv: list[str]) -> None:
         "layer_sizes": layer_sizes, "activation": "relu", "init": FLAGS.init, "optimizer": "gd",
         "epochs": FLAGS.epochs, "learning_rate": FLAGS.learning_rate, "num_seeds": FLAGS.num_seeds,
         "early_stopping": FLAGS.early_stopping, "dev_fraction": FLAGS.dev_fraction, "bayes_error": bayes_error,
-        "tolerance": FLAGS.tolerance, "seed": FLAGS.seed, "data": common.data_source(),
+        "bayes_error_source": bayes_source, "tolerance": FLAGS.tolerance, "seed": FLAGS.seed, "data": common.data_source(),
         "n_train": int(train_set.X.shape[0]), "n_fit": int(fit_part.X.shape[0]), "n_dev": int(dev_part.X.shape[0]),
         "n_test": int(test_set.X.shape[0]),
         **({"noise": FLAGS.noise, "flip": FLAGS.flip} if user_data is None else {}),
@@ -357,7 +368,8 @@ def main(argv: list[str]) -> None:
         (f"Early stopping and the choice of λ need a dev set: {dev_part.X.shape[0]} examples "
          f"({FLAGS.dev_fraction:.0%}) are carved out of the training set, and every row and the λ sweep train on the "
          f"other {fit_part.X.shape[0]} (train accuracy is on those). Test accuracy is on the test set. The verdicts "
-         f"compare train error with a Bayes-error estimate of {100 * bayes_error:.1f}% (avoidable bias) and test error "
+         f"compare train error with a Bayes-error estimate of {100 * bayes_error:.1f}% ({bayes_source}; avoidable "
+         f"bias) and test error "
          f"with train error (variance); a gap above {100 * FLAGS.tolerance:.0f} points counts as high."), "",
         table, "", "## Findings", "", *[f"- {line}" for line in summary_lines], "",
         f"Advice for the unregularized net ({rows['none']['diagnosis']['verdict']}): "

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from absl import flags
 
+from deepopt import bayes, sweep, train
 from deepopt import data as data_lib
-from deepopt import sweep, train
 from experiments import common
 
 STUDY = "sweep"
@@ -67,7 +67,12 @@ flags.DEFINE_integer("zoom_top_k", 8, "Configs the fine round zooms around.", lo
 flags.DEFINE_integer("zoom_configs", 64, "Configs of the fine round (0: no fine round).", lower_bound=0)
 flags.DEFINE_integer("chunk_size", 64, "Runs per chunk: the unit of progress lines and of --resume.", lower_bound=1)
 flags.DEFINE_float("memory_budget_mb", 0.0, "Memory per device a chunk may use, in MB (0: no limit).", lower_bound=0.0)
-flags.DEFINE_float("bayes_error", 0.0, "Bayes (human-level) error estimate for the bias/variance verdict.")
+flags.DEFINE_float(
+    "bayes_error",
+    None,
+    "Bayes (human-level) error estimate for the bias/variance verdict (default: the generated data set's own, "
+    "from deepopt.bayes; unknown with --data, then assumed 0 and the report says so).",
+)
 flags.DEFINE_float("tolerance", 0.02, "Gap that counts as high bias or high variance.", lower_bound=0.0)
 flags.DEFINE_bool(
     "resume",
@@ -112,7 +117,9 @@ flags.register_validator(
     message="--hidden must be a comma-separated list of positive ints",
 )
 flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
-flags.register_validator("bayes_error", lambda value: 0 <= value < 1, message="--bayes_error must be in [0, 1)")
+flags.register_validator(
+    "bayes_error", lambda value: value is None or 0 <= value < 1, message="--bayes_error must be in [0, 1)"
+)
 flags.register_multi_flags_validator(
     ["resume", "output_dir"],
     lambda v: not v["resume"] or v["output_dir"] is not None,
@@ -363,6 +370,16 @@ def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 
     plt.close(figure)
 
 
+def bayes_estimate() -> tuple[float, str, bool]:
+    """``(bayes_error, where it comes from, known)`` for the verdict: the flag, the generator's own, or unknown (0)."""
+    if FLAGS.bayes_error is not None:
+        return FLAGS.bayes_error, "given by --bayes_error", True
+    if FLAGS.data is None:
+        value = bayes.bayes_error(FLAGS.dataset, noise=FLAGS.noise)
+        return value, f"the {FLAGS.dataset} generator's own at noise {FLAGS.noise:g} (deepopt.bayes)", True
+    return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)", False
+
+
 def main(argv: list[str]) -> None:
     del argv
     start_devices()
@@ -437,7 +454,8 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     entries = combined.by_config()
     round_of = {row["config_id"]: number for number, r in enumerate(rounds, start=1) for row in r.rows}
     top = combined.best(10)
-    diagnosis = combined.bias_variance(FLAGS.bayes_error, tolerance=FLAGS.tolerance)
+    bayes_error, bayes_source, bayes_known = bayes_estimate()
+    diagnosis = combined.bias_variance(bayes_error, tolerance=FLAGS.tolerance)
     table = leaderboard(top, round_of)
     runs, seconds = sum(r.stats["runs"] for r in rounds), sum(r.stats["seconds"] for r in rounds)
     computed = sum(r.stats["runs_computed"] for r in rounds)
@@ -445,7 +463,8 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     verdict = (
         f"Winner: {top[0]['config']['optimizer']} at learning rate {top[0]['hparams']['learning_rate']:.3g}: "
         f"train error {diagnosis.train_error:.1%}, dev error {diagnosis.dev_error:.1%} "
-        f"(Bayes {diagnosis.bayes_error:.1%}): avoidable bias {diagnosis.avoidable_bias:+.1%}, "
+        f"(Bayes error {diagnosis.bayes_error:.1%}: {bayes_source}): avoidable bias "
+        f"{'at most ' if not bayes_known else ''}{diagnosis.avoidable_bias:+.1%}, "
         f"variance {diagnosis.variance:+.1%} -> {diagnosis.verdict}. Next: {'; '.join(diagnosis.advice)}."
     )
     timing = (
@@ -490,6 +509,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             "zoomed_space": describe(fine_space),
             "leaderboard": top,
             "diagnosis": diagnosis._asdict(),
+            "bayes_error": {"value": bayes_error, "source": bayes_source, "known": bayes_known},
             "verdict": verdict,
             "timing": timing,
             "rounds": [r.stats for r in rounds],

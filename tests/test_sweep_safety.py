@@ -17,7 +17,7 @@ import textwrap
 import jax
 import pytest
 
-from deepopt import sweep
+from deepopt import bayes, sweep
 from sweep_worker import compilation_cache, tiny_sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,6 +69,16 @@ def test_the_directory_records_the_study_its_flags_and_data(finished_sweep):
     assert "output_dir" not in manifest["flags"] and "resume" not in manifest["flags"]
 
 
+def test_the_verdict_uses_the_generators_own_bayes_error(finished_sweep):
+    """Issue 12, case 10: on generated data the Bayes estimate is the generator's, stated in the report."""
+    directory, _ = finished_sweep
+    results = json.loads((directory / "results.json").read_text())
+    expected = bayes.bayes_error("moons", noise=0.2)
+    assert results["bayes_error"]["known"] and results["bayes_error"]["value"] == pytest.approx(expected)
+    assert results["diagnosis"]["bayes_error"] == pytest.approx(expected)
+    assert f"Bayes error {expected:.1%}: the moons generator's own at noise 0.2" in (directory / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "changed, named",
     [
@@ -102,6 +112,10 @@ def test_resume_with_another_data_file_is_refused(finished_sweep, tmp_path):
     assert snapshot(target) == before
     same = run_study(f"--output_dir={target}", "--resume", f"--data={tmp_path / 'a.csv'}", *TINY, env=env)
     assert same.returncode == 0 and "0 trained now, 2 resumed" in same.stdout, same.stderr
+    # On a user's data the Bayes error is unknown: assumed 0, and the report says so.
+    results = json.loads((target / "results.json").read_text())
+    assert results["bayes_error"] == {"value": 0.0, "source": results["bayes_error"]["source"], "known": False}
+    assert "unknown for your data: assumed 0, so the avoidable bias is an upper bound" in (target / "report.md").read_text()
 
 
 def test_resume_on_another_studys_directory_touches_nothing(tmp_path):

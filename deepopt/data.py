@@ -131,14 +131,8 @@ def train_dev_test_split(
 
 
 def _check_dataset_shapes(data: Any, name: str) -> int:
-    if not isinstance(data, tuple) or len(data) != 2:
-        raise TypeError(f"{name} must be a Dataset(X, y), got {type(data).__name__}")
-    X_shape, y_shape = np.shape(data[0]), np.shape(data[1])
-    if len(X_shape) != 2:
-        raise ValueError(f"{name}.X must be (m, n_features), got shape {X_shape}")
-    if y_shape != (X_shape[0],):
-        raise ValueError(f"{name}.y must be (m,) = ({X_shape[0]},), got shape {y_shape}")
-    return X_shape[0]
+    """``check_dataset``'s checks of ``data``; returns its number of examples."""
+    return int(np.shape(check_dataset(data, name).X)[0])
 
 
 def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepopt import batchnorm, losses, model
+from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
-Params = tuple[dict[str, jax.Array], ...]
 
 
 class BatchNormCache(NamedTuple):
@@ -209,7 +209,7 @@ def forward_with_cache(
     for i, layer in enumerate(hidden):
         z = a @ layer["W"] + layer["b"]
         bn_cache = None
-        if "gamma" in layer:
+        if is_batch_normalized(layer):
             bn_cache = batchnorm_forward(z)
             z = layer["gamma"] * bn_cache.normalized + layer["beta"]
         a = g(z)
@@ -329,7 +329,7 @@ def backward(params: Params, cache: Cache, y: jax.Array, *, l2: Any = 0.0) -> Pa
         raise TypeError(f"cache must be the Cache returned by forward_with_cache, got {type(cache).__name__}")
     if len(cache.layer_inputs) != len(params):
         raise ValueError(f"cache is of a {len(cache.layer_inputs)}-layer net but params has {len(params)} layers")
-    normalized_in_params = tuple("gamma" in layer for layer in params[:-1])
+    normalized_in_params = normalized_layers(params[:-1])
     normalized_in_cache = tuple(bn_cache is not None for bn_cache in cache.batchnorm)
     if normalized_in_params != normalized_in_cache:
         raise ValueError(

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from deepopt.parameters import is_batch_normalized
+
 DEFAULT_MOMENTUM = 0.9
 DEFAULT_EPS = 1e-5
 
@@ -37,7 +39,7 @@ def init_states(params: Any) -> tuple[BatchNormState, ...]:
     return tuple(
         init_state(jnp.shape(layer["gamma"])[0], jnp.asarray(layer["gamma"]).dtype)
         for layer in params
-        if "gamma" in layer
+        if is_batch_normalized(layer)
     )
 
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepopt import batchnorm, losses, model
+from deepopt.parameters import Params, is_batch_normalized
 
-Params = tuple[dict[str, jax.Array], ...]
 
 HIGH_BIAS = "high bias"
 HIGH_VARIANCE = "high variance"
@@ -181,7 +181,7 @@ def layer_stats(
         a, activations = X, []
         for layer in params[:-1]:
             z = a @ layer["W"] + layer["b"]
-            if "gamma" in layer:
+            if is_batch_normalized(layer):
                 unused_state = batchnorm.init_state(z.shape[1], z.dtype)
                 z, _ = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], unused_state, train=True)
             a = g(z)

@@ -36,11 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from deepopt import batchnorm, losses, model, optim
+from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
 if TYPE_CHECKING:
-    from deepopt.train import HParams
+    from deepopt.hparams import HParams
 
-Params = tuple[dict[str, jax.Array], ...]
 FlaxParams = dict[str, dict[str, jax.Array]]
 FlaxBatchStats = dict[str, dict[str, jax.Array]]
 
@@ -95,7 +95,7 @@ class MLP(nn.Module):
 def _batchnorm_layout(params: Params) -> bool:
     """True when every hidden layer has batch norm, False when none has; a ``ValueError`` otherwise."""
     model.check_params(params)
-    normalized = [("gamma" in layer) for layer in params[:-1]]
+    normalized = list(normalized_layers(params[:-1]))
     if any(normalized) and not all(normalized):
         raise ValueError(
             f"flax_models.MLP batch-normalizes every hidden layer or none, but params has batch norm on "
@@ -118,7 +118,7 @@ def to_flax_params(params: Params) -> FlaxParams:
     flax_params: FlaxParams = {}
     for l, layer in enumerate(params):
         flax_params[DENSE.format(l)] = {"kernel": layer["W"], "bias": layer["b"]}
-        if "gamma" in layer:
+        if is_batch_normalized(layer):
             flax_params[BATCHNORM.format(l)] = {"scale": layer["gamma"], "bias": layer["beta"]}
     return flax_params
 

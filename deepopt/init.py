@@ -25,7 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-Params = tuple[dict[str, jax.Array], ...]
+from deepopt.parameters import Params
+
 
 RANDOM_DEFAULT_SCALE = 10.0
 

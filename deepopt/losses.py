@@ -12,7 +12,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-Params = tuple[dict[str, jax.Array], ...]
+from deepopt.parameters import Params
+
 
 
 def _check_logits_labels(logits: jax.Array, y: jax.Array) -> None:

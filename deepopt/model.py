@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from deepopt import batchnorm
+from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
-Params = tuple[dict[str, jax.Array], ...]
 
 LEAKY_RELU_SLOPE = 0.01
 
@@ -49,9 +49,9 @@ def check_params(params: Any, name: str = "params") -> None:
                 f"{name}[{i}] must have W of shape (fan_in, fan_out) and b of shape (fan_out,), "
                 f"got W {w_shape} and b {b_shape}"
             )
-        if ("gamma" in layer) != ("beta" in layer):
+        if is_batch_normalized(layer) != ("beta" in layer):
             raise ValueError(f"{name}[{i}] must have both 'gamma' and 'beta' (batch norm) or neither")
-        if "gamma" in layer:
+        if is_batch_normalized(layer):
             if i == len(params) - 1:
                 raise ValueError(f"{name}[{i}] is the output layer: batch norm ('gamma', 'beta') goes on hidden layers only")
             for key in ("gamma", "beta"):
@@ -87,7 +87,7 @@ def _check_input(params: Params, X: jax.Array) -> None:
 
 def has_batchnorm(params: Params) -> bool:
     """True when some layer of ``params`` is batch-normalized (holds ``gamma``)."""
-    return any("gamma" in layer for layer in params)
+    return any(normalized_layers(params))
 
 
 def forward_with_state(
@@ -116,7 +116,7 @@ def forward_with_state(
         if has_batchnorm(params) and not train:
             raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")
         bn_state = batchnorm.init_states(params)
-    num_bn_layers = sum("gamma" in layer for layer in params)
+    num_bn_layers = sum(normalized_layers(params))
     if len(bn_state) != num_bn_layers:
         raise ValueError(f"bn_state has {len(bn_state)} entries but params has {num_bn_layers} batch-norm layers")
     g = ACTIVATIONS[activation]
@@ -127,7 +127,7 @@ def forward_with_state(
     new_state = []
     for layer, layer_key in zip(hidden, keys):
         z = a @ layer["W"] + layer["b"]
-        if "gamma" in layer:
+        if is_batch_normalized(layer):
             z, layer_state = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], next(states), train=train, mask=mask)
             new_state.append(layer_state)
         a = g(z)

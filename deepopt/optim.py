@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 if TYPE_CHECKING:
-    from deepopt.train import HParams
+    from deepopt.hparams import HParams
 
 PyTree = Any
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 if TYPE_CHECKING:
-    from deepopt.train import HParams
+    from deepopt.hparams import HParams
 
 Schedule = Callable[["HParams", Any, Any], jax.Array]
 

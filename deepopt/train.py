@@ -1,9 +1,16 @@
-"""One whole training run as one pure, ``jit``-compiled function.
+"""A training run as pure, ``jit``-compiled functions: one whole run (``fit``), or an open one.
 
 ``fit(config, hp, key, train, dev)`` is a ``lax.scan`` over epochs with the mini-batches in an
 inner ``lax.scan``. ``Config`` (static, hashable) fixes shapes and code; ``HParams`` (a pytree of
 scalars) is traced, so one compiled program serves every hyperparameter value and key, and
 ``jax.vmap(lambda hp, k: fit(config, hp, k, train))`` trains many models at once.
+
+The open run is the same computation cut into pieces: ``init_state`` makes a ``TrainState`` (a
+public pytree of everything a run carries from one epoch to the next), ``advance`` trains it for
+some epochs and returns it with an ``EpochLog`` of per-epoch metrics, and ``evaluate`` measures
+it. Shuffling and dropout keys derive from the run key, the epoch and the batch index, so
+``advance(a)`` then ``advance(b)`` equals ``advance(a + b)`` bit for bit, and ``fit`` is
+``init_state``, ``advance(config.epochs)``, ``evaluate``, traced as one program.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt import batchnorm, losses, model, optim, schedules
+from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, validate_hparams  # noqa: F401 (re-exported)
+from deepopt.parameters import Params, normalized_layers
 
-Params = tuple[dict[str, jax.Array], ...]
 
 KEEP_BEST = "keep_best"
 
@@ -87,71 +95,6 @@ class Config:
             raise ValueError(
                 f"Config.early_stopping must be None, a positive int patience or {KEEP_BEST!r}, got {stopping!r}"
             )
-
-
-class HParams(NamedTuple):
-    """Traced hyperparameters: a pytree of scalars (arrays of them under ``vmap``).
-
-    ``None`` means "derived from the Config": ``init_scale`` -> the scheme's default (10 for
-    ``random``, else 1), ``decay_epochs`` -> ``Config.epochs``.
-    """
-
-    learning_rate: Any = 0.01
-    beta: Any = 0.9  # momentum / Nesterov
-    beta1: Any = 0.9  # Adam first moment
-    beta2: Any = 0.999  # Adam second moment, RMSprop's square average
-    epsilon: Any = 1e-8
-    weight_decay: Any = 0.0  # AdamW's decoupled decay
-    l2: Any = 0.0  # lambda of the L2 penalty
-    keep_prob: Any = 1.0  # inverted dropout on hidden layers
-    init_scale: Any = None
-    decay_rate: Any = 1.0  # inverse_time, scheduled
-    time_interval: Any = 1000.0  # scheduled: epochs per decay step
-    decay_factor: Any = 0.95  # exponential (k**epoch), inverse_sqrt, staircase
-    warmup_epochs: Any = 0.0  # warmup_cosine
-    decay_epochs: Any = None  # cosine, warmup_cosine: length of the decay
-    min_learning_rate: Any = 0.0  # cosine floor
-
-
-# name -> (what it must be, test on a float64 array)
-_HPARAM_RULES: dict[str, tuple[str, Any]] = {
-    "learning_rate": ("> 0", lambda v: v > 0),
-    "beta": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
-    "beta1": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
-    "beta2": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
-    "epsilon": ("> 0", lambda v: v > 0),
-    "weight_decay": (">= 0", lambda v: v >= 0),
-    "l2": (">= 0", lambda v: v >= 0),
-    "keep_prob": ("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
-    "init_scale": (">= 0", lambda v: v >= 0),
-    "decay_rate": (">= 0", lambda v: v >= 0),
-    "time_interval": ("> 0", lambda v: v > 0),
-    "decay_factor": ("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
-    "warmup_epochs": (">= 0", lambda v: v >= 0),
-    "decay_epochs": ("> 0", lambda v: v > 0),
-    "min_learning_rate": (">= 0", lambda v: v >= 0),
-}
-
-
-def validate_hparams(hp: HParams) -> None:
-    """Check every concrete field of ``hp`` (scalars or arrays) against its range; traced fields are skipped.
-
-    Raises a ``ValueError`` naming the field, the offending value and the allowed range.
-    """
-    if not isinstance(hp, HParams):
-        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
-    for name, value in hp._asdict().items():
-        if value is None or isinstance(value, jax.core.Tracer):
-            continue
-        try:
-            values = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"HParams.{name} must be a number or an array of numbers, got {value!r}") from None
-        rule, is_valid = _HPARAM_RULES[name]
-        bad = ~(np.isfinite(values) & is_valid(values))
-        if np.any(bad):
-            where = "" if values.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
-            raise ValueError(f"HParams.{name} must be finite and {rule}, got {float(values[bad].flat[0])!r}{where}")
 
 
 class TrainResult(NamedTuple):
@@ -230,6 +173,107 @@ def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
     return HParams(**{name: jnp.asarray(value, dtype) for name, value in filled.items()})
 
 
+class TrainState(NamedTuple):
+    """Everything a run carries from one epoch to the next; a pytree (batched along a leading axis under ``vmap``).
+
+    Attributes:
+      params: the parameters (the last finite ones once the run diverged).
+      model_state: the model's non-parameter state: the batch-norm running statistics, one
+        ``BatchNormState`` per batch-normalized layer (``()`` without batch norm).
+      opt_state: the optimizer's state (Adam's moments and step count, ...).
+      step: updates taken (int32); a frozen run takes none.
+      epoch: epochs done (int32): the next ``advance`` starts at this epoch.
+      key: the run key; initialization, each epoch's shuffle and each batch's dropout derive from
+        it, the epoch and the batch index.
+      diverged, diverged_epoch: the cost or the parameters stopped being finite, and when (-1: never).
+      stopped, stopped_epoch: early stopping's patience ran out, and at which epoch (-1: never).
+      best_params, best_model_state: with early stopping, the parameters and model state of the
+        best dev epoch so far (None when early stopping is off: the plain run carries nothing extra).
+      best_dev_accuracy, best_dev_cost, best_epoch: that epoch's dev metrics and index (-1: none yet).
+    """
+
+    params: Params
+    model_state: tuple[batchnorm.BatchNormState, ...]
+    opt_state: Any
+    step: jax.Array
+    epoch: jax.Array
+    key: jax.Array
+    diverged: jax.Array
+    diverged_epoch: jax.Array
+    stopped: jax.Array
+    stopped_epoch: jax.Array
+    best_params: Params | None
+    best_model_state: tuple[batchnorm.BatchNormState, ...] | None
+    best_dev_accuracy: jax.Array
+    best_dev_cost: jax.Array
+    best_epoch: jax.Array
+
+
+class EpochLog(NamedTuple):
+    """Per-epoch arrays of one ``advance`` call, ``(epochs,)`` each; NaN where not measured or once the run is frozen.
+
+    Attributes:
+      cost: the mean over the epoch's examples of the mini-batch cost (with L2) on the forward
+        pass that produced each gradient, before that update (as ``TrainResult.costs``).
+      train_accuracy: accuracy on the whole training set after the epoch (no dropout); measured
+        with ``log_metrics=True``.
+      dev_accuracy, dev_cost: accuracy and cross-entropy on the dev set after the epoch; measured
+        with ``log_metrics=True`` or early stopping (which needs them), and a dev set.
+    """
+
+    cost: jax.Array
+    train_accuracy: jax.Array
+    dev_accuracy: jax.Array
+    dev_cost: jax.Array
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a deepopt.train.Config, got {type(config).__name__}")
+
+
+def _check_scalar_hparams(hp: HParams, where: str) -> None:
+    for name, value in hp._asdict().items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"HParams.{name} must be a scalar inside {where}, got shape {jnp.shape(value)}; "
+                f"vmap {where} over the leading axis to train many models"
+            )
+
+
+def _check_init_params(config: Config, init_params: Any) -> Params:
+    """``init_params`` must match ``config.layer_sizes`` and ``config.batchnorm``; returned as arrays."""
+    model.check_params(init_params, "init_params")
+    sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
+    if sizes != config.layer_sizes:
+        raise ValueError(f"init_params has layer sizes {sizes} but Config.layer_sizes is {config.layer_sizes}")
+    normalized = normalized_layers(init_params[:-1])
+    if not all(flag == config.batchnorm for flag in normalized):
+        raise ValueError(
+            f"Config.batchnorm={config.batchnorm} but init_params has gamma/beta on hidden layers {normalized}; "
+            "make them agree (init.mlp(..., batchnorm=True) adds them)"
+        )
+    return tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
+
+
+def _prepare_run(
+    config: Any, hp: Any, train: Any, dev: Any, dropout: bool | None, where: str
+) -> tuple[data_lib.Dataset, data_lib.Dataset | None, bool, HParams]:
+    """The checks ``fit``, ``init_state`` and ``advance`` share, in Python and before any compilation."""
+    _check_config(config)
+    train = check_split("train", train, config)
+    dtype = train.X.dtype
+    if dev is not None:
+        dev = check_split("dev", dev, config, dtype)
+    elif config.early_stopping is not None and where != "init_state":
+        raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
+    validate_hparams(hp)  # on the values as given, before any cast or compilation
+    dropout = resolve_dropout(hp.keep_prob, dropout) if dropout is not None else True
+    hp = prepare_hparams(hp, config, dtype)
+    _check_scalar_hparams(hp, where)
+    return train, dev, dropout, hp
+
+
 def fit(
     config: Config,
     hp: HParams,
@@ -246,7 +290,8 @@ def fit(
     :math:`J_b = \frac{1}{n_b}\sum_{i \in b}\ell_i + \frac{\lambda}{2 n_b}\sum_l\|W_l\|^2` (with
     inverted dropout when ``keep_prob < 1``), takes :math:`\nabla J_b` and applies the optimizer
     at the scheduled rate. A non-finite cost or update freezes the run at its last finite
-    parameters and sets ``diverged``.
+    parameters and sets ``diverged``. It is ``init_state``, ``advance(epochs=config.epochs)`` and
+    ``evaluate``, traced as one program.
 
     Args:
       config: static choices (layer sizes, activation, init, optimizer, schedule, batch size, epochs).
@@ -263,37 +308,106 @@ def fit(
     Returns:
       A ``TrainResult``.
     """
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a deepopt.train.Config, got {type(config).__name__}")
+    _check_config(config)
     _check_key(key)
-    train = check_split("train", train, config)
-    dtype = train.X.dtype
-    if dev is not None:
-        dev = check_split("dev", dev, config, dtype)
-    elif config.early_stopping is not None:
-        raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
-    validate_hparams(hp)  # on the values as given, before any cast or compilation
-    dropout = resolve_dropout(hp.keep_prob, dropout)
-    hp = prepare_hparams(hp, config, dtype)
-    for name, value in hp._asdict().items():
-        if jnp.ndim(value) != 0:
-            raise ValueError(
-                f"HParams.{name} must be a scalar inside fit, got shape {jnp.shape(value)}; "
-                "vmap fit over the leading axis to train many models"
-            )
+    train, dev, dropout, hp = _prepare_run(config, hp, train, dev, dropout, "fit")
     if init_params is not None:
-        model.check_params(init_params, "init_params")
-        sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
-        if sizes != config.layer_sizes:
-            raise ValueError(f"init_params has layer sizes {sizes} but Config.layer_sizes is {config.layer_sizes}")
-        normalized = tuple("gamma" in layer for layer in init_params[:-1])
-        if not all(flag == config.batchnorm for flag in normalized):
-            raise ValueError(
-                f"Config.batchnorm={config.batchnorm} but init_params has gamma/beta on hidden layers {normalized}; "
-                "make them agree (init.mlp(..., batchnorm=True) adds them)"
-            )
-        init_params = tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
+        init_params = _check_init_params(config, init_params)
     return _fit_compiled(config, dropout, hp, key, train, dev, init_params)
+
+
+def init_state(
+    config: Config,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    init_params: Params | None = None,
+) -> TrainState:
+    """A new run's ``TrainState``: initial parameters (``config.init`` or ``init_params``), optimizer state, epoch 0.
+
+    ``train`` gives the run's float dtype and is checked against ``config`` (its shapes, finite
+    values, labels). ``jit``/``vmap``-able: vmap over ``hp`` and ``key`` to start many runs.
+    """
+    _check_key(key)
+    train, _, _, hp = _prepare_run(config, hp, train, None, None, "init_state")
+    if init_params is not None:
+        init_params = _check_init_params(config, init_params)
+    return _init_state_compiled(config, hp, key, train.X, init_params)
+
+
+def advance(
+    config: Config,
+    hp: HParams,
+    state: TrainState,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None = None,
+    *,
+    epochs: int,
+    log_metrics: bool = False,
+    dropout: bool = True,
+) -> tuple[TrainState, EpochLog]:
+    """Train ``state`` for ``epochs`` more epochs, from epoch ``state.epoch``; returns the new state and their ``EpochLog``.
+
+    Exactly what ``fit`` does between those epochs: the keys of epoch ``e`` and batch ``b``
+    derive from ``(state.key, e, b)``, so ``advance(a)`` then ``advance(b)`` equals
+    ``advance(a + b)`` bit for bit. A frozen run (diverged, or stopped by early stopping) stays
+    frozen. ``hp`` may differ from the one the run started with (population-based training).
+
+    Args:
+      config, hp, train, dev: as for ``fit``; early stopping needs ``dev``.
+      state: a ``TrainState`` of this ``config`` (``init_state`` or an earlier ``advance``).
+      epochs: how many epochs to train (static: one compilation per value).
+      log_metrics: also measure train accuracy and dev accuracy and cost after every epoch
+        (``EpochLog``); off, the program is as lean as ``fit``'s.
+      dropout: as for ``fit``.
+    """
+    train, dev, dropout, hp = _prepare_run(config, hp, train, dev, dropout, "advance")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(log_metrics, bool):
+        raise TypeError(f"log_metrics must be a bool, got {log_metrics!r}")
+    _check_state(config, hp, state, train.X)
+    return _advance_compiled(config, dropout, epochs, log_metrics, hp, state, train, dev)
+
+
+def evaluate(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[str, jax.Array]:
+    r"""Metrics of the run's result on ``data``: ``{"accuracy", "cost"}`` (no dropout; batch norm's running statistics).
+
+    The result is the current parameters, or with early stopping the best dev epoch's.
+    ``cost`` is the mean cross-entropy :math:`\frac1m\sum_i \ell_i` without the L2 term (which
+    depends on ``hp``: ``TrainResult.final_cost`` adds it).
+    """
+    _check_config(config)
+    data = check_split("data", data, config)
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a deepopt.train.TrainState, got {type(state).__name__}")
+    return _evaluate_compiled(config, state, data)
+
+
+def result_params(config: Config, state: TrainState) -> tuple[Params, tuple[batchnorm.BatchNormState, ...]]:
+    """The run's result: ``(params, model_state)``, the best dev epoch's with early stopping, else the current ones."""
+    if config.early_stopping is not None:
+        return state.best_params, state.best_model_state
+    return state.params, state.model_state
+
+
+def _check_state(config: Config, hp: HParams, state: Any, X: Any) -> None:
+    """``state`` must have the tree structure, shapes and dtypes ``init_state`` makes for ``config``."""
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a deepopt.train.TrainState (from init_state or advance), got {type(state).__name__}")
+    expected = jax.eval_shape(lambda h, k, x: _init_state(config, h, k, x.dtype, None), hp, state.key, X)
+    got_structure, want_structure = jax.tree.structure(state), jax.tree.structure(expected)
+    if got_structure != want_structure:
+        raise ValueError(
+            f"state does not belong to this Config (its tree differs: {got_structure} vs {want_structure}); "
+            "make it with init_state(config, ...)"
+        )
+    for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected)):
+        if jnp.shape(leaf) != want.shape or jnp.result_type(leaf) != want.dtype:
+            raise ValueError(
+                f"state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)} dtype {jnp.result_type(leaf)}, "
+                f"expected {want.shape} {want.dtype} for this Config and data"
+            )
 
 
 def resolve_dropout(keep_prob: Any, dropout: bool | None = None) -> bool:
@@ -318,7 +432,7 @@ _trace_count = 0
 
 
 def trace_count() -> int:
-    """How many times the training program has been traced (= compiled) in this process.
+    """How many times a training program (``fit``'s or ``advance``'s) has been traced (= compiled) in this process.
 
     Use it to check that new hyperparameter values or keys do not recompile.
     """
@@ -334,45 +448,66 @@ def _tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-class _EpochCarry(NamedTuple):
-    """What the epoch scan threads: the run, its divergence / early-stopping state, the best so far."""
-
-    params: Params
-    bn_state: tuple[batchnorm.BatchNormState, ...]
-    opt_state: Any
-    step: jax.Array
-    diverged: jax.Array
-    diverged_epoch: jax.Array
-    stopped: jax.Array
-    stopped_epoch: jax.Array
-    best_params: Params | None
-    best_bn_state: tuple[batchnorm.BatchNormState, ...] | None
-    best_dev_accuracy: jax.Array
-    best_dev_cost: jax.Array
-    best_epoch: jax.Array
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _fit_compiled(
-    config: Config,
-    dropout: bool,
-    hp: HParams,
-    key: jax.Array,
-    train: data_lib.Dataset,
-    dev: data_lib.Dataset | None,
-    init_params: Params | None,
-) -> TrainResult:
-    global _trace_count
-    _trace_count += 1
-    X, y = train
-    m, dtype = X.shape[0], X.dtype
+def _run_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(init, shuffle, dropout)`` keys of a run key."""
     init_key, shuffle_key, dropout_key = jax.random.split(key, 3)
+    return init_key, shuffle_key, dropout_key
+
+
+def _init_state(config: Config, hp: HParams, key: jax.Array, dtype: Any, init_params: Params | None) -> TrainState:
+    """The traced body of ``init_state``."""
+    init_key, _, _ = _run_keys(key)
     if init_params is None:
         params = init_lib.mlp(
             init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype, batchnorm=config.batchnorm
         )
     else:
         params = init_params
+    early_stopping = config.early_stopping is not None
+    minus_one = jnp.array(-1, jnp.int32)
+    bn_state = batchnorm.init_states(params)
+    return TrainState(
+        params=params,
+        model_state=bn_state,
+        opt_state=optim.get(config.optimizer).init(params),
+        step=jnp.zeros((), jnp.int32),
+        epoch=jnp.zeros((), jnp.int32),
+        key=key,
+        diverged=jnp.array(False),
+        diverged_epoch=minus_one,
+        stopped=jnp.array(False),
+        stopped_epoch=minus_one,
+        best_params=params if early_stopping else None,  # not carried when off
+        best_model_state=bn_state if early_stopping else None,
+        best_dev_accuracy=jnp.array(-jnp.inf, dtype),
+        best_dev_cost=jnp.array(jnp.inf, dtype),
+        best_epoch=minus_one,
+    )
+
+
+def _evaluate(config: Config, params: Params, bn_state: tuple, data: data_lib.Dataset) -> dict[str, jax.Array]:
+    """The traced body of ``evaluate``: accuracy (in the data's float dtype) and mean cross-entropy."""
+    logits = model.forward(params, data.X, activation=config.activation, bn_state=bn_state)
+    return {
+        "accuracy": jnp.mean(model.predict_from_logits(logits) == data.y).astype(data.X.dtype),
+        "cost": losses.cross_entropy(logits, data.y),
+    }
+
+
+def _advance(
+    config: Config,
+    dropout: bool,
+    epochs: int,
+    log_metrics: bool,
+    hp: HParams,
+    state: TrainState,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+) -> tuple[TrainState, EpochLog]:
+    """The traced body of ``advance``: a ``lax.scan`` over epochs ``state.epoch .. state.epoch + epochs - 1``."""
+    X, y = train
+    m, dtype = X.shape[0], X.dtype
+    _, shuffle_key, dropout_key = _run_keys(state.key)
     optimizer = optim.get(config.optimizer)
     schedule = schedules.get(config.schedule)
     batch_size = m if config.batch_size is None else min(config.batch_size, m)
@@ -396,8 +531,10 @@ def _fit_compiled(
 
     early_stopping = config.early_stopping is not None
     patience = config.early_stopping if isinstance(config.early_stopping, int) else None
+    measure_dev = dev is not None and (early_stopping or log_metrics)
+    nan = jnp.array(jnp.nan, dtype)
 
-    def run_epoch(carry: _EpochCarry, epoch: jax.Array) -> tuple[_EpochCarry, tuple[jax.Array, jax.Array]]:
+    def run_epoch(carry: TrainState, epoch: jax.Array) -> tuple[TrainState, tuple[jax.Array, ...]]:
         frozen = carry.diverged | carry.stopped  # a frozen run takes no more steps
         epoch_dropout_key = jax.random.fold_in(dropout_key, epoch)
         if full_batch:
@@ -425,23 +562,29 @@ def _fit_compiled(
 
         batches = (jnp.arange(num_batches), index, mask)
         (params, bn_state, opt_state, step, halted), weighted_costs = jax.lax.scan(
-            run_step, (carry.params, carry.bn_state, carry.opt_state, carry.step, frozen), batches
+            run_step, (carry.params, carry.model_state, carry.opt_state, carry.step, frozen), batches
         )
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
         diverged_now = halted & ~frozen
         carry = carry._replace(
             params=params,
-            bn_state=bn_state,
+            model_state=bn_state,
             opt_state=opt_state,
             step=step,
             diverged=carry.diverged | diverged_now,
             diverged_epoch=jnp.where(diverged_now, epoch, carry.diverged_epoch),
         )
-        if not early_stopping:
-            return carry, (epoch_cost, jnp.array(jnp.nan, dtype))
+        train_accuracy = dev_accuracy = dev_cost = nan
+        if log_metrics:
+            train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)["accuracy"])
+        if not measure_dev:
+            return carry, (epoch_cost, train_accuracy, dev_accuracy, dev_cost)
         dev_logits = model.forward(params, dev.X, activation=config.activation, bn_state=bn_state)
         dev_accuracy = jnp.mean(model.predict_from_logits(dev_logits) == dev.y).astype(dtype)
         dev_cost = losses.cross_entropy(dev_logits, dev.y)
+        logged = (epoch_cost, train_accuracy, jnp.where(frozen, jnp.nan, dev_accuracy), jnp.where(frozen, jnp.nan, dev_cost))
+        if not early_stopping:
+            return carry, logged
         better = (dev_accuracy > carry.best_dev_accuracy) | (
             (dev_accuracy == carry.best_dev_accuracy) & (dev_cost < carry.best_dev_cost)
         )
@@ -450,77 +593,79 @@ def _fit_compiled(
         stopped_now = ~frozen & ~diverged_now & (epoch - best_epoch >= patience) if patience else jnp.array(False)
         carry = carry._replace(
             best_params=_tree_select(improved, params, carry.best_params),
-            best_bn_state=_tree_select(improved, bn_state, carry.best_bn_state),
+            best_model_state=_tree_select(improved, bn_state, carry.best_model_state),
             best_dev_accuracy=jnp.where(improved, dev_accuracy, carry.best_dev_accuracy),
             best_dev_cost=jnp.where(improved, dev_cost, carry.best_dev_cost),
             best_epoch=best_epoch,
             stopped=carry.stopped | stopped_now,
             stopped_epoch=jnp.where(stopped_now, epoch, carry.stopped_epoch),
         )
-        return carry, (epoch_cost, jnp.where(frozen, jnp.nan, dev_accuracy))
+        return carry, logged
 
-    minus_one = jnp.array(-1, jnp.int32)
-    bn_state = batchnorm.init_states(params)
-    carry = _EpochCarry(
-        params=params,
-        bn_state=bn_state,
-        opt_state=optimizer.init(params),
-        step=jnp.zeros((), jnp.int32),
-        diverged=jnp.array(False),
-        diverged_epoch=minus_one,
-        stopped=jnp.array(False),
-        stopped_epoch=minus_one,
-        best_params=params if early_stopping else None,  # not carried when off
-        best_bn_state=bn_state if early_stopping else None,
-        best_dev_accuracy=jnp.array(-jnp.inf, dtype),
-        best_dev_cost=jnp.array(jnp.inf, dtype),
-        best_epoch=minus_one,
-    )
-    carry, (costs, dev_accuracies) = jax.lax.scan(run_epoch, carry, jnp.arange(config.epochs, dtype=jnp.int32))
-    params = carry.best_params if early_stopping else carry.params
-    bn_state = carry.best_bn_state if early_stopping else carry.bn_state
+    epoch_indices = state.epoch + jnp.arange(epochs, dtype=jnp.int32)
+    state, (costs, train_accuracies, dev_accuracies, dev_costs) = jax.lax.scan(run_epoch, state, epoch_indices)
+    state = state._replace(epoch=state.epoch + jnp.int32(epochs))
+    return state, EpochLog(costs, train_accuracies, dev_accuracies, dev_costs)
 
-    train_logits = model.forward(params, X, activation=config.activation, bn_state=bn_state)
-    train_accuracy = jnp.mean(model.predict_from_logits(train_logits) == y).astype(dtype)
-    final_cost = losses.cross_entropy(train_logits, y) + losses.l2_penalty(params, hp.l2, m)
-    if dev is None:
-        dev_accuracy = jnp.array(jnp.nan, dtype)
-    else:
-        dev_predictions = model.predict(params, dev.X, activation=config.activation, bn_state=bn_state)
-        dev_accuracy = jnp.mean(dev_predictions == dev.y).astype(dtype)
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _init_state_compiled(
+    config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_params: Params | None
+) -> TrainState:
+    return _init_state(config, hp, key, X.dtype, init_params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _advance_compiled(
+    config: Config,
+    dropout: bool,
+    epochs: int,
+    log_metrics: bool,
+    hp: HParams,
+    state: TrainState,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+) -> tuple[TrainState, EpochLog]:
+    global _trace_count
+    _trace_count += 1
+    return _advance(config, dropout, epochs, log_metrics, hp, state, train, dev)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _evaluate_compiled(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[str, jax.Array]:
+    params, bn_state = result_params(config, state)
+    return _evaluate(config, params, bn_state, data)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fit_compiled(
+    config: Config,
+    dropout: bool,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    init_params: Params | None,
+) -> TrainResult:
+    global _trace_count
+    _trace_count += 1
+    dtype = train.X.dtype
+    state = _init_state(config, hp, key, dtype, init_params)
+    state, log = _advance(config, dropout, config.epochs, False, hp, state, train, dev)
+    params, bn_state = result_params(config, state)
+    on_train = _evaluate(config, params, bn_state, train)
+    final_cost = on_train["cost"] + losses.l2_penalty(params, hp.l2, train.X.shape[0])
+    dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
     return TrainResult(
         params=params,
-        costs=costs,
-        train_accuracy=train_accuracy,
+        costs=log.cost,
+        train_accuracy=on_train["accuracy"],
         dev_accuracy=dev_accuracy,
         final_cost=final_cost,
-        diverged=carry.diverged,
-        diverged_epoch=carry.diverged_epoch,
-        best_epoch=carry.best_epoch,
-        stopped_epoch=carry.stopped_epoch,
-        dev_accuracies=dev_accuracies,
+        diverged=state.diverged,
+        diverged_epoch=state.diverged_epoch,
+        best_epoch=state.best_epoch,
+        stopped_epoch=state.stopped_epoch,
+        dev_accuracies=log.dev_accuracy,
         bn_state=bn_state,
     )
-
-
-def broadcast_hparams(hp: HParams, num_runs: int) -> HParams:
-    """Give every field of ``hp`` a leading axis of ``num_runs`` (scalars are repeated), ready for ``vmap``.
-
-    ``None`` fields stay ``None`` (``fit`` derives them from the Config).
-    """
-    if not isinstance(hp, HParams):
-        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
-    if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
-        raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
-    fields = {}
-    for name, value in hp._asdict().items():
-        if value is None:
-            fields[name] = None
-            continue
-        array = jnp.asarray(value)
-        if array.ndim == 0:
-            array = jnp.broadcast_to(array, (num_runs,))
-        elif array.shape != (num_runs,):
-            raise ValueError(f"HParams.{name} must be a scalar or have shape ({num_runs},), got {array.shape}")
-        fields[name] = array
-    return HParams(**fields)

@@ -1,0 +1,191 @@
+"""Reading a sweep's rows: ``Results`` (leaderboard, seed statistics, ``zoom``, CSV); a row's Config, HParams, key."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepopt import train as train_lib
+from deepopt.sweep.space import Choice, Uniform, _check_count
+from deepopt.sweep.store import _canonical
+
+if TYPE_CHECKING:
+    from deepopt.diagnostics import Diagnosis
+
+
+LOWER_IS_BETTER = ("final_cost",)  # and any metric named *cost; accuracies: higher is better
+
+
+def _stats(values: Sequence[Any]) -> dict[str, float | None]:
+    """Mean, standard deviation, min and max over seeds, ignoring nulls; None when all are null."""
+    array = np.asarray([v for v in values if v is not None], np.float64)
+    if array.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
+
+
+@dataclasses.dataclass
+class Results:
+    """A sweep's rows (one per run, in plan order) and what to read from them.
+
+    Attributes:
+      rows: JSON-able dicts: ``id``, ``config_id`` (v2 ids, see ``store``; a resumed v1 row is given
+        them), ``config_index``, ``seed``, ``key``, ``config`` (every Config field), ``hparams``
+        (every HParams field), the metrics, ``seconds``.
+      space: the search space the rows were sampled from (for ``zoom``).
+      metric: the row field that ranks configs (accuracies: higher is better; costs: lower).
+      stats: bookkeeping of the call (groups, chunks, compilations, devices, seconds, runs computed).
+    """
+
+    rows: list[dict[str, Any]]
+    space: dict[str, Any]
+    metric: str = "dev_accuracy"
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def metric_names(self) -> list[str]:
+        """The numeric per-run fields (accuracies, costs, epochs), in row order."""
+        skip = {"id", "config_id", "config_index", "seed", "key", "config", "hparams", "diverged", "seconds"}
+        names: list[str] = []
+        for row in self.rows:
+            names += [
+                n
+                for n, v in row.items()
+                if n not in skip and n not in names and (v is None or isinstance(v, (int, float)))
+            ]
+        return names
+
+    def by_config(self) -> list[dict[str, Any]]:
+        r"""Mean and spread over seeds, one entry per config: ``{metric: {mean, std, min, max}}`` plus its choices.
+
+        ``std`` is the population standard deviation :math:`\sqrt{\frac1S\sum_s (x_s - \bar x)^2}`.
+        """
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows:
+            grouped.setdefault(row["config_id"], []).append(row)
+        entries = []
+        for config_id, rows in grouped.items():
+            first = rows[0]
+            choices = {name: (first["config"] | first["hparams"])[name] for name in self.space}
+            entry = {
+                "config_id": config_id,
+                "config_index": first["config_index"],
+                "choices": choices,
+                "config": first["config"],
+                "hparams": first["hparams"],
+                "seeds": len(rows),
+                "diverged": sum(bool(r["diverged"]) for r in rows),
+            }
+            entry.update({name: _stats([r.get(name) for r in rows]) for name in self.metric_names()})
+            entries.append(entry)
+        return entries
+
+    def best(self, k: int = 10) -> list[dict[str, Any]]:
+        """The leaderboard: the top ``k`` configs by the seed-mean ``metric`` (ties: smaller spread over seeds first).
+
+        A config with a diverged seed ranks below every config without one.
+        """
+        _check_count("k", k)
+        sign = 1.0 if self.metric in LOWER_IS_BETTER or self.metric.endswith("cost") else -1.0
+
+        def rank(entry: dict[str, Any]) -> tuple:
+            stats = entry.get(self.metric, {"mean": None, "std": None})
+            missing = stats["mean"] is None
+            return (entry["diverged"] > 0, missing, 0.0 if missing else sign * stats["mean"], stats["std"] or 0.0)
+
+        return sorted(self.by_config(), key=rank)[:k]
+
+    def zoom(self, k: int = 8, margin: float = 0.25) -> dict[str, Any]:
+        """A narrower space around the top ``k`` configs (coarse to fine).
+
+        Each continuous range shrinks to the span of the top ``k`` values in its own scale
+        (log for ``log_uniform``, ``log(1 - β)`` for ``one_minus_log_uniform``), widened by
+        ``margin`` × that span on each side (10% of the old range when the span is 0) and kept
+        inside the old range; a ``choice``/``grid`` keeps the values the top ``k`` use.
+        """
+        if not self.rows:
+            raise ValueError("zoom needs rows; the sweep has none")
+        top = [e for e in self.best(k) if e["diverged"] == 0] or self.best(k)
+        narrowed: dict[str, Any] = {}
+        for name, value in self.space.items():
+            used = [entry["choices"][name] for entry in top]
+            if isinstance(value, Choice):
+                kept = [v for v in value.values if _canonical(v) in {_canonical(u) for u in used}]
+                narrowed[name] = type(value)(kept)
+            elif isinstance(value, Uniform):
+                scaled = value.to_scale(np.asarray(used, np.float64))
+                old_lo, old_hi = value.scaled_bounds
+                span = float(scaled.max() - scaled.min())
+                pad = margin * span if span > 0 else 0.1 * (old_hi - old_lo)
+                lo, hi = max(old_lo, float(scaled.min()) - pad), min(old_hi, float(scaled.max()) + pad)
+                narrowed[name] = value.between(lo, hi)
+            else:
+                narrowed[name] = value
+        return narrowed
+
+    def bias_variance(self, bayes_error: float = 0.0, *, tolerance: float = 0.02) -> Diagnosis:
+        """``diagnostics.bias_variance`` of the best config.
+
+        Train error ``1 - train_accuracy`` and dev error ``1 - dev_accuracy``, means over its seeds.
+        """
+        from deepopt import diagnostics  # reads results; the sweep itself does not need it
+
+        winner = self.best(1)[0]
+        train_accuracy, dev_accuracy = winner["train_accuracy"]["mean"], winner.get("dev_accuracy", {}).get("mean")
+        if dev_accuracy is None:
+            raise ValueError("bias_variance needs dev accuracies: run the sweep with dev data")
+        return diagnostics.bias_variance(1.0 - train_accuracy, 1.0 - dev_accuracy, bayes_error, tolerance=tolerance)
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """One line per run: id, seed, every Config and HParams field (lists as ``a-b-c``), the metrics."""
+
+        def cell(value: Any) -> Any:
+            if value is None:
+                return ""
+            if isinstance(value, list):
+                return "-".join(map(str, value))
+            return value
+
+        flat = [
+            {
+                "id": r["id"],
+                "config_id": r["config_id"],
+                "config_index": r["config_index"],
+                "seed": r["seed"],
+                **r["config"],
+                **r["hparams"],
+                **{n: v for n, v in r.items() if n not in ("config", "hparams", "key")},
+            }
+            for r in self.rows
+        ]
+        header = list(dict.fromkeys(name for row in flat for name in row))
+        with open(path, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, header)
+            writer.writeheader()
+            writer.writerows({name: cell(row.get(name)) for name in header} for row in flat)
+
+
+def config_of(row: Mapping[str, Any]) -> train_lib.Config:
+    """The ``train.Config`` of a row."""
+    return train_lib.Config(**{name: tuple(v) if isinstance(v, list) else v for name, v in row["config"].items()})
+
+
+def hparams_of(row: Mapping[str, Any]) -> train_lib.HParams:
+    """The ``train.HParams`` of a row (the sampled float64 values)."""
+    return train_lib.HParams(**row["hparams"])
+
+
+def key_of(row: Mapping[str, Any], impl: str | None = None) -> jax.Array:
+    """The PRNG key a row trained with: ``train.fit(config_of(row), hparams_of(row), key_of(row), ...)`` repeats it."""
+    return jax.random.wrap_key_data(jnp.asarray(row["key"], jnp.uint32), impl=impl)

@@ -1,0 +1,294 @@
+"""The engine: compiled chunk programs over a device mesh, sized to the cache and to a memory budget.
+
+A group (one static Config) is trained as fixed-shape chunks of ``C`` configs × every seed
+(``chunk_layout``; ``chunk_size="auto"``: ``auto_chunk_size`` from ``working_set_bytes`` and
+``CACHE_BYTES_PER_DEVICE``), under two nested ``vmap``s (configs outer, seeds inner, the key
+unbatched along the configs: ``_chunk_program``), compiled once per shape (``_compile``, counted
+by ``compile_count``) with the configs sharded over ``Mesh(devices, (RUN_AXIS,))`` and the seed
+keys and data replicated; ``_choose_chunk`` shrinks ``C`` until ``memory_analysis`` fits the
+budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from deepopt import data as data_lib
+from deepopt import init as init_lib
+from deepopt import model, optim
+from deepopt import train as train_lib
+from deepopt.sweep.planning import Run
+
+RUN_AXIS = "runs"
+
+
+# ------------------------------------------------------------------------------ compiled programs
+
+_compilations = 0
+
+
+def compile_count() -> int:
+    """How many chunk programs this process has compiled.
+
+    One per group, plus one per shrinking step of a group whose chunk exceeds the memory budget.
+    """
+    return _compilations
+
+
+def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool) -> Callable:
+    """``fit`` over ``C`` configs × ``S`` seeds; returns every per-run scalar of ``TrainResult`` (no params).
+
+    Takes ``hp`` with a leading axis of ``C`` configs and ``key_data`` with one of ``S`` seed keys
+    and returns ``(C · S,)`` arrays in plan order (config-major, then seed). Two nested ``vmap``s:
+    the outer one maps the configs with the key *unbatched*, the inner one the seeds, so whatever
+    depends on the key alone
+    (initial draws, each epoch's permutation and mini-batch gathers, dropout's uniform draws) is
+    computed once per seed instead of once per run: every config's seed ``s`` trains with the same
+    key, so nothing changes but the work. ``dropout=False`` (every run of the group has
+    ``keep_prob == 1``) compiles the masks out.
+    """
+
+    def one_run(
+        hp: train_lib.HParams,
+        key_data: jax.Array,
+        train_set: data_lib.Dataset,
+        dev_set: data_lib.Dataset | None,
+        test_set: data_lib.Dataset | None,
+    ) -> dict[str, jax.Array]:
+        result = train_lib.fit(
+            config, hp, jax.random.wrap_key_data(key_data, impl=key_impl), train_set, dev_set, dropout=dropout
+        )
+        scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
+        if with_test:
+            scalars["test_accuracy"] = model.accuracy(
+                result.params, test_set.X, test_set.y, activation=config.activation, bn_state=result.bn_state
+            ).astype(result.train_accuracy.dtype)
+        return scalars
+
+    over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None, None))
+    over_configs = jax.vmap(over_seeds, in_axes=(0, None, None, None, None))
+
+    def chunk_program(
+        hp: train_lib.HParams, key_data: jax.Array, *splits: data_lib.Dataset | None
+    ) -> dict[str, jax.Array]:
+        by_config = over_configs(hp, key_data, *splits)  # (C, S): train, dev, test
+        return {name: value.reshape(-1) for name, value in by_config.items()}
+
+    return chunk_program
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(
+    config: train_lib.Config,
+    configs: int,
+    seeds: int,
+    key_impl: str,
+    key_shape: tuple[int, ...],
+    dtype: str,
+    data_shapes: tuple,
+    devices: tuple,
+    with_test: bool,
+    dropout: bool,
+) -> tuple[Any, int]:
+    """Compile the chunk program for ``configs`` × ``seeds`` runs, configs sharded over ``devices``.
+
+    Returns it and its bytes per device.
+    """
+    global _compilations
+    _compilations += 1
+    mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
+    by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
+    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
+    keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
+    datasets = [
+        None
+        if shapes is None
+        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
+        for shapes in data_shapes
+    ]
+    in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
+    program = jax.jit(
+        _chunk_program(config, key_impl, with_test, dropout), in_shardings=in_shardings, out_shardings=replicated
+    )
+    compiled = program.lower(hp, keys, *datasets).compile()
+    stats = compiled.memory_analysis()
+    size = (
+        0
+        if stats is None
+        else (
+            stats.argument_size_in_bytes
+            + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes
+            - stats.alias_size_in_bytes
+        )
+    )
+    return compiled, int(size)
+
+
+def _global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from the same host value on every process (each fills its own devices)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+AUTO_CHUNK = "auto"
+CACHE_BYTES_PER_DEVICE = 8 * 2**20  # the per-device working set that ran fastest here (see WORKSPACE.md)
+
+
+def working_set_bytes(config: train_lib.Config, num_examples: int, dtype: Any = jnp.float32) -> int:
+    """Bytes one run touches every step: parameters, gradients, optimizer state and one mini-batch's activations.
+
+    ``itemsize · (P · (2 + state slots) + 4 · batch · Σ hidden widths)`` with ``P`` parameters, from
+    the shapes of ``init.mlp`` and the optimizer's ``init`` (nothing is computed or compiled).
+    """
+    params = jax.eval_shape(
+        lambda: init_lib.mlp(
+            jax.random.key(0), config.layer_sizes, config.init, 1.0, dtype=dtype, batchnorm=config.batchnorm
+        )
+    )
+    state = jax.eval_shape(optim.get(config.optimizer).init, params)
+    param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
+    activation_bytes = 4 * batch * sum(config.layer_sizes[1:-1]) * np.dtype(dtype).itemsize
+    return int(2 * param_bytes + state_bytes + activation_bytes)
+
+
+def auto_chunk_size(config: train_lib.Config, num_examples: int, num_devices: int, dtype: Any = jnp.float32) -> int:
+    r"""Runs per chunk so that each device's runs fit ``CACHE_BYTES_PER_DEVICE``: :math:`D \cdot 2^k`.
+
+    ``k`` is the largest with :math:`2^k \cdot` ``working_set_bytes`` within the budget (at least one run
+    per device). Measured on the 2-core CPU here: a 2-256-256-1 Adam net (about 1.6 MB per run) ran
+    at 110-114 GFLOP/s in chunks of 8 (2 configs × 2 seeds) on 2 devices, 93 in chunks of 4 and 90 in
+    chunks of 16; a 2-20-10-1 net runs equally fast from 64 to 256 runs per device.
+    """
+    per_run = max(working_set_bytes(config, num_examples, dtype), 1)
+    runs_per_device = max(CACHE_BYTES_PER_DEVICE // per_run, 1)
+    return num_devices * (1 << (int(runs_per_device).bit_length() - 1))
+
+
+def chunk_layout(group_size: int, chunk_size: int | None, num_devices: int) -> int:
+    """Runs per chunk: a multiple of ``num_devices``; the last chunk of a group is padded.
+
+    ``chunk_size=None``: the whole group in one chunk. Otherwise ``min(chunk_size, 2^⌈log2 n⌉)``:
+    a group smaller than ``chunk_size`` is padded up to a power of two, so groups of similar size
+    (a coarse-to-fine round after a coarse one) share the compiled program of that shape.
+    """
+    if chunk_size is None:
+        return _round_up(group_size, num_devices)
+    return _round_up(min(chunk_size, 1 << (group_size - 1).bit_length()), num_devices)
+
+
+# ------------------------------------------------------------------------------ groups and chunks
+
+
+def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Sequence[Any], key: jax.Array) -> None:
+    """``fit``'s own checks (``train.check_split``) of train, dev and test against every group.
+
+    Then ``eval_shape`` traces ``fit`` once per group (what is left: the config against the data's
+    shapes); the trace is cached and reused by the group's compilation, so it costs no second trace.
+    """
+    train_set, dev_set, test_set = splits
+    dtype = train_set.X.dtype
+    for config, group_runs in grouped.items():
+        for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
+            if split is not None:  # exactly fit's checks, in Python, before anything is traced
+                train_lib.check_split(name, split, config)
+        dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
+        jax.eval_shape(
+            lambda h, k, config=config, dropout=dropout: train_lib.fit(
+                config, h, k, train_set, dev_set, dropout=dropout
+            ),
+            train_lib.prepare_hparams(train_lib.HParams(), config, dtype),
+            key,
+        )
+
+
+def _group_dropout(group_runs: Sequence[Run]) -> bool:
+    """Whether the group's program needs dropout: some run has ``keep_prob < 1``."""
+    return train_lib.resolve_dropout(np.asarray([run_.hparams["keep_prob"] for run_ in group_runs], np.float64))
+
+
+def _seeds_per_config(group_runs: Sequence[Run]) -> int:
+    """``S``: a group's runs are every one of its configs × the same ``S`` seeds, config-major (as ``plan`` makes them)."""
+    seeds = 1
+    while seeds < len(group_runs) and group_runs[seeds].config_index == group_runs[0].config_index:
+        seeds += 1
+    layout_ok = len(group_runs) % seeds == 0 and all(
+        run_.seed == i % seeds and run_.key_data == group_runs[i % seeds].key_data for i, run_ in enumerate(group_runs)
+    )
+    if not layout_ok:
+        raise ValueError("a sweep group must hold every config × the same seeds, config-major (sweep.plan's order)")
+    return seeds
+
+
+def _choose_chunk(
+    config: train_lib.Config,
+    num_configs: int,
+    seeds: int,
+    chunk_size: int | None,
+    budget: int | None,
+    data_bytes: int,
+    compile_args: tuple,
+) -> tuple[int, Any, int]:
+    """Configs per chunk, the compiled program and its bytes per device, shrunk to fit ``budget``.
+
+    A chunk is ``C`` configs × every seed; ``C = chunk_layout(configs, chunk_size // seeds, D)``.
+    Bytes per device are modelled as ``data + per_config · C / D``; ``per_config`` is read off
+    the compiled program, then the largest fitting ``C`` is compiled and checked again.
+    """
+    num_devices = len(compile_args[4])
+    configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1), num_devices)
+    compiled, size = _compile(config, configs, seeds, *compile_args)
+    while budget is not None and size > budget:
+        if configs == num_devices:
+            raise ValueError(
+                f"memory_budget_bytes={budget} is below what one config ({seeds} seeds) per device takes "
+                f"({size} bytes for {config})"
+            )
+        per_config = max(size - data_bytes, 1) / (configs // num_devices)
+        fitting = max(int((budget - data_bytes) // per_config), 1) * num_devices
+        configs = min(fitting, configs - num_devices)
+        compiled, size = _compile(config, configs, seeds, *compile_args)
+    return configs, compiled, size
+
+
+def _group_hparams(group_runs: Sequence[Run], config: train_lib.Config, dtype: Any) -> dict[str, np.ndarray]:
+    """Every HParams field of the group as a host array ``(n,)`` of the run dtype.
+
+    ``None`` fields are derived from ``config`` (``train.prepare_hparams``).
+    """
+    columns = {}
+    for name in train_lib.HParams._fields:
+        values = [run_.hparams[name] for run_ in group_runs]
+        columns[name] = None if all(v is None for v in values) else np.asarray(values, np.float64)
+    prepared = train_lib.broadcast_hparams(
+        train_lib.prepare_hparams(train_lib.HParams(**columns), config, dtype), len(group_runs)
+    )
+    return {name: np.asarray(value) for name, value in prepared._asdict().items()}
+
+
+def _execute(
+    compiled: Any,
+    mesh: Mesh,
+    hp_host: Mapping[str, np.ndarray],
+    key_host: np.ndarray,
+    local: np.ndarray,
+    device_data: Sequence[data_lib.Dataset | None],
+) -> dict[str, np.ndarray]:
+    """Run one chunk: configs ``local`` (padding included) sharded over ``mesh`` × every seed key; host outputs."""
+    by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
+    hp = train_lib.HParams(**{name: _global_array(values[local], by_run) for name, values in hp_host.items()})
+    outputs = compiled(hp, _global_array(key_host, replicated), *device_data)
+    return {name: np.asarray(value) for name, value in outputs.items()}

@@ -1,0 +1,149 @@
+"""The plan: every run of a sweep (config × seed) with its id, sampled and validated before anything compiles.
+
+(Named ``planning``, not ``plan``, so that ``deepopt.sweep.plan`` stays the function.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepopt import train as train_lib
+from deepopt.sweep import store
+from deepopt.sweep.samplers import sample
+from deepopt.sweep.space import _check_count, static_fields
+from deepopt.sweep.store import _canonical, _plain
+
+
+class Run(NamedTuple):
+    """One planned training run: the ``index``-th of the sweep, config ``config_index``, seed ``seed``."""
+
+    index: int
+    id: str
+    config_id: str
+    config_index: int
+    seed: int
+    config: train_lib.Config
+    hparams: dict[str, Any]
+    key_data: tuple[int, ...]
+
+
+def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
+    """The ``seeds`` model keys of a sweep run with ``key``: seed ``s`` of every config trains with key ``s``."""
+    _, model_key = jax.random.split(_typed_key(key))
+    return jax.random.split(model_key, seeds)
+
+
+def _typed_key(key: Any) -> jax.Array:
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
+        return key
+    if key.shape != (2,) or key.dtype != jnp.uint32:
+        raise ValueError(f"key must be a PRNG key (jax.random.key(seed)), got shape {key.shape} dtype {key.dtype}")
+    return jax.random.wrap_key_data(key)
+
+
+def plan(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    *,
+    key: jax.Array,
+    num_configs: int | None,
+    seeds: int = 1,
+    sampler: str = "random",
+    hparams: train_lib.HParams | None = None,
+    data_digest: str = "",
+) -> list[Run]:
+    """Sample and validate the sweep's runs (config-major, then seed); nothing is compiled.
+
+    A sampled config identical to an earlier one (same Config and HParams, as an all-discrete
+    space sampled more often than it has combinations gives, or an empty space: every config is
+    the base one) is planned once, under the index it was first sampled at: run ids are unique,
+    and a sweep may therefore hold fewer than ``num_configs`` configs.
+
+    Every static combination is built with ``dataclasses.replace(base_config, ...)`` (so new
+    Config fields join the sweep by themselves) and every hyperparameter column is checked with
+    ``train.validate_hparams``, whose error names the config index. Ids are v2
+    (``store.config_id``, ``store.run_id``: the fields that differ from their defaults).
+    """
+    if not isinstance(base_config, train_lib.Config):
+        raise TypeError(f"base_config must be a deepopt.train.Config, got {type(base_config).__name__}")
+    hparams = train_lib.HParams() if hparams is None else hparams
+    if not isinstance(hparams, train_lib.HParams):
+        raise TypeError(f"hparams must be a deepopt.train.HParams, got {type(hparams).__name__}")
+    seeds = _check_count("seeds", seeds)
+    key = _typed_key(key)
+    sample_key, _ = jax.random.split(key)
+    assignments = sample(space, sample_key, num_configs, sampler)
+    static = [name for name in space if name in static_fields()]
+    traced = [name for name in space if name not in static_fields()]
+
+    configs: dict[tuple, train_lib.Config] = {}
+    for assignment in assignments:
+        combo = tuple(_canonical(assignment[name]) for name in static)
+        if combo not in configs:
+            choices = {name: assignment[name] for name in static}
+            try:
+                configs[combo] = dataclasses.replace(base_config, **choices)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"space: the static choices {choices} make an invalid Config: {error}") from None
+
+    columns = {  # a fixed None (init_scale, decay_epochs) means "derived from the Config": nothing to check
+        name: np.asarray([a[name] for a in assignments]) for name in traced if space[name] is not None
+    }
+    try:
+        train_lib.validate_hparams(hparams._replace(**columns))
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"space: {error} (config index into the sampled configs)") from None
+
+    keys = seed_keys(key, seeds)
+    key_data = [tuple(int(v) for v in np.asarray(jax.random.key_data(k)).reshape(-1)) for k in keys]
+    runs = []
+    seen: set[str] = set()
+    for config_index, assignment in enumerate(assignments):
+        config = configs[tuple(_canonical(assignment[name]) for name in static)]
+        values = {name: (None if v is None else _plain(v)) for name, v in hparams._asdict().items()}
+        values.update({name: _plain(assignment[name]) for name in traced})
+        config_id = store.config_id(config, values)
+        if config_id in seen:  # the same Config and HParams again (an empty or all-discrete space): trained once
+            continue
+        seen.add(config_id)
+        for seed in range(seeds):
+            run_id = store.run_id(config_id, seed, key_data[seed], data_digest)
+            runs.append(Run(len(runs), run_id, config_id, config_index, seed, config, values, key_data[seed]))
+    return runs
+
+
+def legacy_ids(runs: Sequence[Run], data_digest: str = "") -> dict[str, store.LegacyRun]:
+    """``{v1 run id: LegacyRun}`` of the runs a v1 results file can hold (``store.legacy_config_id``).
+
+    ``data_digest`` as given to ``plan``. What ``run`` resumes old files with.
+    """
+    legacy: dict[str, store.LegacyRun] = {}
+    by_config: dict[str, tuple[str | None, dict[str, Any]]] = {}  # config_id -> (v1 config id, Config as JSON)
+    for run_ in runs:
+        if run_.config_id not in by_config:
+            config = json.loads(json.dumps(dataclasses.asdict(run_.config)))  # as a row holds it
+            by_config[run_.config_id] = (store.legacy_config_id(run_.config, run_.hparams), config)
+        v1_config_id, config = by_config[run_.config_id]
+        if v1_config_id is not None:
+            v1_run_id = store.legacy_run_id(v1_config_id, run_.seed, run_.key_data, data_digest)
+            legacy[v1_run_id] = store.LegacyRun(run_.id, run_.config_id, config, dict(run_.hparams))
+    return legacy
+
+
+def groups(runs: Sequence[Run]) -> dict[train_lib.Config, list[Run]]:
+    """Runs grouped by their static Config (one compiled program each), in order of first appearance."""
+    grouped: dict[train_lib.Config, list[Run]] = {}
+    for run_ in runs:
+        grouped.setdefault(run_.config, []).append(run_)
+    return grouped

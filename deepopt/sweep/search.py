@@ -1,0 +1,335 @@
+"""``run``: plan, validate, resume, then train every group's chunks and record their rows; ``Progress`` lines."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from deepopt import data as data_lib
+from deepopt import train as train_lib
+from deepopt.sweep.analysis import Results
+from deepopt.sweep.engine import (
+    AUTO_CHUNK,
+    RUN_AXIS,
+    _check_data,
+    _choose_chunk,
+    _execute,
+    _global_array,
+    _group_dropout,
+    _group_hparams,
+    _seeds_per_config,
+    auto_chunk_size,
+    compile_count,
+)
+from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan
+from deepopt.sweep.space import _check_count, static_fields
+from deepopt.sweep.store import _append_rows, _resume, data_fingerprint, lock_results
+
+
+class Progress(NamedTuple):
+    """One finished chunk; ``str(progress)`` is the progress line."""
+
+    done: int
+    total: int
+    resumed: int
+    group: int
+    groups: int
+    chunk: int
+    chunks: int
+    runs_per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+    label: str
+
+    def __str__(self) -> str:
+        eta = f"{self.eta_seconds:.0f} s" if math.isfinite(self.eta_seconds) else "?"
+        resumed = f" ({self.resumed} resumed)" if self.resumed else ""
+        return (
+            f"[{self.done}/{self.total} runs{resumed}] group {self.group}/{self.groups} ({self.label}) "
+            f"chunk {self.chunk}/{self.chunks}: {self.runs_per_second:.1f} runs/s, ETA {eta}"
+        )
+
+
+def _metric_fields(dev: Any, test: Any) -> tuple[str, ...]:
+    return (
+        ("train_accuracy", "final_cost")
+        + (("dev_accuracy",) if dev is not None else ())
+        + (("test_accuracy",) if test is not None else ())
+    )
+
+
+def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
+    """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
+    if split is None:
+        return None
+    checked = data_lib.check_dataset(split, name)
+    return data_lib.Dataset(np.asarray(checked.X), np.asarray(checked.y))
+
+
+def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float) -> dict[str, Any]:
+    """The JSON row of one run from the chunk's outputs at ``position``."""
+    row: dict[str, Any] = {
+        "id": run_.id,
+        "config_id": run_.config_id,
+        "config_index": run_.config_index,
+        "seed": run_.seed,
+        "key": list(run_.key_data),
+        "config": dataclasses.asdict(run_.config),
+        "hparams": run_.hparams,
+    }
+    for name, values in outputs.items():
+        value = values[position].item()
+        row[name] = None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN
+    if not row.get("diverged", False) and "diverged_epoch" in row:
+        row["diverged_epoch"] = None
+    row["seconds"] = seconds
+    return json.loads(json.dumps(row, allow_nan=False))  # exactly what a resumed sweep reads back
+
+
+def run(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None = None,
+    *,
+    key: jax.Array,
+    num_configs: int | None,
+    seeds: int = 1,
+    sampler: str = "random",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    devices: Sequence[Any] | None = None,
+    memory_budget_bytes: int | None = None,
+    metric: str = "dev_accuracy",
+    hparams: train_lib.HParams | None = None,
+    test: data_lib.Dataset | None = None,
+    chunk_size: int | str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> Results:
+    """Train every config of ``space`` × ``seeds`` keys; one compilation per group of static choices.
+
+    Args:
+      base_config: the static choices not in ``space``.
+      space: ``{field: distribution or fixed value}`` over HParams (traced) and Config (static) fields.
+      train, dev, test: datasets (``dev``/``test`` optional; ``test_accuracy`` is recorded with ``test``).
+      key: PRNG key; split into the sampling key and the ``seeds`` model keys (``seed_keys``),
+        the same ``seeds`` keys for every config.
+      num_configs: configs to sample (None with ``sampler="grid"``: the whole product).
+      seeds: keys per config.
+      sampler: ``"random"``, ``"quasi"`` (scrambled Halton) or ``"grid"``.
+      results_path: JSON-lines file; each finished chunk is appended, flushed and fsynced
+        (process 0 writes). ``run`` holds an exclusive lock on it while it runs
+        (``lock_results``): a second writer of the same file fails at once with
+        ``ResultsInUseError``, naming the directory and the holder's pid.
+      resume: skip runs whose id is already in ``results_path`` (False: start the file afresh).
+        Rows of older files (v1 ids, see ``store``) count too; new rows carry v2 ids.
+      devices: the devices to shard over (default ``jax.devices()``: every process's).
+      memory_budget_bytes: per-device bytes a chunk may take (from ``memory_analysis``).
+      metric: the row field that ranks configs in ``Results``.
+      hparams: base ``train.HParams`` for fields not in ``space``.
+      chunk_size: runs per chunk (the unit of progress lines and of resume); None: the whole
+        group; ``"auto"``: per group, as many runs per device as fit ``CACHE_BYTES_PER_DEVICE``
+        (``auto_chunk_size``: fastest for wide nets). A smaller group is padded to the next power
+        of two (``chunk_layout``) so that groups of similar size share one compiled program.
+      progress: called with a ``Progress`` after each chunk (``progress=print`` prints a line).
+    Returns:
+      ``Results`` with one row per run in plan order (config-major, then seed).
+    """
+    start = time.perf_counter()
+    splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
+    if splits[0] is None:
+        raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
+    allowed = _metric_fields(dev, test)
+    if metric not in allowed:
+        raise ValueError(
+            f"metric must be one of {list(allowed)} (dev_accuracy needs dev, test_accuracy needs test), got {metric!r}"
+        )
+    if memory_budget_bytes is not None and (
+        isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int) or memory_budget_bytes < 1
+    ):
+        raise ValueError(
+            f"memory_budget_bytes must be a positive int (bytes per device) or None, got {memory_budget_bytes!r}"
+        )
+    if chunk_size != AUTO_CHUNK:
+        try:
+            chunk_size = None if chunk_size is None else _check_count("chunk_size", chunk_size)
+        except ValueError:
+            raise ValueError(
+                f"chunk_size must be a positive int, None (whole groups) or {AUTO_CHUNK!r}, got {chunk_size!r}"
+            ) from None
+    devices = tuple(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must name at least one device, got an empty sequence")
+    data_bytes = sum(s.X.nbytes + 4 * s.y.size for s in splits if s is not None)
+    if memory_budget_bytes is not None and memory_budget_bytes <= data_bytes:
+        raise ValueError(
+            f"memory_budget_bytes={memory_budget_bytes} is below the data alone ({data_bytes} bytes on every device)"
+        )
+    key = _typed_key(key)
+    data_digest = data_fingerprint(*splits)
+    runs = plan(
+        base_config,
+        space,
+        key=key,
+        num_configs=num_configs,
+        seeds=seeds,
+        sampler=sampler,
+        hparams=hparams,
+        data_digest=data_digest,
+    )
+    grouped = groups(runs)
+    _check_data(grouped, splits, key)
+
+    writer = results_path is not None and jax.process_index() == 0
+    with lock_results(results_path) if writer else contextlib.nullcontext():  # one writer per file, from here on
+        reads_file = resume and results_path is not None and jax.process_index() == 0
+        legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
+        done = _resume(results_path, [run_.id for run_ in runs], resume, legacy)
+        sweep = _Sweep(
+            mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
+            splits=splits,
+            data_bytes=data_bytes,
+            budget=memory_budget_bytes,
+            chunk_size=chunk_size,
+            results_path=results_path if jax.process_index() == 0 else None,
+            done=done,
+            progress=progress,
+            start=start,
+            total=len(runs),
+            resumed=sum(run_.id in done for run_ in runs),
+            groups=len(grouped),
+            compile_args=(
+                str(jax.random.key_impl(key)),
+                tuple(np.asarray(jax.random.key_data(key)).shape),
+                str(splits[0].X.dtype),
+                tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
+                devices,
+                splits[2] is not None,
+            ),
+        )
+        compiled_before = compile_count()
+        for number, (config, group_runs) in enumerate(grouped.items(), start=1):
+            label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
+            _run_group(sweep, number, label or "all", config, group_runs)
+        stats = {
+            "runs": len(runs),
+            "configs": len({r.config_id for r in runs}),
+            "seeds": seeds,
+            "groups": len(grouped),
+            "runs_computed": sweep.computed,
+            "runs_resumed": sweep.resumed,
+            "chunks": sweep.chunks,
+            "compilations": compile_count() - compiled_before,
+            "devices": len(devices),
+            "processes": jax.process_count(),
+            "seconds": time.perf_counter() - start,
+            "layout": sweep.layout,
+        }
+        return Results(rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats)
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """What every group of one ``run`` call shares: the mesh, the data, the file, the counters."""
+
+    mesh: Mesh
+    splits: tuple[data_lib.Dataset | None, ...]
+    data_bytes: int
+    budget: int | None
+    chunk_size: int | str | None
+    results_path: str | os.PathLike | None  # None on processes other than 0
+    done: dict[str, dict[str, Any]]
+    progress: Callable[[Progress], None] | None
+    start: float
+    total: int
+    resumed: int
+    groups: int
+    compile_args: tuple
+    computed: int = 0
+    chunks: int = 0
+    layout: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    device_data: list[data_lib.Dataset | None] | None = None
+
+    def data_on_devices(self) -> list[data_lib.Dataset | None]:
+        """The splits as global arrays replicated on every device (made once, on first use)."""
+        if self.device_data is None:
+            replicated = NamedSharding(self.mesh, P())
+            self.device_data = [
+                None
+                if s is None
+                else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
+                for s in self.splits
+            ]
+        return self.device_data
+
+    def report(self, group: int, chunk: int, chunks: int, label: str) -> None:
+        """Send one ``Progress`` line: runs done, runs per second of this call, ETA."""
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        finished = self.resumed + self.computed
+        rate = self.computed / elapsed if elapsed > 0 else float("inf")
+        eta = (self.total - finished) / rate if rate > 0 else float("inf")
+        self.progress(
+            Progress(finished, self.total, self.resumed, group, self.groups, chunk, chunks, rate, eta, elapsed, label)
+        )
+
+
+def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config, group_runs: Sequence[Run]) -> None:
+    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet."""
+    if all(run_.id in sweep.done for run_ in group_runs):
+        return
+    dropout = _group_dropout(group_runs)
+    compile_start = time.perf_counter()
+    chunk_size = sweep.chunk_size
+    if chunk_size == AUTO_CHUNK:
+        train_set = sweep.splits[0]
+        chunk_size = auto_chunk_size(config, len(train_set.y), len(sweep.compile_args[4]), train_set.X.dtype)
+    seeds = _seeds_per_config(group_runs)
+    num_configs = len(group_runs) // seeds
+    configs_per_chunk, compiled, size = _choose_chunk(
+        config, num_configs, seeds, chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout)
+    )
+    chunk = configs_per_chunk * seeds
+    num_chunks = -(-num_configs // configs_per_chunk)
+    sweep.layout.append(
+        {
+            "group": label,
+            "runs": len(group_runs),
+            "chunk": chunk,
+            "configs_per_chunk": configs_per_chunk,
+            "chunks": num_chunks,
+            "bytes_per_device": size,
+            "dropout": dropout,
+            "compile_seconds": time.perf_counter() - compile_start,  # ~0 when the program was cached
+        }
+    )
+    hp_host = _group_hparams(group_runs[::seeds], config, np.dtype(sweep.compile_args[2]))
+    key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
+    for chunk_number in range(num_chunks):
+        members = group_runs[chunk_number * chunk : (chunk_number + 1) * chunk]
+        if all(run_.id in sweep.done for run_ in members):
+            continue
+        first = chunk_number * configs_per_chunk  # pad with the last config
+        local = np.minimum(np.arange(configs_per_chunk) + first, num_configs - 1)
+        chunk_start = time.perf_counter()
+        outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, sweep.data_on_devices())
+        seconds = (time.perf_counter() - chunk_start) / len(members)
+        new_rows = [_row(run_, outputs, i, seconds) for i, run_ in enumerate(members) if run_.id not in sweep.done]
+        if sweep.results_path is not None:
+            _append_rows(sweep.results_path, new_rows)
+        sweep.done.update({row["id"]: row for row in new_rows})
+        sweep.computed += len(new_rows)
+        sweep.chunks += 1
+        sweep.report(number, chunk_number + 1, num_chunks, label)

@@ -246,11 +246,13 @@ def check_dataset(
     float_dtype: Any = None,
     x_name: str | None = None,
     y_name: str | None = None,
+    any_rank: bool = False,
 ) -> Dataset:
     r"""The one validation of a data split, shared by ``train.fit``, ``sweep.run`` and ``load``.
 
-    Checks that ``split`` is ``(X, y)`` with ``X`` numeric of shape ``(m, n)``, ``m >= 1`` (and
-    ``n = num_features`` when given) and ``y`` integer of shape ``(m,)``. Concrete values (not
+    Checks that ``split`` is ``(X, y)`` with ``X`` numeric of shape ``(m, n)`` (``(m, ...)`` with
+    ``any_rank=True``, for models that take more dimensions), ``m >= 1`` (and ``n = num_features``
+    when given) and ``y`` integer of shape ``(m,)``. Concrete values (not
     tracers under ``jit``/``vmap``) are also checked: every :math:`X_{ij}` finite (the error names
     the first offending row and column, counting from 0) and every label in
     :math:`0..	ext{num\_classes}-1` (or :math:`\ge 0` without ``num_classes``).
@@ -271,8 +273,9 @@ def check_dataset(
     if not _is_traced(y) and not isinstance(y, jax.Array):
         y = np.asarray(y)
     X_shape, y_shape = np.shape(X), np.shape(y)
-    if len(X_shape) != 2:
-        raise ValueError(f"{x_name} must be 2-D (m, n_features), got shape {X_shape}")
+    if (len(X_shape) < 2) if any_rank else (len(X_shape) != 2):
+        expected = "at least 2-D (m, ...)" if any_rank else "2-D (m, n_features)"
+        raise ValueError(f"{x_name} must be {expected}, got shape {X_shape}")
     if y_shape != (X_shape[0],):
         raise ValueError(f"{y_name} must be (m,) = ({X_shape[0]},), got shape {y_shape}")
     if X_shape[0] == 0:
@@ -286,9 +289,10 @@ def check_dataset(
         if np.issubdtype(values.dtype, np.inexact):
             bad = ~np.isfinite(values)
             if bad.any():
-                row, column = (int(i) for i in np.argwhere(bad)[0])
+                row, *rest = (int(i) for i in np.argwhere(bad)[0])
+                where = f"column {rest[0]}" if len(rest) == 1 else f"position {tuple(rest)}"
                 raise ValueError(
-                    f"{x_name} has a non-finite value ({values[row, column]}) at row {row}, column {column} "
+                    f"{x_name} has a non-finite value ({values[(row, *rest)]}) at row {row}, {where} "
                     f"(counting from 0; {int(bad.sum())} non-finite values in all): inputs must be finite numbers"
                 )
     if num_classes is not None and not _is_traced(y):

@@ -25,7 +25,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, losses, model, optim, schedules
+from deepopt import batchnorm, losses, model, modules, optim, schedules
 from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, validate_hparams  # noqa: F401 (re-exported)
 from deepopt.parameters import Params, normalized_layers
 
@@ -38,7 +38,8 @@ class Config:
     """Static choices of a run: everything that changes shapes or code. Hashable; one compilation each.
 
     Attributes:
-      layer_sizes: ``(n_in, hidden..., n_out)``; ``n_out = 1`` is binary, ``>= 2`` softmax.
+      layer_sizes: ``(n_in, hidden..., n_out)`` of the built-in MLP; ``n_out = 1`` is binary,
+        ``>= 2`` softmax. Leave it None when ``model`` is given.
       activation: hidden activation (``model.ACTIVATIONS``).
       init: initialization scheme (``init.SCHEMES``), ignored when ``fit`` gets ``init_params``.
       optimizer: ``optim.names()``.
@@ -52,9 +53,18 @@ class Config:
       batchnorm: batch-normalize every hidden layer before its activation (``gamma``/``beta``
         join the parameters; running statistics come back in ``TrainResult.bn_state`` and are
         what accuracy and prediction use).
+      model: None (the built-in MLP of ``layer_sizes``) or your own Flax linen module
+        (``deepopt.modules``): ``__call__(x, train: bool)`` returns logits ``(m, n_out)`` for ``X``
+        of shape ``(m, ...)``. deepopt trains it with its own optimizer, schedule, L2 (on every
+        ``kernel``, never on biases or normalization scales), early stopping and divergence
+        handling; the module's ``'dropout'`` rng and ``train`` flag, and its ``'batch_stats'``
+        (any non-parameter collection) as the model state. ``activation``, ``init`` and
+        ``batchnorm`` are the MLP's: leave them at their defaults, and ``HParams.keep_prob`` at 1
+        (the module does its own dropout). A module's ``nn.BatchNorm`` sees the padded rows of a
+        smaller last mini-batch: pick a ``batch_size`` that divides ``m`` if that matters.
     """
 
-    layer_sizes: tuple[int, ...]
+    layer_sizes: tuple[int, ...] | None = None
     activation: str = "relu"
     init: str = "he"
     optimizer: str = "gd"
@@ -63,11 +73,27 @@ class Config:
     epochs: int = 1000
     early_stopping: int | str | None = None
     batchnorm: bool = False
+    model: Any = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "layer_sizes", init_lib.check_layer_sizes(self.layer_sizes, "Config.layer_sizes")
-        )
+        if self.model is None:
+            if self.layer_sizes is None:
+                raise ValueError(
+                    "Config.layer_sizes is required for the built-in MLP, e.g. (2, 16, 1); "
+                    "or give your own Flax module as Config.model"
+                )
+            object.__setattr__(
+                self, "layer_sizes", init_lib.check_layer_sizes(self.layer_sizes, "Config.layer_sizes")
+            )
+        else:
+            modules.check_module(self.model)
+            mlp_only = {"layer_sizes": None, "activation": "relu", "init": "he", "batchnorm": False}
+            for name, default in mlp_only.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"Config.{name}={getattr(self, name)!r} is for the built-in MLP; with Config.model the module "
+                        f"defines its own layers: leave {name} at {default!r}"
+                    )
         for check, value in (
             (model.check_activation, self.activation),
             (init_lib.check_scheme, self.init),
@@ -150,18 +176,37 @@ def _check_key(key: Any) -> None:
 def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:
     """Validate a split against ``config`` as ``fit`` does (``data.check_dataset``); return it as arrays (X float, y int32).
 
-    ``X`` must have ``layer_sizes[0]`` features, finite values, and ``y`` class ids below ``max(2, n_out)``.
+    The MLP needs ``X`` of shape ``(m, layer_sizes[0])``; a ``Config.model`` takes ``(m, ...)``,
+    checked by one abstract evaluation of the module (``modules.output_units``). Values must be
+    finite and labels class ids below ``max(2, n_out)``.
     """
-    n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
+    if config.model is None:
+        n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
+        return data_lib.check_dataset(
+            split,
+            name,
+            num_features=n_in,
+            features_from="Config.layer_sizes[0]",
+            num_classes=2 if n_out == 1 else n_out,
+            classes_from=f"n_out={n_out}",
+            float_dtype=dtype,
+        )
+    shaped = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True)
+    n_out = modules.output_units(config.model, tuple(shaped.X.shape[1:]), str(shaped.X.dtype))
     return data_lib.check_dataset(
-        split,
+        shaped,
         name,
-        num_features=n_in,
-        features_from="Config.layer_sizes[0]",
         num_classes=2 if n_out == 1 else n_out,
-        classes_from=f"n_out={n_out}",
-        float_dtype=dtype,
+        classes_from=f"the {n_out} output unit{'s' if n_out > 1 else ''} of Config.model",
+        any_rank=True,
     )
+
+
+def describe_config(config: Config) -> dict[str, Any]:
+    """``config`` as JSON-able values (for results rows and ids): every field, the model as ``modules.describe``."""
+    record = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    record["model"] = None if config.model is None else modules.describe(config.model)
+    return record
 
 
 def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
@@ -241,8 +286,18 @@ def _check_scalar_hparams(hp: HParams, where: str) -> None:
             )
 
 
-def _check_init_params(config: Config, init_params: Any) -> Params:
-    """``init_params`` must match ``config.layer_sizes`` and ``config.batchnorm``; returned as arrays."""
+def _check_init_params(config: Config, init_params: Any, X: Any) -> Params:
+    """``init_params`` must match ``config.layer_sizes`` and ``config.batchnorm`` (or the module's own); returned as arrays."""
+    if config.model is not None:
+        expected = jax.eval_shape(lambda x: modules.init(config.model, jax.random.key(0), x)[0], X)
+        if jax.tree.structure(init_params) != jax.tree.structure(expected) or any(
+            jnp.shape(a) != b.shape for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(expected))
+        ):
+            raise ValueError(
+                f"init_params must be the module's 'params' collection, shaped as {modules.describe(config.model)} "
+                f"initializes it: {jax.tree.map(lambda leaf: leaf.shape, expected)}"
+            )
+        return jax.tree.map(jnp.asarray, init_params)
     model.check_params(init_params, "init_params")
     sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
     if sizes != config.layer_sizes:
@@ -268,6 +323,12 @@ def _prepare_run(
     elif config.early_stopping is not None and where != "init_state":
         raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation
+    if config.model is not None and not isinstance(hp.keep_prob, jax.core.Tracer):
+        if np.any(np.asarray(hp.keep_prob, np.float64) != 1.0):
+            raise ValueError(
+                f"HParams.keep_prob={hp.keep_prob!r} is the built-in MLP's dropout; Config.model does its own "
+                "(nn.Dropout's rate, fed by deepopt's 'dropout' rng): keep keep_prob=1"
+            )
     dropout = resolve_dropout(hp.keep_prob, dropout) if dropout is not None else True
     hp = prepare_hparams(hp, config, dtype)
     _check_scalar_hparams(hp, where)
@@ -312,7 +373,7 @@ def fit(
     _check_key(key)
     train, dev, dropout, hp = _prepare_run(config, hp, train, dev, dropout, "fit")
     if init_params is not None:
-        init_params = _check_init_params(config, init_params)
+        init_params = _check_init_params(config, init_params, train.X)
     return _fit_compiled(config, dropout, hp, key, train, dev, init_params)
 
 
@@ -331,7 +392,7 @@ def init_state(
     _check_key(key)
     train, _, _, hp = _prepare_run(config, hp, train, None, None, "init_state")
     if init_params is not None:
-        init_params = _check_init_params(config, init_params)
+        init_params = _check_init_params(config, init_params, train.X)
     return _init_state_compiled(config, hp, key, train.X, init_params)
 
 
@@ -395,7 +456,7 @@ def _check_state(config: Config, hp: HParams, state: Any, X: Any) -> None:
     """``state`` must have the tree structure, shapes and dtypes ``init_state`` makes for ``config``."""
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a deepopt.train.TrainState (from init_state or advance), got {type(state).__name__}")
-    expected = jax.eval_shape(lambda h, k, x: _init_state(config, h, k, x.dtype, None), hp, state.key, X)
+    expected = jax.eval_shape(lambda h, k, x: _init_state(config, h, k, x, None), hp, state.key, X)
     got_structure, want_structure = jax.tree.structure(state), jax.tree.structure(expected)
     if got_structure != want_structure:
         raise ValueError(
@@ -454,18 +515,24 @@ def _run_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return init_key, shuffle_key, dropout_key
 
 
-def _init_state(config: Config, hp: HParams, key: jax.Array, dtype: Any, init_params: Params | None) -> TrainState:
-    """The traced body of ``init_state``."""
+def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_params: Params | None) -> TrainState:
+    """The traced body of ``init_state`` (``X`` gives the dtype, and a module's input shape)."""
+    dtype = X.dtype
     init_key, _, _ = _run_keys(key)
-    if init_params is None:
-        params = init_lib.mlp(
-            init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype, batchnorm=config.batchnorm
-        )
+    if config.model is not None:
+        params, bn_state = modules.init(config.model, init_key, X)
+        if init_params is not None:
+            params = init_params
     else:
-        params = init_params
+        if init_params is None:
+            params = init_lib.mlp(
+                init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype, batchnorm=config.batchnorm
+            )
+        else:
+            params = init_params
+        bn_state = batchnorm.init_states(params)
     early_stopping = config.early_stopping is not None
     minus_one = jnp.array(-1, jnp.int32)
-    bn_state = batchnorm.init_states(params)
     return TrainState(
         params=params,
         model_state=bn_state,
@@ -485,9 +552,28 @@ def _init_state(config: Config, hp: HParams, key: jax.Array, dtype: Any, init_pa
     )
 
 
+def _logits(config: Config, params: Params, model_state: Any, X: jax.Array) -> jax.Array:
+    """Logits for evaluation: no dropout, batch norm's running statistics (the MLP's or the module's)."""
+    if config.model is not None:
+        return modules.apply_eval(config.model, params, model_state, X)
+    return model.forward(params, X, activation=config.activation, bn_state=model_state)
+
+
+def _l2_penalty(config: Config, params: Params, lambd: Any, m: Any) -> jax.Array:
+    r""":math:`\frac{\lambda}{2m}\sum\|W\|^2` over the MLP's ``W`` or a module's kernels."""
+    if config.model is not None:
+        return lambd / (2 * m) * modules.kernel_sum_of_squares(params)
+    return losses.l2_penalty(params, lambd, m)
+
+
+def evaluate_params(config: Config, params: Params, model_state: Any, data: data_lib.Dataset) -> dict[str, jax.Array]:
+    """``evaluate`` of given parameters and model state, traceable (no checks, no jit): accuracy and mean cross-entropy."""
+    return _evaluate(config, params, model_state, data)
+
+
 def _evaluate(config: Config, params: Params, bn_state: tuple, data: data_lib.Dataset) -> dict[str, jax.Array]:
     """The traced body of ``evaluate``: accuracy (in the data's float dtype) and mean cross-entropy."""
-    logits = model.forward(params, data.X, activation=config.activation, bn_state=bn_state)
+    logits = _logits(config, params, bn_state, data.X)
     return {
         "accuracy": jnp.mean(model.predict_from_logits(logits) == data.y).astype(data.X.dtype),
         "cost": losses.cross_entropy(logits, data.y),
@@ -517,16 +603,19 @@ def _advance(
     def batch_cost(
         params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, tuple]:
-        logits, new_bn_state = model.forward_with_state(
-            params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
-            key=key if dropout else None, bn_state=bn_state,
-            train=True, mask=None if full_batch else mask,
-        )
+        if config.model is not None:  # the module's own dropout always draws from the 'dropout' rng
+            logits, new_bn_state = modules.apply_train(config.model, params, bn_state, X_b, key)
+        else:
+            logits, new_bn_state = model.forward_with_state(
+                params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
+                key=key if dropout else None, bn_state=bn_state,
+                train=True, mask=None if full_batch else mask,
+            )
         per_example = losses.per_example_cross_entropy(logits, y_b)
         if full_batch:
-            return jnp.mean(per_example) + losses.l2_penalty(params, hp.l2, m), new_bn_state
+            return jnp.mean(per_example) + _l2_penalty(config, params, hp.l2, m), new_bn_state
         n_b = jnp.sum(mask).astype(per_example.dtype)
-        cost = jnp.sum(jnp.where(mask, per_example, 0)) / n_b + losses.l2_penalty(params, hp.l2, n_b)
+        cost = jnp.sum(jnp.where(mask, per_example, 0)) / n_b + _l2_penalty(config, params, hp.l2, n_b)
         return cost, new_bn_state
 
     early_stopping = config.early_stopping is not None
@@ -579,7 +668,7 @@ def _advance(
             train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)["accuracy"])
         if not measure_dev:
             return carry, (epoch_cost, train_accuracy, dev_accuracy, dev_cost)
-        dev_logits = model.forward(params, dev.X, activation=config.activation, bn_state=bn_state)
+        dev_logits = _logits(config, params, bn_state, dev.X)
         dev_accuracy = jnp.mean(model.predict_from_logits(dev_logits) == dev.y).astype(dtype)
         dev_cost = losses.cross_entropy(dev_logits, dev.y)
         logged = (epoch_cost, train_accuracy, jnp.where(frozen, jnp.nan, dev_accuracy), jnp.where(frozen, jnp.nan, dev_cost))
@@ -612,7 +701,7 @@ def _advance(
 def _init_state_compiled(
     config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_params: Params | None
 ) -> TrainState:
-    return _init_state(config, hp, key, X.dtype, init_params)
+    return _init_state(config, hp, key, X, init_params)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -650,11 +739,11 @@ def _fit_compiled(
     global _trace_count
     _trace_count += 1
     dtype = train.X.dtype
-    state = _init_state(config, hp, key, dtype, init_params)
+    state = _init_state(config, hp, key, train.X, init_params)
     state, log = _advance(config, dropout, config.epochs, False, hp, state, train, dev)
     params, bn_state = result_params(config, state)
     on_train = _evaluate(config, params, bn_state, train)
-    final_cost = on_train["cost"] + losses.l2_penalty(params, hp.l2, train.X.shape[0])
+    final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
     dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
     return TrainResult(
         params=params,

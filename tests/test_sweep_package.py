@@ -9,6 +9,7 @@ import json
 import pathlib
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -114,11 +115,11 @@ def test_a_new_field_at_its_default_keeps_every_id(monkeypatch: pytest.MonkeyPat
     config, values = ADAM, _values(learning_rate=0.3)
     before = sweep.config_id(config, values)
 
-    # Config.model, say: a Config with one more field, at its default, has the same id.
-    Extended = dataclasses.make_dataclass("Config", [("model", str, "mlp")], bases=(train.Config,), frozen=True)
-    extended = Extended(**dataclasses.asdict(config))
+    # A Config with one more field (as Config.model was added), at its default, has the same id.
+    Extended = dataclasses.make_dataclass("Config", [("precision", str, "default")], bases=(train.Config,), frozen=True)
+    extended = Extended(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
     assert sweep.config_id(extended, values) == before
-    assert sweep.config_id(dataclasses.replace(extended, model="cnn"), values) != before
+    assert sweep.config_id(dataclasses.replace(extended, precision="bf16"), values) != before
 
     # One more HParams field with a default.
     fields = train.HParams._fields + ("momentum_decay",)
@@ -128,7 +129,7 @@ def test_a_new_field_at_its_default_keeps_every_id(monkeypatch: pytest.MonkeyPat
     assert sweep.config_id(config, values | {"momentum_decay": 0.25}) != before
 
     # The same through the digest itself: an extra {name: default} entry on both sides.
-    config_values, config_defaults = dataclasses.asdict(config), sweep.store.config_defaults(type(config))
+    config_values, config_defaults = train.describe_config(config), sweep.store.config_defaults(type(config))
     digest = sweep.store._config_digest
     hparams_defaults = sweep.store.hparams_defaults()
     assert digest(config_values, config_defaults, values, hparams_defaults) == before
@@ -167,11 +168,19 @@ def test_every_non_default_value_changes_the_id() -> None:
 
 
 def test_legacy_ids_only_for_configs_a_v1_file_can_hold() -> None:
-    Extended = dataclasses.make_dataclass("Config", [("model", str, "mlp")], bases=(train.Config,), frozen=True)
-    extended = Extended(**dataclasses.asdict(ADAM))
+    Extended = dataclasses.make_dataclass("Config", [("precision", str, "default")], bases=(train.Config,), frozen=True)
+    extended = Extended(**{f.name: getattr(ADAM, f.name) for f in dataclasses.fields(ADAM)})
     assert sweep.legacy_config_id(extended, _values()) == sweep.legacy_config_id(ADAM, _values())
-    assert sweep.legacy_config_id(dataclasses.replace(extended, model="cnn"), _values()) is None
+    assert sweep.legacy_config_id(dataclasses.replace(extended, precision="bf16"), _values()) is None
+    # Config.model is a field added since v1: a module-trained config has no v1 id.
+    assert sweep.legacy_config_id(train.Config(model=_Linear(), optimizer="adam"), _values()) is None
     assert len(sweep.V1_CONFIG_FIELDS) == 9 and len(sweep.V1_HPARAMS_FIELDS) == 15
+
+
+class _Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return nn.Dense(1)(x)
 
 
 # ------------------------------------------------------------------------------ resuming a v1 file

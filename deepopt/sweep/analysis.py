@@ -176,9 +176,18 @@ class Results:
             writer.writerows({name: cell(row.get(name)) for name in header} for row in flat)
 
 
-def config_of(row: Mapping[str, Any]) -> train_lib.Config:
-    """The ``train.Config`` of a row."""
-    return train_lib.Config(**{name: tuple(v) if isinstance(v, list) else v for name, v in row["config"].items()})
+def config_of(row: Mapping[str, Any], model: Any = None) -> train_lib.Config:
+    """The ``train.Config`` of a row; a row trained with ``Config.model`` records only its description: pass ``model``."""
+    fields = {name: tuple(v) if isinstance(v, list) else v for name, v in row["config"].items()}
+    recorded = fields.pop("model", None)
+    if recorded is not None or model is not None:
+        from deepopt import modules  # the description of a module, as rows record it
+
+        if model is None or modules.describe(model) != recorded:
+            got = "none" if model is None else modules.describe(model)
+            raise ValueError(f"the row was trained with Config.model {recorded}; pass that module as model=, got {got}")
+        fields["model"] = model
+    return train_lib.Config(**fields)
 
 
 def hparams_of(row: Mapping[str, Any]) -> train_lib.HParams:

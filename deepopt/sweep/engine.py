@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import model, optim
+from deepopt import optim
 from deepopt import train as train_lib
 from deepopt.sweep.planning import Run
 
@@ -68,9 +68,9 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
         )
         scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
         if with_test:
-            scalars["test_accuracy"] = model.accuracy(
-                result.params, test_set.X, test_set.y, activation=config.activation, bn_state=result.bn_state
-            ).astype(result.train_accuracy.dtype)
+            scalars["test_accuracy"] = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)[
+                "accuracy"
+            ].astype(result.train_accuracy.dtype)
         return scalars
 
     over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None, None))
@@ -146,26 +146,46 @@ AUTO_CHUNK = "auto"
 CACHE_BYTES_PER_DEVICE = 8 * 2**20  # the per-device working set that ran fastest here (see WORKSPACE.md)
 
 
-def working_set_bytes(config: train_lib.Config, num_examples: int, dtype: Any = jnp.float32) -> int:
+def working_set_bytes(
+    config: train_lib.Config, num_examples: int, dtype: Any = jnp.float32, example_shape: Sequence[int] | None = None
+) -> int:
     """Bytes one run touches every step: parameters, gradients, optimizer state and one mini-batch's activations.
 
     ``itemsize · (P · (2 + state slots) + 4 · batch · Σ hidden widths)`` with ``P`` parameters, from
-    the shapes of ``init.mlp`` and the optimizer's ``init`` (nothing is computed or compiled).
+    the shapes of ``init.mlp`` and the optimizer's ``init`` (nothing is computed or compiled). For a
+    ``Config.model`` (whose ``example_shape``, one example's input shape, is then needed) the
+    parameters come from the module's abstract ``init`` and the activations are counted as four
+    copies of the mini-batch's inputs (a lower bound: the module's own widths are not known).
     """
-    params = jax.eval_shape(
-        lambda: init_lib.mlp(
-            jax.random.key(0), config.layer_sizes, config.init, 1.0, dtype=dtype, batchnorm=config.batchnorm
+    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
+    if config.model is None:
+        params = jax.eval_shape(
+            lambda: init_lib.mlp(
+                jax.random.key(0), config.layer_sizes, config.init, 1.0, dtype=dtype, batchnorm=config.batchnorm
+            )
         )
-    )
+        activation_bytes = 4 * batch * sum(config.layer_sizes[1:-1]) * np.dtype(dtype).itemsize
+    else:
+        if example_shape is None:
+            raise ValueError("working_set_bytes of a Config.model needs example_shape (one example's input shape)")
+        from deepopt import modules
+
+        X = jax.ShapeDtypeStruct((1, *example_shape), np.dtype(dtype))
+        params = jax.eval_shape(lambda x: modules.init(config.model, jax.random.key(0), x)[0], X)
+        activation_bytes = 4 * batch * int(np.prod(example_shape)) * np.dtype(dtype).itemsize
     state = jax.eval_shape(optim.get(config.optimizer).init, params)
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
-    activation_bytes = 4 * batch * sum(config.layer_sizes[1:-1]) * np.dtype(dtype).itemsize
     return int(2 * param_bytes + state_bytes + activation_bytes)
 
 
-def auto_chunk_size(config: train_lib.Config, num_examples: int, num_devices: int, dtype: Any = jnp.float32) -> int:
+def auto_chunk_size(
+    config: train_lib.Config,
+    num_examples: int,
+    num_devices: int,
+    dtype: Any = jnp.float32,
+    example_shape: Sequence[int] | None = None,
+) -> int:
     r"""Runs per chunk so that each device's runs fit ``CACHE_BYTES_PER_DEVICE``: :math:`D \cdot 2^k`.
 
     ``k`` is the largest with :math:`2^k \cdot` ``working_set_bytes`` within the budget (at least one run
@@ -173,7 +193,7 @@ def auto_chunk_size(config: train_lib.Config, num_examples: int, num_devices: in
     at 110-114 GFLOP/s in chunks of 8 (2 configs × 2 seeds) on 2 devices, 93 in chunks of 4 and 90 in
     chunks of 16; a 2-20-10-1 net runs equally fast from 64 to 256 runs per device.
     """
-    per_run = max(working_set_bytes(config, num_examples, dtype), 1)
+    per_run = max(working_set_bytes(config, num_examples, dtype, example_shape), 1)
     runs_per_device = max(CACHE_BYTES_PER_DEVICE // per_run, 1)
     return num_devices * (1 << (int(runs_per_device).bit_length() - 1))
 

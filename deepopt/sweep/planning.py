@@ -132,7 +132,7 @@ def legacy_ids(runs: Sequence[Run], data_digest: str = "") -> dict[str, store.Le
     by_config: dict[str, tuple[str | None, dict[str, Any]]] = {}  # config_id -> (v1 config id, Config as JSON)
     for run_ in runs:
         if run_.config_id not in by_config:
-            config = json.loads(json.dumps(dataclasses.asdict(run_.config)))  # as a row holds it
+            config = json.loads(json.dumps(train_lib.describe_config(run_.config)))  # as a row holds it
             by_config[run_.config_id] = (store.legacy_config_id(run_.config, run_.hparams), config)
         v1_config_id, config = by_config[run_.config_id]
         if v1_config_id is not None:

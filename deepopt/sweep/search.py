@@ -85,7 +85,7 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: f
         "config_index": run_.config_index,
         "seed": run_.seed,
         "key": list(run_.key_data),
-        "config": dataclasses.asdict(run_.config),
+        "config": train_lib.describe_config(run_.config),
         "hparams": run_.hparams,
     }
     for name, values in outputs.items():
@@ -295,7 +295,9 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
     chunk_size = sweep.chunk_size
     if chunk_size == AUTO_CHUNK:
         train_set = sweep.splits[0]
-        chunk_size = auto_chunk_size(config, len(train_set.y), len(sweep.compile_args[4]), train_set.X.dtype)
+        chunk_size = auto_chunk_size(
+            config, len(train_set.y), len(sweep.compile_args[4]), train_set.X.dtype, train_set.X.shape[1:]
+        )
     seeds = _seeds_per_config(group_runs)
     num_configs = len(group_runs) // seeds
     configs_per_chunk, compiled, size = _choose_chunk(

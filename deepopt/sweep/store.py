@@ -158,7 +158,7 @@ def _config_digest(
 
 def config_id(config: train_lib.Config, hparams: Mapping[str, Any]) -> str:
     """The v2 id of a config: its Config and HParams values (every field, as ``plan`` records them) less defaults."""
-    return _config_digest(dataclasses.asdict(config), config_defaults(type(config)), hparams, hparams_defaults())
+    return _config_digest(train_lib.describe_config(config), config_defaults(type(config)), hparams, hparams_defaults())
 
 
 def run_id(config_id: str, seed: int, key_data: Sequence[int], data_digest: str) -> str:
@@ -172,7 +172,7 @@ def legacy_config_id(config: train_lib.Config, hparams: Mapping[str, Any]) -> st
     None when no v1 file can hold the config: a field added since v1 is not at its default, or a
     v1 field no longer exists.
     """
-    values = dataclasses.asdict(config)
+    values = train_lib.describe_config(config)
     if any(name not in values for name in V1_CONFIG_FIELDS) or any(name not in hparams for name in V1_HPARAMS_FIELDS):
         return None
     newer_config = {name: value for name, value in values.items() if name not in V1_CONFIG_FIELDS}

@@ -584,7 +584,8 @@ def _advance(
     config: Config,
     dropout: bool,
     epochs: int,
-    log_metrics: bool,
+    log_train: bool,
+    log_dev: bool,
     hp: HParams,
     state: TrainState,
     train: data_lib.Dataset,
@@ -620,7 +621,7 @@ def _advance(
 
     early_stopping = config.early_stopping is not None
     patience = config.early_stopping if isinstance(config.early_stopping, int) else None
-    measure_dev = dev is not None and (early_stopping or log_metrics)
+    measure_dev = dev is not None and (early_stopping or log_dev)
     nan = jnp.array(jnp.nan, dtype)
 
     def run_epoch(carry: TrainState, epoch: jax.Array) -> tuple[TrainState, tuple[jax.Array, ...]]:
@@ -664,7 +665,7 @@ def _advance(
             diverged_epoch=jnp.where(diverged_now, epoch, carry.diverged_epoch),
         )
         train_accuracy = dev_accuracy = dev_cost = nan
-        if log_metrics:
+        if log_train:
             train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)["accuracy"])
         if not measure_dev:
             return carry, (epoch_cost, train_accuracy, dev_accuracy, dev_cost)
@@ -717,13 +718,47 @@ def _advance_compiled(
 ) -> tuple[TrainState, EpochLog]:
     global _trace_count
     _trace_count += 1
-    return _advance(config, dropout, epochs, log_metrics, hp, state, train, dev)
+    return _advance(config, dropout, epochs, log_metrics, log_metrics, hp, state, train, dev)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _evaluate_compiled(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[str, jax.Array]:
     params, bn_state = result_params(config, state)
     return _evaluate(config, params, bn_state, data)
+
+
+def _fit_body(
+    config: Config,
+    dropout: bool,
+    log_dev: bool,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    init_params: Params | None,
+) -> tuple[TrainResult, EpochLog]:
+    """The traced body of ``fit``: ``init_state``, ``advance(config.epochs)``, ``evaluate``; also the ``EpochLog``."""
+    dtype = train.X.dtype
+    state = _init_state(config, hp, key, train.X, init_params)
+    state, log = _advance(config, dropout, config.epochs, False, log_dev, hp, state, train, dev)
+    params, bn_state = result_params(config, state)
+    on_train = _evaluate(config, params, bn_state, train)
+    final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
+    dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
+    result = TrainResult(
+        params=params,
+        costs=log.cost,
+        train_accuracy=on_train["accuracy"],
+        dev_accuracy=dev_accuracy,
+        final_cost=final_cost,
+        diverged=state.diverged,
+        diverged_epoch=state.diverged_epoch,
+        best_epoch=state.best_epoch,
+        stopped_epoch=state.stopped_epoch,
+        dev_accuracies=log.dev_accuracy,
+        bn_state=bn_state,
+    )
+    return result, log
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -738,23 +773,34 @@ def _fit_compiled(
 ) -> TrainResult:
     global _trace_count
     _trace_count += 1
-    dtype = train.X.dtype
-    state = _init_state(config, hp, key, train.X, init_params)
-    state, log = _advance(config, dropout, config.epochs, False, hp, state, train, dev)
-    params, bn_state = result_params(config, state)
-    on_train = _evaluate(config, params, bn_state, train)
-    final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
-    dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
-    return TrainResult(
-        params=params,
-        costs=log.cost,
-        train_accuracy=on_train["accuracy"],
-        dev_accuracy=dev_accuracy,
-        final_cost=final_cost,
-        diverged=state.diverged,
-        diverged_epoch=state.diverged_epoch,
-        best_epoch=state.best_epoch,
-        stopped_epoch=state.stopped_epoch,
-        dev_accuracies=log.dev_accuracy,
-        bn_state=bn_state,
-    )
+    return _fit_body(config, dropout, False, hp, key, train, dev, init_params)[0]
+
+
+def fit_with_curves(
+    config: Config,
+    hp: HParams,
+    key: jax.Array,
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset,
+    *,
+    dropout: bool = True,
+) -> tuple[TrainResult, EpochLog]:
+    """``fit``, plus the ``EpochLog`` with every epoch's dev accuracy and dev cost (the learning curves).
+
+    The training is ``fit``'s, bit for bit; measuring ``dev`` after every epoch is all it adds.
+    Traceable like ``fit`` (``sweep.run(curves=True)`` vmaps it); ``EpochLog.train_accuracy`` is NaN.
+    """
+    if dev is None:
+        raise ValueError("fit_with_curves needs a dev set: its curves are dev accuracy and dev cost per epoch")
+    _check_key(key)
+    train, dev, dropout, hp = _prepare_run(config, hp, train, dev, dropout, "fit")
+    return _fit_with_curves_compiled(config, dropout, hp, key, train, dev)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fit_with_curves_compiled(
+    config: Config, dropout: bool, hp: HParams, key: jax.Array, train: data_lib.Dataset, dev: data_lib.Dataset
+) -> tuple[TrainResult, EpochLog]:
+    global _trace_count
+    _trace_count += 1
+    return _fit_body(config, dropout, True, hp, key, train, dev, None)

@@ -91,15 +91,19 @@ from deepopt.sweep.store import (
     LegacyRun,
     ResultsInUseError,
     config_id,
+    curves_path,
     data_fingerprint,
     legacy_config_id,
     legacy_run_id,
     lock_results,
+    read_curves,
     read_rows,
     run_id,
 )
 
 __all__ = [
+    "curves_path",
+    "read_curves",
     "AUTO_CHUNK",
     "CACHE_BYTES_PER_DEVICE",
     "ID_VERSION",

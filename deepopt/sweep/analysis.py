@@ -47,12 +47,26 @@ class Results:
       space: the search space the rows were sampled from (for ``zoom``).
       metric: the row field that ranks configs (accuracies: higher is better; costs: lower).
       stats: bookkeeping of the call (groups, chunks, compilations, devices, seconds, runs computed).
+      curves: ``{run id: {"cost", "dev_accuracy", "dev_cost": (epochs,) float32}}`` with
+        ``curves=True`` (``curves_of`` stacks one config's seeds).
     """
 
     rows: list[dict[str, Any]]
     space: dict[str, Any]
     metric: str = "dev_accuracy"
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    curves: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def curves_of(self, config_id: str) -> dict[str, np.ndarray]:
+        """One config's learning curves over its seeds: ``{metric: (seeds, epochs)}`` (``sweep.run(curves=True)``).
+
+        Metrics: ``cost`` (training cost per epoch), ``dev_accuracy``, ``dev_cost``. Seeds without
+        recorded curves are left out; a config with none raises a ``KeyError``.
+        """
+        ids = [row["id"] for row in self.rows if row["config_id"] == config_id and row["id"] in self.curves]
+        if not ids:
+            raise KeyError(f"no learning curves recorded for config {config_id!r}: run the sweep with curves=True")
+        return {name: np.stack([self.curves[i][name] for i in ids]) for name in self.curves[ids[0]]}
 
     def metric_names(self) -> list[str]:
         """The numeric per-run fields (accuracies, costs, epochs), in row order."""

@@ -43,7 +43,7 @@ def compile_count() -> int:
     return _compilations
 
 
-def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool) -> Callable:
+def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool, curves: bool) -> Callable:
     """``fit`` over ``C`` configs × ``S`` seeds; returns every per-run scalar of ``TrainResult`` (no params).
 
     Takes ``hp`` with a leading axis of ``C`` configs and ``key_data`` with one of ``S`` seed keys
@@ -53,7 +53,9 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
     (initial draws, each epoch's permutation and mini-batch gathers, dropout's uniform draws) is
     computed once per seed instead of once per run: every config's seed ``s`` trains with the same
     key, so nothing changes but the work. ``dropout=False`` (every run of the group has
-    ``keep_prob == 1``) compiles the masks out.
+    ``keep_prob == 1``) compiles the masks out. ``curves=True`` trains with
+    ``train.fit_with_curves`` (the same training) and also returns ``curve_cost``,
+    ``curve_dev_accuracy`` and ``curve_dev_cost``, ``(C · S, epochs)`` each.
     """
 
     def one_run(
@@ -63,10 +65,14 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
         dev_set: data_lib.Dataset | None,
         test_set: data_lib.Dataset | None,
     ) -> dict[str, jax.Array]:
-        result = train_lib.fit(
-            config, hp, jax.random.wrap_key_data(key_data, impl=key_impl), train_set, dev_set, dropout=dropout
-        )
+        key = jax.random.wrap_key_data(key_data, impl=key_impl)
+        if curves:  # fit's training bit for bit, plus the dev metrics after every epoch
+            result, log = train_lib.fit_with_curves(config, hp, key, train_set, dev_set, dropout=dropout)
+        else:
+            result = train_lib.fit(config, hp, key, train_set, dev_set, dropout=dropout)
         scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
+        if curves:
+            scalars.update({CURVE_PREFIX + name: getattr(log, name) for name in ("cost", "dev_accuracy", "dev_cost")})
         if with_test:
             scalars["test_accuracy"] = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)[
                 "accuracy"
@@ -79,8 +85,8 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
     def chunk_program(
         hp: train_lib.HParams, key_data: jax.Array, *splits: data_lib.Dataset | None
     ) -> dict[str, jax.Array]:
-        by_config = over_configs(hp, key_data, *splits)  # (C, S): train, dev, test
-        return {name: value.reshape(-1) for name, value in by_config.items()}
+        by_config = over_configs(hp, key_data, *splits)  # (C, S) scalars, (C, S, epochs) curves
+        return {name: value.reshape(-1, *value.shape[2:]) for name, value in by_config.items()}
 
     return chunk_program
 
@@ -97,6 +103,7 @@ def _compile(
     devices: tuple,
     with_test: bool,
     dropout: bool,
+    curves: bool = False,
 ) -> tuple[Any, int]:
     """Compile the chunk program for ``configs`` × ``seeds`` runs, configs sharded over ``devices``.
 
@@ -116,7 +123,7 @@ def _compile(
     ]
     in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
     program = jax.jit(
-        _chunk_program(config, key_impl, with_test, dropout), in_shardings=in_shardings, out_shardings=replicated
+        _chunk_program(config, key_impl, with_test, dropout, curves), in_shardings=in_shardings, out_shardings=replicated
     )
     compiled = program.lower(hp, keys, *datasets).compile()
     stats = compiled.memory_analysis()
@@ -142,6 +149,7 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+CURVE_PREFIX = "curve_"  # chunk outputs holding per-epoch curves rather than per-run scalars
 AUTO_CHUNK = "auto"
 CACHE_BYTES_PER_DEVICE = 8 * 2**20  # the per-device working set that ran fastest here (see WORKSPACE.md)
 

@@ -21,6 +21,7 @@ from deepopt import train as train_lib
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.engine import (
     AUTO_CHUNK,
+    CURVE_PREFIX,
     RUN_AXIS,
     _check_data,
     _choose_chunk,
@@ -34,7 +35,8 @@ from deepopt.sweep.engine import (
 )
 from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _append_rows, _resume, data_fingerprint, lock_results
+from deepopt.sweep import store
+from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
 
 
 class Progress(NamedTuple):
@@ -116,6 +118,7 @@ def run(
     test: data_lib.Dataset | None = None,
     chunk_size: int | str | None = None,
     progress: Callable[[Progress], None] | None = None,
+    curves: bool = False,
 ) -> Results:
     """Train every config of ``space`` × ``seeds`` keys; one compilation per group of static choices.
 
@@ -143,6 +146,11 @@ def run(
         (``auto_chunk_size``: fastest for wide nets). A smaller group is padded to the next power
         of two (``chunk_layout``) so that groups of similar size share one compiled program.
       progress: called with a ``Progress`` after each chunk (``progress=print`` prints a line).
+      curves: also record every run's learning curves (per-epoch training cost, dev accuracy and
+        dev cost; needs ``dev``), in ``Results.curves`` and, beside ``results_path``, in
+        ``store.curves_path(results_path)`` (one line per run: float32 curves in base64), written
+        before the chunk's rows. The training is the same bit for bit. A resumed run whose curves
+        were never recorded (an earlier call without ``curves``) has none.
     Returns:
       ``Results`` with one row per run in plan order (config-major, then seed).
     """
@@ -150,6 +158,10 @@ def run(
     splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
     if splits[0] is None:
         raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
+    if not isinstance(curves, bool):
+        raise TypeError(f"curves must be a bool, got {curves!r}")
+    if curves and dev is None:
+        raise ValueError("curves=True records dev accuracy and dev cost per epoch: it needs a dev set")
     allowed = _metric_fields(dev, test)
     if metric not in allowed:
         raise ValueError(
@@ -196,6 +208,12 @@ def run(
         reads_file = resume and results_path is not None and jax.process_index() == 0
         legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
         done = _resume(results_path, [run_.id for run_ in runs], resume, legacy)
+        curve_file = store.curves_path(results_path) if writer and curves else None
+        curve_data = {}
+        if curve_file is not None:
+            curve_data = read_curves(curve_file, [run_.id for run_ in runs], repair=True) if resume else {}
+            with open(curve_file, "a" if resume else "w", encoding="utf-8"):
+                pass
         sweep = _Sweep(
             mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
             splits=splits,
@@ -204,6 +222,9 @@ def run(
             chunk_size=chunk_size,
             results_path=results_path if jax.process_index() == 0 else None,
             done=done,
+            curves=curves,
+            curves_path=curve_file,
+            curve_data=curve_data,
             progress=progress,
             start=start,
             total=len(runs),
@@ -236,7 +257,10 @@ def run(
             "seconds": time.perf_counter() - start,
             "layout": sweep.layout,
         }
-        return Results(rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats)
+        recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
+        return Results(
+            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
+        )
 
 
 @dataclasses.dataclass
@@ -250,6 +274,9 @@ class _Sweep:
     chunk_size: int | str | None
     results_path: str | os.PathLike | None  # None on processes other than 0
     done: dict[str, dict[str, Any]]
+    curves: bool
+    curves_path: str | None  # None without curves, or on processes other than 0
+    curve_data: dict[str, dict[str, np.ndarray]]
     progress: Callable[[Progress], None] | None
     start: float
     total: int
@@ -301,7 +328,7 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
     seeds = _seeds_per_config(group_runs)
     num_configs = len(group_runs) // seeds
     configs_per_chunk, compiled, size = _choose_chunk(
-        config, num_configs, seeds, chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout)
+        config, num_configs, seeds, chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout, sweep.curves)
     )
     chunk = configs_per_chunk * seeds
     num_chunks = -(-num_configs // configs_per_chunk)
@@ -328,7 +355,16 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
         chunk_start = time.perf_counter()
         outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, sweep.data_on_devices())
         seconds = (time.perf_counter() - chunk_start) / len(members)
-        new_rows = [_row(run_, outputs, i, seconds) for i, run_ in enumerate(members) if run_.id not in sweep.done]
+        curve_outputs = {
+            name[len(CURVE_PREFIX):]: outputs.pop(name) for name in list(outputs) if name.startswith(CURVE_PREFIX)
+        }
+        fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in sweep.done]
+        new_rows = [_row(run_, outputs, i, seconds) for i, run_ in fresh]
+        if curve_outputs:
+            new_curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
+            if sweep.curves_path is not None:  # before the rows: a recorded row always has its curves
+                _append_rows(sweep.curves_path, [curve_row(run_id, c) for run_id, c in new_curves.items()])
+            sweep.curve_data.update(new_curves)
         if sweep.results_path is not None:
             _append_rows(sweep.results_path, new_rows)
         sweep.done.update({row["id"]: row for row in new_rows})

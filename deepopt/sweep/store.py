@@ -23,6 +23,7 @@ default); the file is never rewritten, and rows appended from now on carry v2 id
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -287,6 +288,42 @@ def _resume(
         buffer = multihost_utils.broadcast_one_to_all(payload if payload is not None else np.zeros(size, np.uint8))
         done = json.loads(np.asarray(buffer, np.uint8).tobytes().decode())
     return done
+
+
+# ------------------------------------------------------------------------------ learning curves
+
+CURVE_METRICS = ("cost", "dev_accuracy", "dev_cost")
+
+
+def curves_path(results_path: str | os.PathLike) -> str:
+    """Where the learning curves of ``results_path`` live: ``results.jsonl`` -> ``results.curves.jsonl``."""
+    path = os.fspath(results_path)
+    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + ".curves.jsonl"
+
+
+def encode_curve(values: np.ndarray) -> str:
+    """A per-epoch curve as compact text: base64 of its little-endian float32 bytes (NaN kept)."""
+    return base64.b64encode(np.asarray(values, "<f4").tobytes()).decode("ascii")
+
+
+def decode_curve(text: str) -> np.ndarray:
+    """Inverse of ``encode_curve``: a float32 array."""
+    return np.frombuffer(base64.b64decode(text), "<f4").copy()
+
+
+def curve_row(run_id: str, curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The curves file's line of one run: its id, the epoch count and every ``CURVE_METRICS`` curve encoded."""
+    epochs = len(next(iter(curves.values())))
+    return {"id": run_id, "epochs": epochs, **{name: encode_curve(curves[name]) for name in CURVE_METRICS}}
+
+
+def read_curves(path: str | os.PathLike, ids: Iterable[str], *, repair: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """``{run id: {metric: (epochs,) float32}}`` of the runs ``ids`` found in a curves file (first line of an id wins)."""
+    wanted, curves = set(ids), {}
+    for row in read_rows(path, repair=repair):
+        if row["id"] in wanted and row["id"] not in curves:
+            curves[row["id"]] = {name: decode_curve(row[name]) for name in CURVE_METRICS}
+    return curves
 
 
 # ------------------------------------------------------------------------------ the writer's lock

@@ -380,6 +380,40 @@ def bayes_estimate() -> tuple[float, str, bool]:
     return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)", False
 
 
+def plot_top_curves(path: pathlib.Path, results: sweep.Results, top: list[dict[str, Any]]) -> bool:
+    """Dev accuracy and dev cost per epoch of the ``top`` configs (mean over seeds, min..max band); False without curves."""
+    curves = []
+    for rank, entry in enumerate(top, start=1):
+        try:
+            curves.append((rank, entry, results.curves_of(entry["config_id"])))
+        except KeyError:  # a resumed run trained before curves were recorded
+            continue
+    if not curves:
+        return False
+    plt = common.pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for rank, entry, curve in curves:
+        label = f"#{rank} {entry['config']['optimizer']} lr {entry['hparams']['learning_rate']:.3g}"
+        for axis, name in zip(axes, ("dev_accuracy", "dev_cost")):
+            values = np.asarray(curve[name], np.float64)
+            epochs = np.arange(1, values.shape[1] + 1)
+            line = axis.plot(epochs, np.nanmean(values, axis=0), label=label)[0]
+            if values.shape[0] > 1:
+                axis.fill_between(
+                    epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.15
+                )
+    for axis, name in zip(axes, ("dev accuracy", "dev cost")):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+    axes[1].set_yscale("log")
+    axes[0].set_title("Learning curves of the top configs (mean over seeds)")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def main(argv: list[str]) -> None:
     del argv
     start_devices()
@@ -430,6 +464,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         memory_budget_bytes=int(FLAGS.memory_budget_mb * 2**20) or None,
         test=test_set,
         progress=say,
+        curves=True,  # every run's per-epoch dev accuracy and cost, for the top configs' curves
     )
     say(
         f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
@@ -450,7 +485,12 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     if not writer:
         return
 
-    combined = sweep.Results(rows=[row for r in rounds for row in r.rows], space=space, metric="dev_accuracy")
+    combined = sweep.Results(
+        rows=[row for r in rounds for row in r.rows],
+        space=space,
+        metric="dev_accuracy",
+        curves={run_id: curve for r in rounds for run_id, curve in r.curves.items()},
+    )
     entries = combined.by_config()
     round_of = {row["config_id"]: number for number, r in enumerate(rounds, start=1) for row in r.rows}
     top = combined.best(10)
@@ -480,6 +520,8 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         plot_learning_rate(output_dir / "dev_accuracy_vs_learning_rate.png", entries)
         plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
         plots = ["dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"]
+        if plot_top_curves(output_dir / "top_curves.png", combined, top[:5]):
+            plots.append("top_curves.png")
     settings_record = {
         "layer_sizes": layer_sizes,
         "activation": FLAGS.activation,
@@ -514,7 +556,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             "timing": timing,
             "rounds": [r.stats for r in rounds],
             "plots": plots,
-            "files": ["results.jsonl", "results.csv", "report.md", MANIFEST, *plots],
+            "files": ["results.jsonl", "results.curves.jsonl", "results.csv", "report.md", MANIFEST, *plots],
         },
     )
     report = [
@@ -549,7 +591,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     ]
     common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     say(
-        f"\nwrote {output_dir}/results.jsonl, results.csv, results.json, report.md"
+        f"\nwrote {output_dir}/results.jsonl, results.curves.jsonl, results.csv, results.json, report.md"
         + (f", {', '.join(plots)}" if plots else "")
     )
 

@@ -67,6 +67,10 @@ def test_the_directory_records_the_study_its_flags_and_data(finished_sweep):
     assert manifest["study"] == "sweep" and len(manifest["data_fingerprint"]) == 16
     assert manifest["flags"]["epochs"] == 2 and manifest["flags"]["dataset"] == "moons"
     assert "output_dir" not in manifest["flags"] and "resume" not in manifest["flags"]
+    # The main job records every run's learning curves and plots the top configs' (issue 13).
+    rows = sweep.read_rows(directory / "results.jsonl")
+    curves = sweep.read_curves(directory / "results.curves.jsonl", [row["id"] for row in rows])
+    assert set(curves) == {row["id"] for row in rows} and (directory / "top_curves.png").exists()
 
 
 def test_the_verdict_uses_the_generators_own_bayes_error(finished_sweep):

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepopt import batchnorm, losses, model
-from deepopt.parameters import Params, is_batch_normalized
+from deepopt import losses, model
+from deepopt.parameters import Params
 
 
 HIGH_BIAS = "high bias"
@@ -153,9 +153,10 @@ def layer_stats(
     r"""Weight, activation and gradient sizes and dead units of every layer: the vanishing/exploding-gradient instrument.
 
     The gradient is :math:`\nabla_{W_l} J` of :math:`J = \frac{1}{m}\sum_i \ell(z_L^{(i)}, y_i) + \frac{\lambda}{2m}\sum_l\|W_l\|_F^2`,
-    computed with ``jax.grad`` (no dropout; batch-normalized layers use the batch's statistics, as
-    in training). Vanishing gradients show as ``grad_norm`` shrinking geometrically from the last
-    layer to the first, exploding ones as it growing; ``gradient_flow`` names the case.
+    computed with ``jax.grad`` through ``model.forward_with_activations`` (no dropout;
+    batch-normalized layers use the batch's statistics, as in training). Vanishing gradients show
+    as ``grad_norm`` shrinking geometrically from the last layer to the first, exploding ones as it
+    growing; ``gradient_flow`` names the case.
 
     Args:
       params: tuple of ``{"W", "b"}`` dicts (one model; ``vmap`` for many).
@@ -166,29 +167,15 @@ def layer_stats(
     Returns:
       A ``LayerStats`` of ``(len(params),)`` arrays.
     """
-    model.check_activation(activation)
-    model.check_params(params)
     chex.assert_rank(X, 2, custom_message="X must be (m, n_features)")
     chex.assert_rank(y, 1, custom_message="y must be (m,) class ids")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
-    if X.shape[1] != jnp.shape(params[0]["W"])[0]:
-        raise ValueError(f"X has {X.shape[1]} features but params[0]['W'] expects {jnp.shape(params[0]['W'])[0]}")
-    g = model.ACTIVATIONS[activation]
     m = X.shape[0]
 
-    def cost_and_activations(params: Params) -> tuple[jax.Array, list[jax.Array]]:
-        a, activations = X, []
-        for layer in params[:-1]:
-            z = a @ layer["W"] + layer["b"]
-            if is_batch_normalized(layer):
-                unused_state = batchnorm.init_state(z.shape[1], z.dtype)
-                z, _ = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], unused_state, train=True)
-            a = g(z)
-            activations.append(a)
-        logits = a @ params[-1]["W"] + params[-1]["b"]
-        activations.append(logits)
-        return losses.cross_entropy(logits, y) + losses.l2_penalty(params, l2, m), activations
+    def cost_and_activations(params: Params) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        logits, layers = model.forward_with_activations(params, X, activation=activation)
+        return losses.cross_entropy(logits, y) + losses.l2_penalty(params, l2, m), layers.a
 
     grads, activations = jax.grad(cost_and_activations, has_aux=True)(params)
     dtype = activations[-1].dtype

@@ -5,12 +5,16 @@ the last, and returns the last layer's ``z`` (the logits). One output unit means
 classifier (sigmoid head), two or more a multi-class one (softmax head). A hidden layer whose
 dict also holds ``gamma`` and ``beta`` is batch-normalized before its activation
 (``deepopt.batchnorm``); its running statistics travel as ``bn_state``, one entry per such layer.
+
+One loop over the layers (``_layers``) serves ``forward_with_state`` (training and evaluation,
+through ``forward``) and ``forward_with_activations`` (every layer's ``z`` and ``a``, read by
+``diagnostics.layer_stats``); only ``deepopt.backprop`` writes its own, for its cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -90,6 +94,75 @@ def has_batchnorm(params: Params) -> bool:
     return any(normalized_layers(params))
 
 
+class LayerValues(NamedTuple):
+    """What each layer of one forward pass computed, one ``(m, n_l)`` array per layer, first to last.
+
+    Attributes:
+      z: the input of the layer's activation: ``a_{l-1} W_l + b_l``, batch-normalized on a layer
+        that holds ``gamma``; the output layer's is the logits.
+      a: the layer's activation ``g(z_l)`` (after dropout when there is dropout); the output
+        layer's is the logits.
+    """
+
+    z: tuple[jax.Array, ...]
+    a: tuple[jax.Array, ...]
+
+
+def _check_forward(
+    params: Params,
+    X: jax.Array,
+    activation: str,
+    keep_prob: Any,
+    key: jax.Array | None,
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None,
+    train: bool,
+) -> tuple[batchnorm.BatchNormState, ...]:
+    """Check a forward pass's arguments; returns the batch-norm state to start from (``init_states`` when None)."""
+    check_activation(activation)
+    _check_input(params, X)
+    if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
+        raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
+    if bn_state is None:
+        if has_batchnorm(params) and not train:
+            raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")
+        bn_state = batchnorm.init_states(params)
+    num_bn_layers = sum(normalized_layers(params))
+    if len(bn_state) != num_bn_layers:
+        raise ValueError(f"bn_state has {len(bn_state)} entries but params has {num_bn_layers} batch-norm layers")
+    return bn_state
+
+
+def _layers(
+    params: Params,
+    X: jax.Array,
+    activation: str,
+    keep_prob: Any,
+    key: jax.Array | None,
+    bn_state: tuple[batchnorm.BatchNormState, ...],
+    train: bool,
+    mask: jax.Array | None,
+) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...], LayerValues]:
+    """The one loop over the layers (arguments checked): ``(logits, new_bn_state, LayerValues)``."""
+    g = ACTIVATIONS[activation]
+    a = X
+    hidden = params[:-1]
+    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
+    states = iter(bn_state)
+    new_state, pre_activations, activations = [], [], []
+    for layer, layer_key in zip(hidden, keys):
+        z = a @ layer["W"] + layer["b"]
+        if is_batch_normalized(layer):
+            z, layer_state = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], next(states), train=train, mask=mask)
+            new_state.append(layer_state)
+        a = g(z)
+        if layer_key is not None:
+            a = dropout(layer_key, a, keep_prob)
+        pre_activations.append(z)
+        activations.append(a)
+    logits = a @ params[-1]["W"] + params[-1]["b"]
+    return logits, tuple(new_state), LayerValues((*pre_activations, logits), (*activations, logits))
+
+
 def forward_with_state(
     params: Params,
     X: jax.Array,
@@ -108,32 +181,27 @@ def forward_with_state(
     ``bn_state`` is None); with ``train=False`` they use ``bn_state``, which is then required.
     Networks without batch norm return ``()`` as the state.
     """
-    check_activation(activation)
-    _check_input(params, X)
-    if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
-        raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
-    if bn_state is None:
-        if has_batchnorm(params) and not train:
-            raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")
-        bn_state = batchnorm.init_states(params)
-    num_bn_layers = sum(normalized_layers(params))
-    if len(bn_state) != num_bn_layers:
-        raise ValueError(f"bn_state has {len(bn_state)} entries but params has {num_bn_layers} batch-norm layers")
-    g = ACTIVATIONS[activation]
-    a = X
-    hidden = params[:-1]
-    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
-    states = iter(bn_state)
-    new_state = []
-    for layer, layer_key in zip(hidden, keys):
-        z = a @ layer["W"] + layer["b"]
-        if is_batch_normalized(layer):
-            z, layer_state = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], next(states), train=train, mask=mask)
-            new_state.append(layer_state)
-        a = g(z)
-        if layer_key is not None:
-            a = dropout(layer_key, a, keep_prob)
-    return a @ params[-1]["W"] + params[-1]["b"], tuple(new_state)
+    bn_state = _check_forward(params, X, activation, keep_prob, key, bn_state, train)
+    logits, new_state, _ = _layers(params, X, activation, keep_prob, key, bn_state, train, mask)
+    return logits, new_state
+
+
+def forward_with_activations(
+    params: Params,
+    X: jax.Array,
+    *,
+    activation: str = "relu",
+    bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
+) -> tuple[jax.Array, LayerValues]:
+    """``forward`` (no dropout) that also returns every layer's ``z`` and ``a``: ``(logits, LayerValues)``.
+
+    As in ``forward``, batch-normalized layers use ``bn_state`` (the running statistics) when it
+    is given, else the batch's own statistics. This is the pass ``diagnostics.layer_stats`` reads.
+    """
+    train = bn_state is None
+    bn_state = _check_forward(params, X, activation, 1.0, None, bn_state, train)
+    logits, _, layers = _layers(params, X, activation, 1.0, None, bn_state, train, None)
+    return logits, layers
 
 
 def forward(

@@ -183,7 +183,7 @@ def main(argv: list[str]) -> None:
     output_dir = common.prepare_output_dir(STUDY)
     data_key, model_key = jax.random.split(jax.random.key(FLAGS.seed))
     train_set, dev_set = load_data(data_key)
-    layer_sizes = (train_set.X.shape[1], *[FLAGS.width] * FLAGS.hidden_layers, common.output_units(train_set, dev_set))
+    layer_sizes = common.layer_sizes_for([FLAGS.width] * FLAGS.hidden_layers, train_set, dev_set)
     learning_rates = np.geomspace(FLAGS.min_lr, FLAGS.max_lr, FLAGS.num_lrs)
     seed_keys = jax.random.split(model_key, FLAGS.num_seeds)
     source = common.data_source() if FLAGS.data else FLAGS.dataset
@@ -228,9 +228,6 @@ def main(argv: list[str]) -> None:
         "num_seeds": FLAGS.num_seeds, "target_cost": FLAGS.target_cost, "seed": FLAGS.seed, "data": source,
         "n_train": int(train_set.X.shape[0]), "n_dev": int(dev_set.X.shape[0]),
     }
-    common.write_json(output_dir / "results.json", {
-        "study": STUDY, "settings": run_settings, "results": settings, "findings": summary, "plots": plots,
-    })
     report = [
         "# Batch-normalization study", "",
         (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, He init; batch norm before every hidden activation in the "
@@ -240,11 +237,11 @@ def main(argv: list[str]) -> None:
          "the first epoch whose training cost is at most the target, mean over seeds ('never' when a seed does not "
          "get there). BN = batch norm; batch-normalized nets are evaluated with their running statistics."), "",
         table, "", "## Findings", "", *[f"- {line}" for line in summary], "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     print("\n" + "\n".join(summary))
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(output_dir, {
+        "study": STUDY, "settings": run_settings, "results": settings, "findings": summary, "plots": plots,
+    }, report, plots)
 
 
 if __name__ == "__main__":

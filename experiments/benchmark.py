@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +40,7 @@ from absl import flags
 from flax.training import train_state
 
 from deepopt import data as data_lib
-from deepopt import perf, sweep, train
+from deepopt import flax_models, init, perf, sweep, train
 from experiments import common
 
 STUDY = "benchmark"
@@ -270,18 +269,6 @@ def measure_jitted_loop(
     }
 
 
-class FlaxMLP(nn.Module):
-    """The MLP as a Flax tutorial writes it: Dense layers with He-normal kernels, ReLU between them."""
-
-    widths: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for width in self.widths[:-1]:
-            x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.he_normal())(x))
-        return nn.Dense(self.widths[-1], kernel_init=nn.initializers.he_normal())(x)
-
-
 _FLAX_STEP_TRACES: list[int] = []  # one entry per trace (= compilation) of _flax_train_step
 
 
@@ -323,9 +310,9 @@ def flax_optax_run(
     compile_seconds = 0.0
     tx = {"gd": optax.sgd, "momentum": optax.sgd, "rmsprop": optax.rmsprop, "adam": optax.adam}[optimizer]
     tx = tx(learning_rate, momentum=0.9) if optimizer == "momentum" else tx(learning_rate)
-    net = FlaxMLP(tuple(layer_sizes[1:]))
+    net = flax_models.MLP(tuple(layer_sizes))  # the library's Flax MLP: Dense layers, ReLU between them
     X, y = np.asarray(train_set.X), np.asarray(train_set.y, np.float32)
-    params = net.init(jax.random.key(seed), X[:1])["params"]
+    params = flax_models.to_flax_params(init.mlp(jax.random.key(seed), tuple(layer_sizes), "he"))  # the job's He init
     state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=tx)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):

@@ -13,6 +13,11 @@ a directory that already holds results is never overwritten unless ``--overwrite
 directories it created are removed again if they are still empty when the study fails. Files are
 written atomically (temporary file, fsync, rename) with the mode a plain ``open()`` gives,
 ``0o666`` less the umask.
+
+A study's opening and closing are helpers too: ``define_hidden_flag`` / ``hidden_widths`` (the
+``--hidden`` widths), ``study_data`` (the user's files or generated data), ``layer_sizes_for``
+(``(n_in, *hidden, n_out)`` from the data) and ``finish_study`` (``results.json``, ``report.md``
+with the plots linked, the closing ``wrote ...`` line).
 """
 
 from __future__ import annotations
@@ -67,6 +72,42 @@ def define_study_flags() -> None:
         lambda values: values["test_data"] is None or values["data"] is not None,
         message="--test_data needs --data",
     )
+
+
+HIDDEN_MESSAGE = "--hidden must be a comma-separated list of positive ints"
+
+
+def _absl_module_name(depth: int) -> str:
+    """The name absl files flags under for the module ``depth`` frames up (``sys.argv[0]`` for ``__main__``)."""
+    name = sys._getframe(depth + 1).f_globals.get("__name__", "__main__")
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define_hidden_flag(
+    default: Sequence[str],
+    help: str = "Hidden layer widths.",
+    *,
+    non_empty: bool = False,
+    message: str = HIDDEN_MESSAGE,
+) -> flags.FlagHolder:
+    """Define ``--hidden`` (comma-separated widths, read with ``hidden_widths``) and its validator, for the calling script.
+
+    The flag belongs to the caller's module, so the study's ``--help`` lists it among its own.
+    ``non_empty`` refuses an empty list (``--hidden=``, no hidden layer); ``message`` is the
+    validator's error.
+    """
+    holder = flags.DEFINE_list("hidden", list(default), help, module_name=_absl_module_name(1))
+    flags.register_validator(
+        "hidden",
+        lambda widths: (bool(widths) or not non_empty) and all(width.isdigit() and int(width) > 0 for width in widths),
+        message=message,
+    )
+    return holder
+
+
+def hidden_widths() -> tuple[int, ...]:
+    """``--hidden`` as ints."""
+    return tuple(int(width) for width in FLAGS.hidden)
 
 
 class _StudyHelpFlag(flags.BooleanFlag):
@@ -272,6 +313,33 @@ def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None
     return data_lib.Dataset(np.asarray(train.X), np.asarray(train.y)), data_lib.Dataset(np.asarray(test.X), np.asarray(test.y))
 
 
+def study_data(
+    data_key: jax.Array,
+    test_key: jax.Array,
+    generate: Callable[[jax.Array, int], data_lib.Dataset],
+    n_train: int,
+    n_test: int,
+) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """``(train, test)``: the user's files (``load_user_data(data_key)``), else generated.
+
+    Generated: ``generate(data_key, n_train)`` and ``generate(test_key, n_test)``.
+    """
+    user_data = load_user_data(data_key)
+    if user_data is not None:
+        return user_data
+    return generate(data_key, n_train), generate(test_key, n_test)
+
+
+def generated_data() -> bool:
+    """True when the study generates its data (no ``--data``)."""
+    return FLAGS.data is None
+
+
+def layer_sizes_for(hidden: Sequence[int], *datasets: data_lib.Dataset) -> tuple[int, ...]:
+    """``(n_in, *hidden, n_out)``: the first data set's features, the output units of every data set's labels."""
+    return (int(np.shape(datasets[0].X)[1]), *(int(width) for width in hidden), output_units(*datasets))
+
+
 def output_units(*datasets: data_lib.Dataset) -> int:
     """Output layer width for the labels seen: 1 (sigmoid) for two classes, C (softmax) for more."""
     num_classes = max(int(np.max(np.asarray(d.y))) + 1 for d in datasets)
@@ -331,6 +399,23 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
 def write_text(path: pathlib.Path, text: str) -> None:
     """Write ``text``, atomically."""
     _atomic_write(path, text)
+
+
+def finish_study(
+    output_dir: pathlib.Path,
+    results: dict[str, Any],
+    report: Sequence[str],
+    plots: Sequence[str],
+    *,
+    note: str = "",
+) -> None:
+    """Write ``results.json`` and ``report.md`` (``report``'s lines, then one image link per plot) and print what was written.
+
+    ``note`` ends the printed ``wrote ...`` line (e.g. the study's seconds).
+    """
+    write_json(output_dir / "results.json", results)
+    write_text(output_dir / "report.md", "\n".join([*report, *(f"![{plot}]({plot})" for plot in plots)]) + "\n")
+    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else "") + note)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

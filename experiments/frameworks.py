@@ -6,12 +6,11 @@ of 32. Both implementations start from the same parameters, walk the same mini-b
 ``train.fit`` draws) and update with the same rule (``deepopt.optim``'s Adam); they differ in how the
 network and the loop are written:
 
-- pure function: ``train.fit``, the whole run one compiled ``lax.scan``. Its per-epoch accuracy
-  curves come from two more runs of the same training with ``early_stopping="keep_best"``, whose
-  ``dev_accuracies`` record the accuracy of the current parameters after every epoch: once with
-  the training set as the dev set (train curve), once with the test set (test curve). Early
-  stopping of that kind never changes the training itself (it only remembers the best epoch), so
-  the three runs follow one trajectory; the final-epoch points equal the plain run's accuracies.
+- pure function: ``train.fit``'s computation as an open run, ``train.init_state`` then one
+  ``train.advance`` over every epoch with ``log_metrics=True`` (fit's own loop, one compiled
+  ``lax.scan``, the test set as its dev set). Its ``EpochLog`` holds every epoch's train accuracy,
+  test accuracy and cost (the curves); ``train.evaluate`` of the final state gives the final
+  accuracies, which the curves end at.
 - Flax: ``deepopt.flax_models.MLP`` (``flax.linen``), a plain Python loop over epochs and
   mini-batches around a jitted ``flax_models.train_step``, evaluated after every epoch.
 
@@ -22,7 +21,6 @@ Needs the ``datasets`` extra (scikit-learn) unless ``--data`` is given.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -40,16 +38,11 @@ FLAGS = flags.FLAGS
 PURE, FLAX = "pure function (train.fit)", "Flax (linen) + Python loop"
 
 common.define_study_flags()
-flags.DEFINE_list("hidden", ["25", "12"], "Hidden layer widths (the course's 25, 12).")
+common.define_hidden_flag(["25", "12"], "Hidden layer widths (the course's 25, 12).")
 flags.DEFINE_integer("epochs", 40, "Epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Mini-batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.001, "Adam's learning rate (beta1 0.9, beta2 0.999, epsilon 1e-8).")
 flags.register_validator("learning_rate", lambda value: value > 0, message="--learning_rate must be > 0")
-flags.register_validator(
-    "hidden",
-    lambda widths: all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a comma-separated list of positive ints",
-)
 
 
 def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset]:
@@ -68,17 +61,20 @@ def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset]:
 def fit_curves(
     config: train.Config, hp: train.HParams, key: jax.Array, init_params: Any,
     train_set: data_lib.Dataset, test_set: data_lib.Dataset,
-) -> tuple[dict[str, np.ndarray], train.TrainResult, float]:
-    """The pure-function side: per-epoch train/test accuracy (``keep_best``'s ``dev_accuracies``) and the plain final run."""
+) -> tuple[dict[str, np.ndarray], Any, dict[str, float], float]:
+    """The pure-function side, one open run: ``(curves, final params, final accuracies, seconds)``.
+
+    The curves are the ``EpochLog`` of ``advance(..., log_metrics=True)`` over every epoch (train
+    and test accuracy, cost); the final accuracies are ``evaluate`` of the final state.
+    """
     start = time.perf_counter()
-    tracking = dataclasses.replace(config, early_stopping=train.KEEP_BEST)
-    curves = {
-        split: np.asarray(train.fit(tracking, hp, key, train_set, evaluated, init_params).dev_accuracies)
-        for split, evaluated in (("train", train_set), ("test", test_set))
-    }
-    final = jax.block_until_ready(train.fit(config, hp, key, train_set, test_set, init_params))
-    curves["cost"] = np.asarray(final.costs)
-    return curves, final, time.perf_counter() - start
+    state = train.init_state(config, hp, key, train_set, init_params)
+    state, log = train.advance(config, hp, state, train_set, test_set, epochs=config.epochs, log_metrics=True)
+    curves = {"train": np.asarray(log.train_accuracy), "test": np.asarray(log.dev_accuracy), "cost": np.asarray(log.cost)}
+    final_accuracy = {split: float(train.evaluate(config, state, data)["accuracy"])
+                      for split, data in (("train", train_set), ("test", test_set))}
+    params, _ = train.result_params(config, state)
+    return curves, params, final_accuracy, time.perf_counter() - start
 
 
 def flax_curves(
@@ -144,8 +140,8 @@ def main(argv: list[str]) -> None:
     output_dir = common.prepare_output_dir(STUDY)
     data_key, init_key, model_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
     train_set, test_set = load_data(data_key)
-    n_out = common.output_units(train_set, test_set)
-    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), n_out)
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, test_set)
+    n_out = layer_sizes[-1]
     source = common.data_source() if FLAGS.data else "digits (scikit-learn)"
     config = train.Config(layer_sizes, activation="relu", init="xavier", optimizer="adam",
                           batch_size=FLAGS.batch_size, epochs=FLAGS.epochs)
@@ -154,13 +150,13 @@ def main(argv: list[str]) -> None:
     print(f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, Adam {FLAGS.learning_rate:g}, mini-batch {FLAGS.batch_size}, "
           f"{FLAGS.epochs} epochs, data: {source} ({train_set.X.shape[0]} train / {test_set.X.shape[0]} test)")
 
-    pure, final, pure_seconds = fit_curves(config, hp, model_key, init_params, train_set, test_set)
-    print(f"  {PURE}: {pure_seconds:.1f} s (three runs: train curve, test curve, final parameters)")
+    pure, pure_params, pure_final, pure_seconds = fit_curves(config, hp, model_key, init_params, train_set, test_set)
+    print(f"  {PURE}: {pure_seconds:.1f} s (one run: init_state, then advance over every epoch with log_metrics)")
     flax, flax_params, flax_seconds = flax_curves(config, hp, model_key, init_params, train_set, test_set)
     print(f"  {FLAX}: {flax_seconds:.1f} s")
 
     num_classes = max(n_out, 2)
-    final_params = {PURE: final.params, FLAX: flax_models.from_flax_params(flax_params)}
+    final_params = {PURE: pure_params, FLAX: flax_models.from_flax_params(flax_params)}
     rows: dict[str, dict[str, Any]] = {}
     matrices: dict[str, np.ndarray] = {}
     for name, curves, seconds in ((PURE, pure, pure_seconds), (FLAX, flax, flax_seconds)):
@@ -177,7 +173,7 @@ def main(argv: list[str]) -> None:
         }
     consistency = {
         "pure_curve_end_equals_final_run": bool(
-            np.isclose(pure["train"][-1], final.train_accuracy) and np.isclose(pure["test"][-1], final.dev_accuracy)
+            np.isclose(pure["train"][-1], pure_final["train"]) and np.isclose(pure["test"][-1], pure_final["test"])
         ),
         **{f"max_{split}_accuracy_gap": float(np.max(np.abs(pure[split] - flax[split]))) for split in ("train", "test")},
         "max_relative_cost_gap": float(np.max(np.abs(pure["cost"] - flax["cost"]) / pure["cost"])),
@@ -195,11 +191,11 @@ def main(argv: list[str]) -> None:
          f"{100 * consistency['max_test_accuracy_gap']:.2f} on the test set over {FLAGS.epochs} epochs; epoch costs "
          f"by at most {100 * consistency['max_relative_cost_gap']:.2g}% (relative); final parameters by at most "
          f"{consistency['max_parameter_gap']:.2g}."),
-        "The pure-function curves end at the plain run's accuracies: "
-        + ("yes." if consistency["pure_curve_end_equals_final_run"] else "NO (the keep_best runs left the trajectory)."),
-        (f"Wall time: {rows[PURE]['seconds_with_compilation']:.1f} s for three whole-run compilations and runs of "
-         f"train.fit, {rows[FLAX]['seconds_with_compilation']:.1f} s for the Flax loop (one jitted step per "
-         "mini-batch, evaluation per epoch)."),
+        "The pure-function curves end at the final state's accuracies (train.evaluate): "
+        + ("yes." if consistency["pure_curve_end_equals_final_run"] else "NO (the EpochLog ends elsewhere)."),
+        (f"Wall time: {rows[PURE]['seconds_with_compilation']:.1f} s for one whole-run compilation and run of "
+         f"train.advance (metrics logged every epoch), {rows[FLAX]['seconds_with_compilation']:.1f} s for the Flax "
+         "loop (one jitted step per mini-batch, evaluation per epoch)."),
     ]
     print("\n" + table + "\n\n" + "\n".join(summary))
     plots = []
@@ -225,24 +221,21 @@ def main(argv: list[str]) -> None:
         "batch_size": FLAGS.batch_size, "epochs": FLAGS.epochs, "seed": FLAGS.seed, "data": source,
         "n_train": int(train_set.X.shape[0]), "n_test": int(test_set.X.shape[0]),
     }
-    common.write_json(output_dir / "results.json", {
-        "study": STUDY, "settings": settings, "rows": rows, "consistency": consistency, "findings": summary,
-        "plots": plots,
-    })
     report = [
         "# Frameworks study: Flax and the pure function", "",
         (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, softmax output, Xavier init), Adam (learning rate "
          f"{FLAGS.learning_rate:g}) on mini-batches of {FLAGS.batch_size}, {FLAGS.epochs} epochs. Data: {source} "
          f"({settings['n_train']} train / {settings['n_test']} test). Both start from the same parameters, walk the "
          "same mini-batches and use deepopt's Adam. Accuracies are those of the last epoch; the pure-function "
-         "per-epoch curves come from `early_stopping=\"keep_best\"` runs of the same training, whose "
-         "`dev_accuracies` hold the accuracy after every epoch (once with the training set as dev set, once with "
-         "the test set)."), "",
+         "per-epoch curves are the `EpochLog` of one `train.advance(..., log_metrics=True)` over every epoch "
+         "(train accuracy, test accuracy with the test set as dev set, cost); its final accuracies are "
+         "`train.evaluate` of the final state."), "",
         table, "", "## Findings", "", *[f"- {line}" for line in summary], "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(output_dir, {
+        "study": STUDY, "settings": settings, "rows": rows, "consistency": consistency, "findings": summary,
+        "plots": plots,
+    }, report, plots)
 
 
 if __name__ == "__main__":

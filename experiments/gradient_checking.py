@@ -35,7 +35,10 @@ STUDY = "gradient_checking"
 FLAGS = flags.FLAGS
 
 common.define_study_flags()
-flags.DEFINE_list("hidden", ["5", "3"], "Hidden layer widths (the course's net is 4-5-3-1).")
+common.define_hidden_flag(
+    ["5", "3"], "Hidden layer widths (the course's net is 4-5-3-1).", non_empty=True,
+    message="--hidden must be a non-empty comma-separated list of positive ints (the planted bug needs 2+ layers)",
+)
 flags.DEFINE_enum("activation", "relu", sorted(model.ACTIVATIONS), "Hidden activation.")
 flags.DEFINE_integer("num_features", 4, "Features of the generated inputs (ignored with --data).", lower_bound=1)
 flags.DEFINE_integer("num_examples", 3, "Examples in the batch the cost is computed on.", lower_bound=1)
@@ -44,11 +47,6 @@ flags.DEFINE_float("keep_prob", 0.8, "Dropout keep probability of the two dropou
 flags.DEFINE_float("epsilon", gradcheck.DEFAULT_EPSILON, "Perturbation size of the two-sided differences.")
 flags.DEFINE_float("threshold", gradcheck.DEFAULT_THRESHOLD, "A check passes when its difference is below this.")
 flags.DEFINE_integer("num_directions", 4, "Random directions per parameter array in the directional check.", lower_bound=1)
-flags.register_validator(
-    "hidden",
-    lambda widths: bool(widths) and all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a non-empty comma-separated list of positive ints (the planted bug needs 2+ layers)",
-)
 flags.register_validator("keep_prob", lambda value: 0 < value < 1, message="--keep_prob must be in (0, 1)")
 flags.register_validator("epsilon", lambda value: 0 < value < 1, message="--epsilon must be in (0, 1)")
 flags.register_validator("threshold", lambda value: value > 0, message="--threshold must be > 0")
@@ -88,7 +86,7 @@ def make_problem(key: jax.Array) -> tuple[tuple[int, ...], Any, jax.Array, jax.A
         X = jnp.asarray(train_set.X[: FLAGS.num_examples], jnp.float64)
         y = jnp.asarray(train_set.y[: FLAGS.num_examples], jnp.int32)
         n_out = common.output_units(train_set, test_set)
-    layer_sizes = (X.shape[1], *map(int, FLAGS.hidden), n_out)
+    layer_sizes = (X.shape[1], *common.hidden_widths(), n_out)
     return layer_sizes, standard_normal_params(params_key, layer_sizes), X, y
 
 
@@ -245,10 +243,6 @@ def main(argv: list[str]) -> None:
     print("\n" + table)
     all_as_expected = all(row["as_expected"] for row in rows.values())
     bug = rows["backprop_planted_bug"]
-    common.write_json(output_dir / "results.json", {
-        "study": STUDY, "settings": settings, "cases": rows, "all_as_expected": all_as_expected,
-        "seconds": seconds,
-    })
     array_tables = []
     for name in ("backprop", "backprop_planted_bug", "dropout_fixed_mask", "dropout_fresh_masks"):
         arrays = rows[name]["report"]["arrays"]
@@ -300,8 +294,10 @@ def main(argv: list[str]) -> None:
         "## Per-array differences", "",
         *array_tables,
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
-    print(f"\nwrote {output_dir}/results.json, report.md ({seconds:.1f} s)")
+    common.finish_study(output_dir, {
+        "study": STUDY, "settings": settings, "cases": rows, "all_as_expected": all_as_expected,
+        "seconds": seconds,
+    }, report, [], note=f" ({seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 
 common.define_study_flags()
 flags.DEFINE_list("schemes", ["zeros", "random", "he", "xavier"], "Initialization schemes to compare.")
-flags.DEFINE_list("hidden", ["10", "5"], "Hidden layer widths.")
+common.define_hidden_flag(["10", "5"])
 flags.DEFINE_integer("epochs", 15000, "Full-batch gradient-descent iterations.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.01, "Learning rate.", lower_bound=0.0)
 flags.DEFINE_float("random_scale", 10.0, "Standard deviation of the 'random' scheme (the course's x10).", lower_bound=0.0)
@@ -37,11 +37,6 @@ flags.register_validator(
     "schemes",
     lambda names: bool(names) and all(name in init_lib.SCHEMES for name in names),
     message=f"--schemes must be a non-empty list from {list(init_lib.SCHEMES)}",
-)
-flags.register_validator(
-    "hidden",
-    lambda widths: all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a comma-separated list of positive ints",
 )
 flags.register_validator("learning_rate", lambda value: value > 0, message="--learning_rate must be > 0")
 
@@ -78,13 +73,10 @@ def main(argv: list[str]) -> None:
     del argv
     output_dir = common.prepare_output_dir(STUDY)
     data_key, test_key, model_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
-    user_data = common.load_user_data(data_key)
-    if user_data is None:
-        train_set = data_lib.make_circles(data_key, FLAGS.n_train, FLAGS.noise)
-        test_set = data_lib.make_circles(test_key, FLAGS.n_test, FLAGS.noise)
-    else:
-        train_set, test_set = user_data
-    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, test_set))
+    train_set, test_set = common.study_data(
+        data_key, test_key, lambda key, n: data_lib.make_circles(key, n, FLAGS.noise), FLAGS.n_train, FLAGS.n_test
+    )
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, test_set)
     seed_keys = jax.random.split(model_key, FLAGS.num_seeds)
     print(f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, {FLAGS.epochs} epochs of full-batch GD at "
           f"learning rate {FLAGS.learning_rate}, {FLAGS.num_seeds} seeds per scheme, data: {common.data_source()}")
@@ -133,7 +125,6 @@ def main(argv: list[str]) -> None:
         common.plot_curves(output_dir / "cost_curves.png", curves, xlabel="epoch", ylabel="cost",
                            title="Training cost by initialization (mean, min..max over seeds)")
         plots.append("cost_curves.png")
-    common.write_json(output_dir / "results.json", {"study": STUDY, "settings": settings, "schemes": rows, "plots": plots})
     report = [
         "# Initialization study", "",
         f"Net {'-'.join(map(str, layer_sizes))} (ReLU hidden, {common.output_description(layer_sizes[-1])}), full-batch "
@@ -141,10 +132,10 @@ def main(argv: list[str]) -> None:
         f"(mean ± std over seeds). Data: {common.data_source()}.", "",
         table, "", "## Reading", "",
         *[f"- {reading(name, row, rows)}" for name, row in rows.items()], "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(
+        output_dir, {"study": STUDY, "settings": settings, "schemes": rows, "plots": plots}, report, plots
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 common.define_study_flags()
 flags.DEFINE_list("feature_scales", None, "Raw feature i is x_i * scale_i + offset_i (default on generated data: 1000,1).")
 flags.DEFINE_list("feature_offsets", None, "Offsets of the raw features (default on generated data: 0,50).")
-flags.DEFINE_list("hidden", ["10", "5"], "Hidden layer widths.")
+common.define_hidden_flag(["10", "5"])
 flags.DEFINE_integer("epochs", 2000, "Full-batch gradient-descent epochs.", lower_bound=1)
 flags.DEFINE_float("target_cost", 0.3, "Training cost to reach.")
 flags.DEFINE_float("lr_min", 1e-7, "Smallest learning rate of the grid.")
@@ -61,11 +61,6 @@ for _name in ("target_cost", "lr_min", "lr_max"):
     flags.register_validator(_name, lambda value: value > 0, message=f"--{_name} must be > 0")
 flags.register_multi_flags_validator(
     ["lr_min", "lr_max"], lambda values: values["lr_min"] <= values["lr_max"], message="--lr_min must be <= --lr_max"
-)
-flags.register_validator(
-    "hidden",
-    lambda widths: all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a comma-separated list of positive ints",
 )
 
 
@@ -101,13 +96,12 @@ def main(argv: list[str]) -> None:
     del argv
     output_dir = common.prepare_output_dir(STUDY)
     data_key, test_key, model_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
-    user_data = common.load_user_data(data_key)
-    if user_data is None:
-        base_train = data_lib.make_moons(data_key, FLAGS.n_train, FLAGS.noise)
-        base_test = data_lib.make_moons(test_key, FLAGS.n_test, FLAGS.noise)
+    base_train, base_test = common.study_data(
+        data_key, test_key, lambda key, n: data_lib.make_moons(key, n, FLAGS.noise), FLAGS.n_train, FLAGS.n_test
+    )
+    if common.generated_data():
         default_scales, default_offsets = GENERATED_SCALES, GENERATED_OFFSETS
     else:
-        base_train, base_test = user_data
         default_scales, default_offsets = (), ()  # the user's features are the raw ones
     num_features = int(base_train.X.shape[1])
     scale_flags = FLAGS.feature_scales if FLAGS.feature_scales is not None else [str(s) for s in default_scales]
@@ -116,7 +110,7 @@ def main(argv: list[str]) -> None:
     offsets = affine_per_feature(offset_flags, 0.0, num_features, "feature_offsets")
     raw = tuple(data_lib.Dataset(jnp.asarray(d.X) * scales + offsets, jnp.asarray(d.y)) for d in (base_train, base_test))
     variants = {"raw": raw, "standardized": data_lib.standardize(*raw)}
-    layer_sizes = (num_features, *map(int, FLAGS.hidden), common.output_units(base_train, base_test))
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), base_train, base_test)
     config = train.Config(layer_sizes, activation="relu", init="he", optimizer="gd", epochs=FLAGS.epochs)
     learning_rates = np.logspace(math.log10(FLAGS.lr_min), math.log10(FLAGS.lr_max), FLAGS.lr_points)
     hps = train.broadcast_hparams(train.HParams(learning_rate=learning_rates), FLAGS.lr_points)
@@ -199,8 +193,6 @@ def main(argv: list[str]) -> None:
         "feature_offsets": offsets, "seed": FLAGS.seed, "data": common.data_source(),
         "n_train": int(base_train.X.shape[0]), "n_test": int(base_test.X.shape[0]),
     }
-    common.write_json(output_dir / "results.json",
-                      {"study": STUDY, "settings": settings, "inputs": results, "findings": summary, "plots": plots})
     report = [
         "# Input normalization study", "",
         (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, He init), full-batch gradient descent for {FLAGS.epochs} epochs "
@@ -210,11 +202,12 @@ def main(argv: list[str]) -> None:
          f"Data: {common.data_source()}. Target: training cost ≤ {FLAGS.target_cost:g}."), "",
         table, "", "## Findings", "", *[f"- {line}" for line in summary], "",
         "## Every learning rate", "", grid_table, "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     print("\n" + "\n".join(summary))
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(
+        output_dir, {"study": STUDY, "settings": settings, "inputs": results, "findings": summary, "plots": plots},
+        report, plots,
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ STUDY = "optimizers"
 FLAGS = flags.FLAGS
 
 common.define_study_flags()
-flags.DEFINE_list("hidden", ["5", "2"], "Hidden layer widths.")
+common.define_hidden_flag(["5", "2"])
 flags.DEFINE_integer("epochs", 5000, "Epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.0007, "Learning rate of part 1 (no decay).")
@@ -45,11 +45,6 @@ for _name in ("learning_rate", "decay_lr0_gd", "decay_lr0_adam", "epsilon", "tim
     flags.register_validator(_name, lambda value: value > 0, message=f"--{_name} must be > 0")
 for _name in ("beta", "beta1", "beta2"):
     flags.register_validator(_name, lambda value: 0 <= value < 1, message=f"--{_name} must be in [0, 1)")
-flags.register_validator(
-    "hidden",
-    lambda widths: all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a comma-separated list of positive ints",
-)
 
 
 class Row(NamedTuple):
@@ -93,13 +88,10 @@ def main(argv: list[str]) -> None:
     del argv
     output_dir = common.prepare_output_dir(STUDY)
     data_key, test_key, model_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
-    user_data = common.load_user_data(data_key)
-    if user_data is None:
-        train_set = data_lib.make_moons(data_key, FLAGS.n_train, FLAGS.noise)
-        test_set = data_lib.make_moons(test_key, FLAGS.n_test, FLAGS.noise)
-    else:
-        train_set, test_set = user_data
-    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, test_set))
+    train_set, test_set = common.study_data(
+        data_key, test_key, lambda key, n: data_lib.make_moons(key, n, FLAGS.noise), FLAGS.n_train, FLAGS.n_test
+    )
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, test_set)
     seed_keys = jax.random.split(model_key, FLAGS.num_seeds)
     print(f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
           f"{FLAGS.num_seeds} seeds per row, data: {common.data_source()}")
@@ -148,19 +140,18 @@ def main(argv: list[str]) -> None:
         "n_test": int(test_set.X.shape[0]),
     }
     summary = findings(results)
-    common.write_json(output_dir / "results.json",
-                      {"study": STUDY, "settings": settings, "rows": results, "findings": summary, "plots": plots})
     report = [
         "# Optimization study", "",
         f"Net {'-'.join(map(str, layer_sizes))} (ReLU, He init), mini-batches of {FLAGS.batch_size}, "
         f"{FLAGS.epochs} epochs, {FLAGS.num_seeds} seeds per row (mean ± std over seeds). "
         f"Data: {common.data_source()}.", "",
         table, "", "## Findings", "", *[f"- {line}" for line in summary], "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     print("\n" + "\n".join(summary))
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(
+        output_dir, {"study": STUDY, "settings": settings, "rows": results, "findings": summary, "plots": plots},
+        report, plots,
+    )
 
 
 if __name__ == "__main__":

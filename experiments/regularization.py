@@ -37,7 +37,7 @@ STUDY = "regularization"
 FLAGS = flags.FLAGS
 
 common.define_study_flags()
-flags.DEFINE_list("hidden", ["20", "3"], "Hidden layer widths.")
+common.define_hidden_flag(["20", "3"])
 flags.DEFINE_string("init", "xavier", "Initialization scheme (the course's sqrt(1/fan_in)).")
 flags.DEFINE_integer("epochs", 30000, "Full-batch gradient-descent iterations.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.3, "Learning rate.")
@@ -76,11 +76,6 @@ flags.register_validator(
     lambda value: value == train.KEEP_BEST or (value.isdigit() and int(value) > 0),
     message="--early_stopping must be 'keep_best' or a positive int patience",
 )
-flags.register_validator(
-    "hidden",
-    lambda widths: all(width.isdigit() and int(width) > 0 for width in widths),
-    message="--hidden must be a comma-separated list of positive ints",
-)
 flags.register_multi_flags_validator(
     ["sweep_min", "sweep_max"],
     lambda values: values["sweep_min"] < values["sweep_max"],
@@ -111,6 +106,16 @@ def study_rows() -> list[Row]:
 def early_stopping_setting() -> int | str:
     """``--early_stopping`` as ``Config.early_stopping``: ``"keep_best"`` or an int patience."""
     return train.KEEP_BEST if FLAGS.early_stopping == train.KEEP_BEST else int(FLAGS.early_stopping)
+
+
+def bayes_estimate() -> tuple[float, str]:
+    """The verdicts' Bayes-error estimate and its source: ``--bayes_error``, else the generator's own, else 0 on the user's data."""
+    if FLAGS.bayes_error is not None:
+        return FLAGS.bayes_error, "given by --bayes_error"
+    if common.generated_data():
+        return (bayes.bayes_error("overfit_2d", noise=FLAGS.noise, flip=FLAGS.flip),
+                f"the generator's own (deepopt.bayes: --flip {FLAGS.flip:g} with jitter {FLAGS.noise:g})")
+    return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)"
 
 
 def accuracies(params: Any, dataset: data_lib.Dataset) -> jax.Array:
@@ -272,24 +277,13 @@ def main(argv: list[str]) -> None:
     del argv
     output_dir = common.prepare_output_dir(STUDY)
     data_key, test_key, split_key, model_key = jax.random.split(jax.random.key(FLAGS.seed), 4)
-    user_data = common.load_user_data(data_key)
-    if user_data is None:
-        train_set = data_lib.make_overfit_2d(data_key, FLAGS.n_train, FLAGS.noise, FLAGS.flip)
-        test_set = data_lib.make_overfit_2d(test_key, FLAGS.n_test, FLAGS.noise, FLAGS.flip)
-        if FLAGS.bayes_error is None:
-            bayes_error = bayes.bayes_error("overfit_2d", noise=FLAGS.noise, flip=FLAGS.flip)
-            bayes_source = f"the generator's own (deepopt.bayes: --flip {FLAGS.flip:g} with jitter {FLAGS.noise:g})"
-        else:
-            bayes_error, bayes_source = FLAGS.bayes_error, "given by --bayes_error"
-    else:
-        train_set, test_set = user_data
-        if FLAGS.bayes_error is None:
-            bayes_error = 0.0
-            bayes_source = "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)"
-        else:
-            bayes_error, bayes_source = FLAGS.bayes_error, "given by --bayes_error"
+    train_set, test_set = common.study_data(
+        data_key, test_key, lambda key, n: data_lib.make_overfit_2d(key, n, FLAGS.noise, FLAGS.flip),
+        FLAGS.n_train, FLAGS.n_test,
+    )
+    bayes_error, bayes_source = bayes_estimate()
     fit_part, dev_part = split_dev(split_key, train_set)
-    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, test_set))
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, test_set)
     seed_keys = jax.random.split(model_key, FLAGS.num_seeds)
     config = train.Config(layer_sizes, activation="relu", init=FLAGS.init, optimizer="gd", epochs=FLAGS.epochs)
     print(f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, {FLAGS.epochs} epochs of full-batch GD at learning rate "
@@ -352,12 +346,8 @@ def main(argv: list[str]) -> None:
         "bayes_error_source": bayes_source, "tolerance": FLAGS.tolerance, "seed": FLAGS.seed, "data": common.data_source(),
         "n_train": int(train_set.X.shape[0]), "n_fit": int(fit_part.X.shape[0]), "n_dev": int(dev_part.X.shape[0]),
         "n_test": int(test_set.X.shape[0]),
-        **({"noise": FLAGS.noise, "flip": FLAGS.flip} if user_data is None else {}),
+        **({"noise": FLAGS.noise, "flip": FLAGS.flip} if common.generated_data() else {}),
     }
-    common.write_json(output_dir / "results.json", {
-        "study": STUDY, "settings": settings, "rows": rows,
-        "lambda_sweep": sweep, "findings": summary_lines, "plots": plots,
-    })
     report = [
         "# Regularization study", "",
         (f"Net {'-'.join(map(str, layer_sizes))} (ReLU, {FLAGS.init} init, "
@@ -380,11 +370,12 @@ def main(argv: list[str]) -> None:
          f"{dev_part.X.shape[0]} dev examples, test error on the test set "
          f"({sweep['seconds_with_compilation']:.1f} s for the whole call, compilation included)."), "",
         sweep_table, "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     print("\n" + "\n".join(summary_lines))
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(output_dir, {
+        "study": STUDY, "settings": settings, "rows": rows,
+        "lambda_sweep": sweep, "findings": summary_lines, "plots": plots,
+    }, report, plots)
 
 
 if __name__ == "__main__":

@@ -165,13 +165,10 @@ def main(argv: list[str]) -> None:
     del argv
     output_dir = common.prepare_output_dir(STUDY)
     data_key, test_key, init_key, fit_key = jax.random.split(jax.random.key(FLAGS.seed), 4)
-    user_data = common.load_user_data(data_key)
-    if user_data is None:
-        train_set = data_lib.make_moons(data_key, FLAGS.n_train, FLAGS.noise)
-        test_set = data_lib.make_moons(test_key, FLAGS.n_test, FLAGS.noise)
-    else:
-        train_set, test_set = user_data
-    layer_sizes = (train_set.X.shape[1], *[FLAGS.width] * FLAGS.depth, common.output_units(train_set, test_set))
+    train_set, test_set = common.study_data(
+        data_key, test_key, lambda key, n: data_lib.make_moons(key, n, FLAGS.noise), FLAGS.n_train, FLAGS.n_test
+    )
+    layer_sizes = common.layer_sizes_for([FLAGS.width] * FLAGS.depth, train_set, test_set)
     inits = [parse_init(text) for text in FLAGS.inits]
     params = stacked_params(init_key, layer_sizes, inits)
     print(f"{STUDY}: {FLAGS.depth} hidden layers × {FLAGS.width} units, inits {[spec.label for spec in inits]}, "
@@ -216,8 +213,6 @@ def main(argv: list[str]) -> None:
         "exploding_above": FLAGS.exploding_above, "seed": FLAGS.seed, "data": common.data_source(),
         "n_train": int(train_set.X.shape[0]), "n_test": int(test_set.X.shape[0]),
     }
-    common.write_json(output_dir / "results.json",
-                      {"study": STUDY, "settings": settings, "results": results, "findings": summary, "plots": plots})
     report = [
         "# Vanishing and exploding gradients", "",
         (f"Plain nets of {FLAGS.depth} hidden layers × {FLAGS.width} units ({len(layer_sizes) - 1} weight matrices), "
@@ -230,11 +225,12 @@ def main(argv: list[str]) -> None:
          f"gradient at all, **overflow** if a gradient or activation is not finite, **level** otherwise. "
          f"Dead units: hidden units whose activation is 0 on every training example, averaged over hidden layers."), "",
         table, "", "## Reading", "", *[f"- {line}" for line in summary], "",
-        *[f"![{plot}]({plot})" for plot in plots],
     ]
-    common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     print("\n" + "\n".join(summary))
-    print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else ""))
+    common.finish_study(
+        output_dir, {"study": STUDY, "settings": settings, "results": results, "findings": summary, "plots": plots},
+        report, plots,
+    )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ flags.DEFINE_integer("n_dev", 200, "Generated dev examples (the sweep ranks conf
 flags.DEFINE_integer("n_test", 200, "Generated test examples.", lower_bound=2)
 flags.DEFINE_float("noise", 0.2, "Noise of the generated data.", lower_bound=0.0)
 flags.DEFINE_float("dev_fraction", 0.25, "With --data: fraction of the training file held out as dev set.")
-flags.DEFINE_list("hidden", ["16", "16"], "Hidden layer widths.")
+common.define_hidden_flag(["16", "16"])
 flags.DEFINE_string("activation", "relu", "Hidden activation.")
 flags.DEFINE_string("init", "he", "Initialization scheme.")
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
@@ -111,11 +111,6 @@ _range_validator("learning_rate_range", 0.0, None, "0 < lo < hi")
 _range_validator("one_minus_beta_range", 0.0, 1.0, "0 < lo < hi <= 1")
 _range_validator("l2_range", 0.0, None, "0 < lo < hi")
 _range_validator("keep_prob_range", 0.0, 1.0, "0 < lo < hi <= 1")
-flags.register_validator(
-    "hidden",
-    lambda widths: all(w.isdigit() and int(w) > 0 for w in widths),
-    message="--hidden must be a comma-separated list of positive ints",
-)
 flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
 flags.register_validator(
     "bayes_error", lambda value: value is None or 0 <= value < 1, message="--bayes_error must be in [0, 1)"
@@ -445,7 +440,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         }
         check_manifest(output_dir, manifest, say)
         common.write_json(output_dir / MANIFEST, manifest)  # before the first run: the directory says what it is
-    layer_sizes = (train_set.X.shape[1], *map(int, FLAGS.hidden), common.output_units(train_set, dev_set, test_set))
+    layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, dev_set, test_set)
     try:
         base = train.Config(
             layer_sizes, activation=FLAGS.activation, init=FLAGS.init, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs

@@ -158,7 +158,8 @@ class TrainResult(NamedTuple):
     bn_state: tuple[batchnorm.BatchNormState, ...]
 
 
-def _check_key(key: Any) -> None:
+def check_key(key: Any) -> None:
+    """The one check of a PRNG key (``fit``, ``init_state``, ``sweep.run``): one typed key, or raw ``uint32[2]`` data."""
     if isinstance(key, jax.core.Tracer):
         return
     if not isinstance(key, jax.Array):
@@ -171,6 +172,9 @@ def _check_key(key: Any) -> None:
             f"key must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
             f"got shape {key.shape} dtype {key.dtype}"
         )
+
+
+_check_key = check_key  # the name the training functions use
 
 
 def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:

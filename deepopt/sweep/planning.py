@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from deepopt import train as train_lib
@@ -41,15 +40,9 @@ def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
 
 
 def _typed_key(key: Any) -> jax.Array:
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
-        return key
-    if key.shape != (2,) or key.dtype != jnp.uint32:
-        raise ValueError(f"key must be a PRNG key (jax.random.key(seed)), got shape {key.shape} dtype {key.dtype}")
-    return jax.random.wrap_key_data(key)
+    """``key`` checked as ``fit`` checks it (``train.check_key``), as a typed key."""
+    train_lib.check_key(key)
+    return key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
 def plan(

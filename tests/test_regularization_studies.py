@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from deepopt import data, diagnostics
+from deepopt import bayes, data, diagnostics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,9 @@ def test_regularization_rows_verdicts_and_sweep(regularization):
             row["train_accuracy"]["mean"] - row["test_accuracy"]["mean"], abs=1e-9)
     settings = results["settings"]
     assert settings["n_fit"] + settings["n_dev"] == settings["n_train"] == 211 and settings["n_dev"] == 42
-    assert settings["bayes_error"] == 0.12  # --flip on generated data
+    # The generator's own Bayes error (deepopt.bayes): 12% of labels flipped, plus the jitter after labelling.
+    assert settings["bayes_error"] == pytest.approx(bayes.bayes_error("overfit_2d", noise=0.05, flip=0.12))
+    assert settings["bayes_error"] > 0.12 and "deepopt.bayes" in settings["bayes_error_source"]
     stopping = rows["early stopping"]
     assert 0 <= stopping["best_epoch"]["min"] <= stopping["best_epoch"]["max"] < 200
     assert stopping["stopped_epoch"] == [-1, -1]  # keep_best trains every epoch

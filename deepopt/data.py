@@ -295,19 +295,26 @@ def check_dataset(
                     f"{x_name} has a non-finite value ({values[(row, *rest)]}) at row {row}, {where} "
                     f"(counting from 0; {int(bad.sum())} non-finite values in all): inputs must be finite numbers"
                 )
-    if num_classes is not None and not _is_traced(y):
-        labels = np.asarray(y)
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{y_name} must be class ids in 0..{num_classes - 1} for {classes_from}, got values in [{low}, {high}]"
-            )
+    if num_classes is not None:
+        check_labels(y, num_classes, y_name, classes_from)
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.zeros(()).dtype)
     if float_dtype is not None:
         X = X.astype(float_dtype)
     return Dataset(X, jnp.asarray(y).astype(jnp.int32))
+
+
+def check_labels(y: Any, num_classes: int, y_name: str = "y", classes_from: str = "the model") -> None:
+    """Concrete labels ``y`` must be class ids in ``0..num_classes-1`` (tracers are not checked); the error names ``y_name``."""
+    if _is_traced(y):
+        return
+    labels = np.asarray(y)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"{y_name} must be class ids in 0..{num_classes - 1} for {classes_from}, got values in [{low}, {high}]"
+        )
 
 
 def validate(

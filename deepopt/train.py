@@ -195,15 +195,15 @@ def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> dat
             classes_from=f"n_out={n_out}",
             float_dtype=dtype,
         )
-    shaped = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True)
-    n_out = modules.output_units(config.model, tuple(shaped.X.shape[1:]), str(shaped.X.dtype))
-    return data_lib.check_dataset(
-        shaped,
-        name,
-        num_classes=2 if n_out == 1 else n_out,
-        classes_from=f"the {n_out} output unit{'s' if n_out > 1 else ''} of Config.model",
-        any_rank=True,
+    checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True)
+    n_out = modules.output_units(config.model, tuple(checked.X.shape[1:]), str(checked.X.dtype))
+    data_lib.check_labels(
+        split[1],  # as given: concrete unless traced
+        2 if n_out == 1 else n_out,
+        f"{name}.y",
+        f"the {n_out} output unit{'s' if n_out > 1 else ''} of Config.model",
     )
+    return checked
 
 
 def describe_config(config: Config) -> dict[str, Any]:
@@ -460,7 +460,8 @@ def _check_state(config: Config, hp: HParams, state: Any, X: Any) -> None:
     """``state`` must have the tree structure, shapes and dtypes ``init_state`` makes for ``config``."""
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a deepopt.train.TrainState (from init_state or advance), got {type(state).__name__}")
-    expected = jax.eval_shape(lambda h, k, x: _init_state(config, h, k, x, None), hp, state.key, X)
+    del hp  # the state's shapes depend on the hyperparameters' dtype only, which is X's
+    expected = _state_shape(config, tuple(X.shape), jnp.dtype(X.dtype), tuple(state.key.shape), state.key.dtype)
     got_structure, want_structure = jax.tree.structure(state), jax.tree.structure(expected)
     if got_structure != want_structure:
         raise ValueError(
@@ -473,6 +474,18 @@ def _check_state(config: Config, hp: HParams, state: Any, X: Any) -> None:
                 f"state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)} dtype {jnp.result_type(leaf)}, "
                 f"expected {want.shape} {want.dtype} for this Config and data"
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _state_shape(config: Config, x_shape: tuple[int, ...], x_dtype: Any, key_shape: tuple[int, ...], key_dtype: Any) -> Any:
+    """The abstract ``TrainState`` ``init_state`` makes for ``config`` and such data and key (traced once, then cached)."""
+    hp = jax.tree.map(lambda _: jax.ShapeDtypeStruct((), x_dtype), HParams(*[0.0] * len(HParams._fields)))
+    return jax.eval_shape(
+        lambda h, k, x: _init_state(config, h, k, x, None),
+        hp,
+        jax.ShapeDtypeStruct(key_shape, key_dtype),
+        jax.ShapeDtypeStruct(x_shape, x_dtype),
+    )
 
 
 def resolve_dropout(keep_prob: Any, dropout: bool | None = None) -> bool:

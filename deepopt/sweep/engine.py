@@ -25,6 +25,7 @@ from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt import optim
 from deepopt import train as train_lib
+from deepopt.sweep import store
 from deepopt.sweep.planning import Run
 
 RUN_AXIS = "runs"
@@ -72,7 +73,7 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
             result = train_lib.fit(config, hp, key, train_set, dev_set, dropout=dropout)
         scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
         if curves:
-            scalars.update({CURVE_PREFIX + name: getattr(log, name) for name in ("cost", "dev_accuracy", "dev_cost")})
+            scalars.update({CURVE_PREFIX + name: getattr(log, name) for name in store.CURVE_METRICS})
         if with_test:
             scalars["test_accuracy"] = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)[
                 "accuracy"

@@ -1,31 +1,39 @@
 """The benchmark end to end on a tiny job, as a user runs it (a subprocess: it defines its own absl flags)."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from background import Finished, study
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test reads one benchmark run (a child process, the loops, the matmul peak)
 TINY = [
     "--num_configs=4", "--num_seeds=2", "--epochs=3", "--loop_runs=3", "--recompile_runs=3",
     "--compute_hidden=16", "--compute_configs=2", "--compute_epochs=2", "--matmul_size=64", "--host_devices=2",
 ]
-
-
-def run_benchmark(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+# Started in the background (background.py), beside the in-process tests; the second invocation on the same
+# output directory starts once the first has finished, and results.json is copied just before it starts.
+TINY_RUN = study("benchmark", "--output_dir={dir}/out", *TINY)
+AGAIN = study("benchmark", "--output_dir={dir}/out", *TINY, after=TINY_RUN, snapshot=("out/results.json",))
+BAD_FLAGS = [
+    (["--repeats=2"], "--repeats"),
+    (["--learning_rate_range=1,0.1"], "--learning_rate_range must be two numbers"),
+    (["--compute_hidden=0"], "--compute_hidden must be a comma-separated list"),
+]
+BAD_RUNS = [study("benchmark", *flags) for flags, _ in BAD_FLAGS]
+BACKGROUND = {"tiny": [TINY_RUN], "second_invocations": [*BAD_RUNS, AGAIN]}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("benchmark") / "out"
-    completed = run_benchmark(f"--output_dir={output_dir}", *TINY)
+def tiny(background_runs):
+    finished = background_runs.result(TINY_RUN)
+    completed, output_dir = finished.completed, finished.dir / "out"
     assert completed.returncode == 0, completed.stderr
     return output_dir, json.loads((output_dir / "results.json").read_text()), completed
+
+
+@pytest.fixture(scope="module")
+def second_invocations(background_runs, tiny) -> tuple[list, Finished]:
+    return [background_runs.result(run).completed for run in BAD_RUNS], background_runs.result(AGAIN)
 
 
 def test_measures_every_approach_on_the_same_job(tiny):
@@ -80,17 +88,13 @@ def test_report_has_the_tables(tiny):
     assert "## Targets" in completed.stdout
 
 
-def test_bad_flags_and_existing_results_are_one_line_errors(tiny):
+def test_bad_flags_and_existing_results_are_one_line_errors(tiny, second_invocations):
     output_dir, _, _ = tiny
-    for flags, message in (
-        (["--repeats=2"], "--repeats"),
-        (["--learning_rate_range=1,0.1"], "--learning_rate_range must be two numbers"),
-        (["--compute_hidden=0"], "--compute_hidden must be a comma-separated list"),
-    ):
-        completed = run_benchmark(*flags)
+    bad_runs, again = second_invocations
+    for (_, message), completed in zip(BAD_FLAGS, bad_runs, strict=True):
         assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0, completed.stderr
         assert message in completed.stderr
-    before = (output_dir / "results.json").read_text()
-    completed = run_benchmark(f"--output_dir={output_dir}", *TINY)
+    before = (again.before / "out" / "results.json").read_text()  # copied just before the second run started
+    completed = again.completed
     assert completed.returncode == 2 and "already holds results.json" in completed.stderr
     assert (output_dir / "results.json").read_text() == before

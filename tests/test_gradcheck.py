@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from background import Finished, study
 
 from deepopt import backprop, gradcheck
 
@@ -184,20 +182,25 @@ def test_float32_params_are_checked_in_float64(problem: dict[str, Any]) -> None:
     assert report.passed
 
 
-# The study end to end, as a user runs it (a subprocess: each study defines its own absl flags).
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The study end to end, as a user runs it (a subprocess: each study defines its own absl flags), started in the
+# background (background.py) so that it runs beside the tests above.
+END_TO_END = study("gradient_checking", "--output_dir={dir}/out", "--l2=0.5", "--hidden=4,3")
+BAD_KEEP_PROB = study("gradient_checking", "--output_dir={dir}/out", "--keep_prob=1.5")
+BACKGROUND = {"end_to_end": [END_TO_END], "bad_keep_prob": [BAD_KEEP_PROB]}
 
 
-def run_study(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.gradient_checking", *flags],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+@pytest.fixture
+def end_to_end(background_runs) -> Finished:
+    return background_runs.result(END_TO_END)
 
 
-def test_gradient_checking_study_end_to_end(tmp_path: pathlib.Path) -> None:
-    output_dir = tmp_path / "out"
-    completed = run_study(f"--output_dir={output_dir}", "--l2=0.5", "--hidden=4,3")
+@pytest.fixture
+def bad_keep_prob(background_runs) -> Finished:
+    return background_runs.result(BAD_KEEP_PROB)
+
+
+def test_gradient_checking_study_end_to_end(end_to_end: Finished) -> None:
+    output_dir, completed = end_to_end.dir / "out", end_to_end.completed
     assert completed.returncode == 0, completed.stderr
     results = json.loads((output_dir / "results.json").read_text())
     cases = results["cases"]
@@ -218,7 +221,7 @@ def test_gradient_checking_study_end_to_end(tmp_path: pathlib.Path) -> None:
     assert "params[0]['b'], params[1]['W']" in completed.stdout and "| dropout_fresh_masks |" in completed.stdout
 
 
-def test_gradient_checking_study_bad_flag_is_one_line_exit_2(tmp_path: pathlib.Path) -> None:
-    completed = run_study(f"--output_dir={tmp_path / 'out'}", "--keep_prob=1.5")
+def test_gradient_checking_study_bad_flag_is_one_line_exit_2(bad_keep_prob: Finished) -> None:
+    completed = bad_keep_prob.completed
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and "--keep_prob must be in (0, 1)" in completed.stderr

@@ -2,31 +2,57 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from background import study
 
 from deepopt import data
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+def write_user_csvs(directory: pathlib.Path) -> None:
+    """A user's moons (80 rows) and a file whose labels are not class ids."""
+    dataset = data.make_moons(jax.random.key(0), 80, 0.1)
+    table = np.column_stack([np.asarray(dataset.X), np.asarray(dataset.y)])
+    np.savetxt(directory / "moons.csv", table, delimiter=",", header="x1,x2,label", comments="")
+    (directory / "bad.csv").write_text("x1,x2,label\n1,2,0\n3,4,7.5\n")
 
 
-def run_study(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.initialization", *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+# Started in the background (see background.py): every test below reads a finished subprocess.
+SMALL = study("initialization", "--output_dir={dir}/out", "--epochs=300", "--num_seeds=2", "--schemes=zeros,random,he")
+REFUSED = study("initialization", "--output_dir={dir}/out", "--epochs=2", after=SMALL)
+BAD_FLAGS = [("--epochs=0", "--epochs"), ("--schemes=he,bogus", "--schemes"), ("--learning_rate=-1", "--learning_rate"),
+             ("--data=/no/such.csv", "--data"), ("--no_such_flag=1", "no_such_flag")]
+BAD_RUNS = {flag: study("initialization", flag) for flag, _ in BAD_FLAGS}
+USER_CSV = study("initialization", "--output_dir={dir}/out", "--data={dir}/moons.csv", "--epochs=50", "--num_seeds=1",
+                 "--schemes=he", prepare=write_user_csvs)
+BAD_CSV = study("initialization", "--output_dir={dir}/out2", "--data={dir}/bad.csv", after=USER_CSV)
+BACKGROUND = {"small_run": [SMALL], "refused": [REFUSED], "bad_flag_runs": list(BAD_RUNS.values()),
+              "user_csv_runs": [USER_CSV, BAD_CSV]}
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("init") / "out"
-    completed = run_study(f"--output_dir={output_dir}", "--epochs=300", "--num_seeds=2", "--schemes=zeros,random,he")
-    assert completed.returncode == 0, completed.stderr
-    return output_dir, completed
+def small_run(background_runs):
+    finished = background_runs.result(SMALL)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    return finished.dir / "out", finished.completed
+
+
+@pytest.fixture(scope="module")
+def refused(background_runs, small_run):
+    return background_runs.result(REFUSED).completed
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(background_runs):
+    return {flag: background_runs.result(run).completed for flag, run in BAD_RUNS.items()}
+
+
+@pytest.fixture(scope="module")
+def user_csv_runs(background_runs):
+    good = background_runs.result(USER_CSV)
+    return good.dir, good.completed, background_runs.result(BAD_CSV).completed
 
 
 def test_writes_results_report_and_plots(small_run):
@@ -50,33 +76,22 @@ def test_shows_the_course_findings(small_run):
     assert schemes["random"]["first_cost"] > 20 * schemes["he"]["first_cost"]
 
 
-def test_refuses_to_overwrite_results(small_run):
-    completed = run_study(f"--output_dir={small_run[0]}", "--epochs=2")
+def test_refuses_to_overwrite_results(refused):
+    completed = refused
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and "already holds results.json" in completed.stderr
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [("--epochs=0", "--epochs"), ("--schemes=he,bogus", "--schemes"), ("--learning_rate=-1", "--learning_rate"),
-     ("--data=/no/such.csv", "--data"), ("--no_such_flag=1", "no_such_flag")],
-)
-def test_bad_flags_one_line_and_exit_2(flag, message):
-    completed = run_study(flag)
+@pytest.mark.parametrize("flag, message", BAD_FLAGS)
+def test_bad_flags_one_line_and_exit_2(bad_flag_runs, flag, message):
+    completed = bad_flag_runs[flag]
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and message in completed.stderr
 
 
-def test_runs_on_user_csv(tmp_path):
-    dataset = data.make_moons(jax.random.key(0), 80, 0.1)
-    table = np.column_stack([np.asarray(dataset.X), np.asarray(dataset.y)])
-    csv = tmp_path / "moons.csv"
-    np.savetxt(csv, table, delimiter=",", header="x1,x2,label", comments="")
-    completed = run_study(f"--output_dir={tmp_path / 'out'}", f"--data={csv}", "--epochs=50", "--num_seeds=1", "--schemes=he")
+def test_runs_on_user_csv(user_csv_runs):
+    directory, completed, bad = user_csv_runs
     assert completed.returncode == 0, completed.stderr
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = json.loads((directory / "out" / "results.json").read_text())
     assert results["settings"]["n_train"] + results["settings"]["n_test"] == 80
-    bad = tmp_path / "bad.csv"
-    bad.write_text("x1,x2,label\n1,2,0\n3,4,7.5\n")
-    completed = run_study(f"--output_dir={tmp_path / 'out2'}", f"--data={bad}")
-    assert completed.returncode == 2 and "class ids" in completed.stderr
+    assert bad.returncode == 2 and "class ids" in bad.stderr

@@ -1,20 +1,31 @@
 """The optimization study end to end, on small settings, as a user runs it."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import pytest
+from background import study
 
 
-def run_study(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.optimizers", *flags],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+# Ten rows, each its own compiled program (optimizer and schedule are static): compiling is the cost,
+# the 30 epochs are not. 30 epochs at 0.01 is what Adam needs to be clearly ahead of GD (asserted below).
+SMALL = study("optimizers", "--output_dir={dir}", "--epochs=30", "--num_seeds=2", "--learning_rate=0.01")
+BAD_BETA = study("optimizers", "--beta=1.5")
+BACKGROUND = {"small_run": [SMALL], "bad_beta": [BAD_BETA]}
 
 
-def test_runs_every_row_and_writes_results(tmp_path):
-    completed = run_study(f"--output_dir={tmp_path}", "--epochs=30", "--num_seeds=2", "--learning_rate=0.01")
+@pytest.fixture(scope="module")
+def small_run(background_runs):
+    return background_runs.result(SMALL)
+
+
+@pytest.fixture
+def bad_beta(background_runs):
+    return background_runs.result(BAD_BETA).completed
+
+
+@pytest.mark.slow
+def test_runs_every_row_and_writes_results(small_run):
+    tmp_path, completed = small_run.dir, small_run.completed
     assert completed.returncode == 0, completed.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
@@ -32,7 +43,7 @@ def test_runs_every_row_and_writes_results(tmp_path):
     assert (tmp_path / "cost_curves_decay.png").exists()
 
 
-def test_bad_flag_is_one_line_and_exit_2():
-    completed = run_study("--beta=1.5")
+def test_bad_flag_is_one_line_and_exit_2(bad_beta):
+    completed = bad_beta
     assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0
     assert "--beta must be in [0, 1)" in completed.stderr

@@ -3,23 +3,13 @@
 import json
 import pathlib
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from background import study
 
 from deepopt import bayes, data, diagnostics
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def study_command(study: str, *flags: str) -> list[str]:
-    return [sys.executable, "-m", f"experiments.{study}", *flags]
-
-
-def run_study(study: str, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(study_command(study, *flags), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def completed_results(completed: subprocess.CompletedProcess, output_dir: pathlib.Path) -> dict:
@@ -35,32 +25,48 @@ def moons_csv(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+# The three studies on small settings, started in the background (their start-up and compilation overlap the
+# other tests). The settings are the smallest for which the learning outcomes asserted below hold: 200 epochs
+# for the λ = 100 row to shrink the net to a constant, 2 seeds for the per-seed early-stopping list, 150
+# epochs for the standardized inputs to reach the target cost.
+RUNS = {
+    "regularization": study("regularization", "--output_dir={dir}", "--epochs=200", "--num_seeds=2",
+                            "--sweep_points=3", "--n_test=100"),
+    "vanishing_gradients": study("vanishing_gradients", "--output_dir={dir}", "--depth=6", "--width=16",
+                                 "--epochs=5", "--activations=relu"),
+    "input_normalization": study("input_normalization", "--output_dir={dir}/out", "--data={dir}/scaled.csv",
+                                 "--epochs=150", "--lr_points=4", "--lr_max=1",
+                                 prepare=lambda directory: moons_csv(directory / "scaled.csv")),
+}
+BAD_FLAGS = [
+    ("regularization", "--early_stopping=soon", "--early_stopping must be 'keep_best' or a positive int"),
+    ("vanishing_gradients", "--inits=he,bogus:1", "--inits must be distinct"),
+    ("input_normalization", "--lr_min=1", "--lr_min must be <= --lr_max"),
+]
+BAD_RUNS = {
+    flag: study(name, flag, "--lr_max=0.5" if name == "input_normalization" else "--seed=0")
+    for name, flag, _ in BAD_FLAGS
+}
+REFUSED = study("regularization", "--output_dir={dir}", "--epochs=2", after=RUNS["regularization"])
+BACKGROUND = {"runs": list(RUNS.values()), "bad_flag_runs": list(BAD_RUNS.values()), "refused": [REFUSED]}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[pathlib.Path, subprocess.CompletedProcess]]:
-    """The three studies on small settings, started together (their start-up and compilation overlap)."""
-    root = tmp_path_factory.mktemp("studies")
-    csv = moons_csv(root / "scaled.csv")
-    commands = {
-        "regularization": ("--epochs=200", "--num_seeds=2", "--sweep_points=3", "--n_test=100"),
-        "vanishing_gradients": ("--depth=6", "--width=16", "--epochs=5", "--activations=relu"),
-        "input_normalization": (f"--data={csv}", "--epochs=150", "--lr_points=4", "--lr_max=1"),
-    }
-    processes = {
-        study: subprocess.Popen(study_command(study, f"--output_dir={root / study}", *flags), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for study, flags in commands.items()
-    }
-    finished = {}
-    try:
-        for study, process in processes.items():
-            stdout, stderr = process.communicate(timeout=300)
-            finished[study] = (root / study, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    finally:
-        for process in processes.values():
-            if process.poll() is None:  # a run past the timeout: stop it rather than leave it behind
-                process.kill()
-                process.communicate()
-    return finished
+def runs(background_runs) -> dict[str, tuple[pathlib.Path, subprocess.CompletedProcess]]:
+    finished = {name: background_runs.result(run) for name, run in RUNS.items()}
+    output_dirs = {name: f.dir for name, f in finished.items()}
+    output_dirs["input_normalization"] = finished["input_normalization"].dir / "out"
+    return {name: (output_dirs[name], finished[name].completed) for name in RUNS}
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(background_runs) -> dict[str, subprocess.CompletedProcess]:
+    return {flag: background_runs.result(run).completed for flag, run in BAD_RUNS.items()}
+
+
+@pytest.fixture(scope="module")
+def refused(background_runs, regularization) -> subprocess.CompletedProcess:
+    return background_runs.result(REFUSED).completed
 
 
 @pytest.fixture(scope="module")
@@ -122,20 +128,13 @@ def test_input_normalization_study_on_user_csv(runs):
     assert (output_dir / "cost_curves.png").exists() and "## Every learning rate" in (output_dir / "report.md").read_text()
 
 
-@pytest.mark.parametrize(
-    "study, flag, message",
-    [
-        ("regularization", "--early_stopping=soon", "--early_stopping must be 'keep_best' or a positive int"),
-        ("vanishing_gradients", "--inits=he,bogus:1", "--inits must be distinct"),
-        ("input_normalization", "--lr_min=1", "--lr_min must be <= --lr_max"),
-    ],
-)
-def test_bad_flags_one_line_and_exit_2(study, flag, message):
-    completed = run_study(study, flag, "--lr_max=0.5" if study == "input_normalization" else "--seed=0")
+@pytest.mark.parametrize("study, flag, message", BAD_FLAGS)
+def test_bad_flags_one_line_and_exit_2(bad_flag_runs, study, flag, message):
+    completed = bad_flag_runs[flag]
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and message in completed.stderr
 
 
-def test_regularization_refuses_to_overwrite(regularization):
-    completed = run_study("regularization", f"--output_dir={regularization[0]}", "--epochs=2")
+def test_regularization_refuses_to_overwrite(refused):
+    completed = refused
     assert completed.returncode == 2 and "already holds results.json" in completed.stderr

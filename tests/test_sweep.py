@@ -3,19 +3,15 @@
 import dataclasses
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from sweep_worker import ADAM, assert_same_runs, compilation_cache, tiny_data, tiny_sweep, without_time
+from background import study
+from sweep_worker import ADAM, assert_same_runs, tiny_data, tiny_sweep, without_time
 
 from deepopt import data, model, sweep, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = train.Config((2, 4, 1), batch_size=32, epochs=4)
 
 
@@ -336,18 +332,6 @@ def test_a_smaller_memory_budget_gives_more_chunks_and_the_same_rows():
 # ------------------------------------------------------------------------------ the main job, as a user runs it
 
 
-def run_study(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
 # Both rounds (12 and 6 runs per optimizer at most) use chunks of 4: one compilation per optimizer.
 SMALL = (
     "--num_configs=6",
@@ -362,12 +346,37 @@ SMALL = (
     "--n_test=40",
     "--chunk_size=4",
 )
+# The main job, then the same command again (refused: results exist), then with --resume, all on one output
+# directory, one after the other, in the background (background.py) beside the in-process tests above. What
+# the main job wrote is copied aside before the second command starts (REFUSED's ``before``).
+FIRST_OUTPUTS = ("results.jsonl", "results.json", "report.md", "results.csv", "dev_accuracy_vs_learning_rate.png",
+                 "l2_learning_rate_heatmap.png")
+MAIN_JOB = study("sweep", "--output_dir={dir}", *SMALL)
+REFUSED = study("sweep", "--output_dir={dir}", *SMALL, after=MAIN_JOB, snapshot=FIRST_OUTPUTS)
+RESUMED = study("sweep", "--output_dir={dir}", "--resume", *SMALL, after=REFUSED)
+BAD_FLAGS = (
+    (("--l2_range=1,0.1",), "--l2_range must be two numbers lo,hi with 0 < lo < hi"),
+    (("--resume",), "--resume needs --output_dir"),
+    (("--num_processes=2",), "--coordinator_address, --num_processes and --process_id go together"),
+)
+BAD_RUNS = [study("sweep", *flags) for flags, _ in BAD_FLAGS]
+BACKGROUND = {"main_job": [MAIN_JOB, REFUSED, RESUMED], "bad_flag_runs": BAD_RUNS}
+
+
+@pytest.fixture
+def main_job(background_runs):
+    return tuple(background_runs.result(run) for run in (MAIN_JOB, REFUSED, RESUMED))
+
+
+@pytest.fixture
+def bad_flag_runs(background_runs):
+    return [background_runs.result(run).completed for run in BAD_RUNS]
 
 
 @pytest.mark.slow
-def test_main_job_writes_rows_report_and_plots_then_resumes(tmp_path, tmp_path_factory):
-    cache = compilation_cache(tmp_path_factory.getbasetemp())
-    completed = run_study(f"--output_dir={tmp_path}", *SMALL, env=cache)
+def test_main_job_writes_rows_report_and_plots_then_resumes(main_job):
+    first, refused, resumed = main_job
+    tmp_path, completed = refused.before, first.completed  # the main job's outputs, before the next command
     assert completed.returncode == 0, completed.stderr
     rows = sweep.read_rows(tmp_path / "results.jsonl")
     assert len(rows) == 18 and len({row["id"] for row in rows}) == 18
@@ -380,20 +389,15 @@ def test_main_job_writes_rows_report_and_plots_then_resumes(tmp_path, tmp_path_f
         assert (tmp_path / name).exists()
     assert "[12/12 runs]" in completed.stdout and "| 1 |" in completed.stdout
 
-    refused = run_study(f"--output_dir={tmp_path}", *SMALL, env=cache)
+    refused = refused.completed
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
-    resumed = run_study(f"--output_dir={tmp_path}", "--resume", *SMALL, env=cache)
+    resumed = resumed.completed
     assert resumed.returncode == 0, resumed.stderr
     assert "18 runs (0 trained now, 18 resumed" in resumed.stdout
-    assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 18
+    assert len(sweep.read_rows(first.dir / "results.jsonl")) == 18
 
 
-def test_bad_flags_are_one_line_and_exit_2():
-    for flags, message in (
-        (("--l2_range=1,0.1",), "--l2_range must be two numbers lo,hi with 0 < lo < hi"),
-        (("--resume",), "--resume needs --output_dir"),
-        (("--num_processes=2",), "--coordinator_address, --num_processes and --process_id go together"),
-    ):
-        completed = run_study(*flags)
+def test_bad_flags_are_one_line_and_exit_2(bad_flag_runs):
+    for (_, message), completed in zip(BAD_FLAGS, bad_flag_runs, strict=True):
         assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0, completed.stderr
         assert message in completed.stderr

@@ -1,20 +1,22 @@
 """The sweep across processes: killed and resumed, sharded over 2 forced host devices, 2 processes on 127.0.0.1.
 
 Each test runs ``tests/sweep_worker.py`` in fresh processes (XLA_FLAGS and the distributed runtime
-must be set before JAX starts) and compares its rows with the same tiny sweep run here.
+must be set before JAX starts) and compares its rows with the same tiny sweep run here. The workers
+start in the background (background.py) when the session starts, beside the other tests; the tests
+compare what they wrote with the reference run in this process.
 """
 
 import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from sweep_worker import assert_same_runs, compilation_cache, tiny_sweep, without_time
+from background import Run
+from sweep_worker import assert_same_runs, tiny_sweep, without_time
 
 from deepopt import sweep
 
@@ -22,10 +24,31 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sweep_worker.py"
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    return compilation_cache(tmp_path_factory.getbasetemp())
+# 5 configs × 2 seeds in chunks of 3 -> 4 runs: padded to a multiple of the 2 devices.
+SHARDED = Run((str(WORKER), "{dir}", "--chunk_size=3"), name="sharded", env=(
+    ("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()),
+))
+# Two worker processes on a free port of 127.0.0.1, started together by a small launcher (no JAX in it).
+TWO_PROCESSES_LAUNCHER = """
+import socket, subprocess, sys
+worker, out_dir = sys.argv[1:3]
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{probe.getsockname()[1]}"
+common = ("--chunk_size=2", f"--coordinator={address}", "--num_processes=2")
+processes = [subprocess.Popen([sys.executable, worker, out_dir, *common, f"--process_id={i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+try:
+    outputs = [process.communicate(timeout=240)[0] for process in processes]
+finally:
+    for process in processes:  # one past the timeout: stop both rather than leave one behind
+        if process.poll() is None:
+            process.kill()
+for i, (process, output) in enumerate(zip(processes, outputs)):
+    print(f"process {i} exited {process.returncode}:", output, file=sys.stderr)
+sys.exit(max(abs(process.returncode) for process in processes))
+"""
+TWO_PROCESSES = Run(("-c", TWO_PROCESSES_LAUNCHER, str(WORKER), "{dir}"), name="two-processes")
 
 
 def worker(out_dir: pathlib.Path, *args: str, env: dict) -> subprocess.Popen:
@@ -58,9 +81,14 @@ def file_rows(path: pathlib.Path) -> list[dict]:
     return rows
 
 
-def test_a_sweep_killed_mid_way_resumes_to_the_same_rows(tmp_path, reference, cache_env):
+def kill_then_resume(tmp_path: pathlib.Path) -> int:
+    """A worker killed once it has written a chunk, then the same worker again; returns the rows written before.
+
+    A background task (no JAX here): its assertion errors fail the test that reads it.
+    """
+    env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # cache every program: the restarted worker loads them
     path = tmp_path / "results.jsonl"
-    process = worker(tmp_path, "--chunk_size=2", "--sleep=0.3", env=cache_env)
+    process = worker(tmp_path, "--chunk_size=2", "--sleep=0.3", env=env)
     deadline = time.monotonic() + 240
     while (not path.exists() or path.read_text().count("\n") < 2) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0]
@@ -71,7 +99,22 @@ def test_a_sweep_killed_mid_way_resumes_to_the_same_rows(tmp_path, reference, ca
     written = path.read_text().count("\n")
     assert 2 <= written < 10, written
 
-    finish(worker(tmp_path, "--chunk_size=2", env=cache_env))
+    finish(worker(tmp_path, "--chunk_size=2", env=env))
+    return written
+
+
+KILLED = Run(task=kill_then_resume, name="killed")
+BACKGROUND = {"killed": [KILLED], "sharded": [SHARDED], "two_processes": [TWO_PROCESSES]}
+
+
+@pytest.fixture
+def killed(background_runs):
+    return background_runs.result(KILLED)
+
+
+def test_a_sweep_killed_mid_way_resumes_to_the_same_rows(killed, reference):
+    tmp_path, written = killed.dir, killed.value
+    path = tmp_path / "results.jsonl"
     record = json.loads((tmp_path / "rows-0.json").read_text())
     assert record["stats"]["runs_resumed"] == written and record["stats"]["runs_computed"] == 10 - written
     rows = file_rows(path)
@@ -79,10 +122,19 @@ def test_a_sweep_killed_mid_way_resumes_to_the_same_rows(tmp_path, reference, ca
     assert without_time(record["rows"]) == without_time(reference)  # same program, same device: the same bits
 
 
-def test_sharded_over_two_forced_host_devices_equals_one_device(tmp_path, reference, cache_env):
-    # 5 configs × 2 seeds in chunks of 3 -> 4 runs: padded to a multiple of the 2 devices.
-    env = {**cache_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    finish(worker(tmp_path, "--chunk_size=3", env=env))
+@pytest.fixture
+def sharded(background_runs):
+    return background_runs.result(SHARDED)
+
+
+@pytest.fixture
+def two_processes(background_runs):
+    return background_runs.result(TWO_PROCESSES)
+
+
+def test_sharded_over_two_forced_host_devices_equals_one_device(sharded, reference):
+    tmp_path, completed = sharded.dir, sharded.completed
+    assert completed.returncode == 0, completed.stdout + completed.stderr
     record = json.loads((tmp_path / "rows-0.json").read_text())
     assert record["stats"]["devices"] == 2 and record["stats"]["layout"][0]["chunk"] == 4
     assert record["trace_count"] == 1 and record["stats"]["compilations"] == 1
@@ -90,18 +142,9 @@ def test_sharded_over_two_forced_host_devices_equals_one_device(tmp_path, refere
     assert_same_runs(sweep.read_rows(tmp_path / "results.jsonl"), reference)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_two_local_processes_equal_one(tmp_path, reference, cache_env):
-    address = f"127.0.0.1:{free_port()}"
-    common = ("--chunk_size=2", f"--coordinator={address}", "--num_processes=2")
-    processes = [worker(tmp_path, *common, f"--process_id={i}", env=cache_env) for i in range(2)]
-    for process in processes:
-        finish(process)
+def test_two_local_processes_equal_one(two_processes, reference):
+    tmp_path, completed = two_processes.dir, two_processes.completed
+    assert completed.returncode == 0, completed.stderr
     first, second = (json.loads((tmp_path / f"rows-{i}.json").read_text()) for i in range(2))
     assert first["stats"]["processes"] == 2 and first["stats"]["devices"] == 2
     assert without_time(first["rows"]) == without_time(second["rows"])  # every process gets every row

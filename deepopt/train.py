@@ -755,27 +755,38 @@ def _fit_body(
     init_params: Params | None,
 ) -> tuple[TrainResult, EpochLog]:
     """The traced body of ``fit``: ``init_state``, ``advance(config.epochs)``, ``evaluate``; also the ``EpochLog``."""
-    dtype = train.X.dtype
     state = _init_state(config, hp, key, train.X, init_params)
     state, log = _advance(config, dropout, config.epochs, False, log_dev, hp, state, train, dev)
     params, bn_state = result_params(config, state)
+    result = TrainResult(params=params, costs=log.cost, dev_accuracies=log.dev_accuracy, bn_state=bn_state,
+                         **final_metrics(config, hp, state, train, dev))
+    return result, log
+
+
+def final_metrics(
+    config: Config, hp: HParams, state: TrainState, train: data_lib.Dataset, dev: data_lib.Dataset | None
+) -> dict[str, jax.Array]:
+    r"""``fit``'s per-run scalars of a state: what a ``TrainResult`` reports, traceable (no checks, no jit).
+
+    ``train_accuracy``, ``dev_accuracy`` (NaN without ``dev``), ``final_cost`` (:math:`\frac1m\sum_i\ell_i
+    + \frac{\lambda}{2m}\sum\|W\|^2` on the whole training set), ``diverged``, ``diverged_epoch``,
+    ``best_epoch``, ``stopped_epoch``, of the run's result (``result_params``). ``hp`` must be prepared
+    (``prepare_hparams``).
+    """
+    params, bn_state = result_params(config, state)
     on_train = _evaluate(config, params, bn_state, train)
     final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
+    dtype = train.X.dtype
     dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
-    result = TrainResult(
-        params=params,
-        costs=log.cost,
-        train_accuracy=on_train["accuracy"],
-        dev_accuracy=dev_accuracy,
-        final_cost=final_cost,
-        diverged=state.diverged,
-        diverged_epoch=state.diverged_epoch,
-        best_epoch=state.best_epoch,
-        stopped_epoch=state.stopped_epoch,
-        dev_accuracies=log.dev_accuracy,
-        bn_state=bn_state,
-    )
-    return result, log
+    return {
+        "train_accuracy": on_train["accuracy"],
+        "dev_accuracy": dev_accuracy,
+        "final_cost": final_cost,
+        "diverged": state.diverged,
+        "diverged_epoch": state.diverged_epoch,
+        "best_epoch": state.best_epoch,
+        "stopped_epoch": state.stopped_epoch,
+    }
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -272,7 +272,8 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
     assert isinstance(sweep.compile_count(), int)
 
 
-CHAIN = ("space", "samplers", "store", "planning", "engine", "analysis", "search")
+CHAIN = ("space", "samplers", "store", "planning", "engine", "analysis", "search", "states", "adaptive", "halving",
+         "population")
 
 
 def test_submodules_import_only_earlier_ones() -> None:

@@ -31,21 +31,26 @@ with a default to Config or HParams leaves every id unchanged. Files written wit
 (every field of the 9 Config and 15 HParams fields of that time) still resume: their rows are
 matched by each planned run's v1 id and given its v2 id in memory; new rows carry v2 ids.
 
-Distributions map a unit coordinate :math:`u \in [0, 1)` to a value:
+Distributions (``uniform``, ``log_uniform``, ``one_minus_log_uniform``, ``choice``, ``grid``) are
+defined in ``space``, with their formulas.
 
-- ``uniform(lo, hi)``: :math:`lo + u(hi - lo)`.
-- ``log_uniform(lo, hi)``: :math:`10^{\log_{10} lo + u(\log_{10} hi - \log_{10} lo)}`.
-- ``one_minus_log_uniform(lo, hi)``: :math:`1 - 10^{\log_{10} lo + u(\log_{10} hi - \log_{10} lo)}`,
-  so :math:`\beta \in [1 - hi, 1 - lo]` (``(1e-3, 1e-1)`` gives :math:`\beta \in [0.9, 0.999]`).
-- ``choice(values)`` / ``grid(values)``: ``values[floor(u · n)]``.
+The adaptive searches stop bad runs early or replace them, on runs that continue from their state
+(``train.TrainState``), in one compiled program per group and chunk shape (``states``):
+``successive_halving`` and ``hyperband`` (Li et al., 2018; ``halving``) and ``pbt``
+(population-based training; ``population``). Their rows record ``epochs_trained`` and the rung and
+bracket (or generation, parent and schedule); their states are checkpointed beside the results
+file, so a killed search resumes where it was (``adaptive``).
 
 Modules, each importing only from those before it:
 ``space`` (distributions, field names) -> ``samplers`` (ask/tell, Halton) -> ``store`` (rows,
 ids, resume, the writer's lock) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``engine`` (chunk sizes, compiled programs, the mesh, one chunk's execution) -> ``analysis``
-(``Results``, a row's Config / HParams / key) -> ``search`` (``run``, ``Progress``).
+(``Results``, a row's Config / HParams / key) -> ``search`` (``run``, ``Progress``) -> ``states``
+(the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
+-> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``).
 """
 
+from deepopt.sweep.adaptive import manifest_path, states_path
 from deepopt.sweep.analysis import LOWER_IS_BETTER, Results, config_of, hparams_of, key_of
 from deepopt.sweep.engine import (
     AUTO_CHUNK,
@@ -56,6 +61,8 @@ from deepopt.sweep.engine import (
     compile_count,
     working_set_bytes,
 )
+from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
+from deepopt.sweep.population import pbt, replay
 from deepopt.sweep.planning import Run, groups, legacy_ids, plan, seed_keys
 from deepopt.sweep.samplers import (
     SAMPLERS,
@@ -84,6 +91,7 @@ from deepopt.sweep.space import (
     traced_fields,
     uniform,
 )
+from deepopt.sweep.states import state_compile_count
 from deepopt.sweep.store import (
     ID_VERSION,
     V1_CONFIG_FIELDS,
@@ -102,6 +110,16 @@ from deepopt.sweep.store import (
 )
 
 __all__ = [
+    "hyperband",
+    "hyperband_brackets",
+    "manifest_path",
+    "pbt",
+    "replay",
+    "rung_epochs",
+    "rung_sizes",
+    "state_compile_count",
+    "states_path",
+    "successive_halving",
     "curves_path",
     "read_curves",
     "AUTO_CHUNK",

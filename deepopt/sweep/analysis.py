@@ -49,6 +49,8 @@ class Results:
       stats: bookkeeping of the call (groups, chunks, compilations, devices, seconds, runs computed).
       curves: ``{run id: {"cost", "dev_accuracy", "dev_cost": (epochs,) float32}}`` with
         ``curves=True`` (``curves_of`` stacks one config's seeds).
+      history: the adaptive searches' every row (each rung or generation of each run, in the order
+        trained); ``rows`` then holds each run's last one. Empty for ``sweep.run``.
     """
 
     rows: list[dict[str, Any]]
@@ -56,6 +58,19 @@ class Results:
     metric: str = "dev_accuracy"
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     curves: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def config_steps(self) -> int | None:
+        """The updates the search computed: runs × epochs trained × mini-batches per epoch (padding not counted)."""
+        value = self.stats.get("config_steps")
+        return None if value is None else int(value)
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the call that made these results, in seconds."""
+        value = self.stats.get("seconds")
+        return None if value is None else float(value)
 
     def curves_of(self, config_id: str) -> dict[str, np.ndarray]:
         """One config's learning curves over its seeds: ``{metric: (seeds, epochs)}`` (``sweep.run(curves=True)``).
@@ -70,7 +85,8 @@ class Results:
 
     def metric_names(self) -> list[str]:
         """The numeric per-run fields (accuracies, costs, epochs), in row order."""
-        skip = {"id", "config_id", "config_index", "seed", "key", "config", "hparams", "diverged", "seconds"}
+        skip = {"id", "config_id", "config_index", "seed", "key", "config", "hparams", "diverged", "seconds",
+                "run_id", "stage", "method", "parent", "schedule"}
         names: list[str] = []
         for row in self.rows:
             names += [
@@ -108,15 +124,21 @@ class Results:
     def best(self, k: int = 10) -> list[dict[str, Any]]:
         """The leaderboard: the top ``k`` configs by the seed-mean ``metric`` (ties: smaller spread over seeds first).
 
-        A config with a diverged seed ranks below every config without one.
+        A config with a diverged seed ranks below every config without one. In an adaptive search
+        (rows with ``epochs_trained``), configs trained to the full budget rank ahead of those cut early.
         """
         _check_count("k", k)
         sign = 1.0 if self.metric in LOWER_IS_BETTER or self.metric.endswith("cost") else -1.0
+        trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
+        full_budget = max(trained) if trained else None
 
         def rank(entry: dict[str, Any]) -> tuple:
             stats = entry.get(self.metric, {"mean": None, "std": None})
             missing = stats["mean"] is None
-            return (entry["diverged"] > 0, missing, 0.0 if missing else sign * stats["mean"], stats["std"] or 0.0)
+            epochs = entry.get("epochs_trained", {}).get("min") if full_budget is not None else None
+            cut_early = full_budget is not None and (epochs is None or epochs < full_budget)
+            return (entry["diverged"] > 0, cut_early, missing, 0.0 if missing else sign * stats["mean"],
+                    stats["std"] or 0.0)
 
         return sorted(self.by_config(), key=rank)[:k]
 

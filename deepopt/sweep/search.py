@@ -71,6 +71,12 @@ def _metric_fields(dev: Any, test: Any) -> tuple[str, ...]:
     )
 
 
+def _updates_per_run(config: train_lib.Config, num_examples: int) -> int:
+    """Mini-batch updates one run of ``config`` computes: epochs × batches per epoch (frozen runs included)."""
+    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
+    return config.epochs * -(-num_examples // batch)
+
+
 def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
     """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
     if split is None:
@@ -152,7 +158,8 @@ def run(
         before the chunk's rows. The training is the same bit for bit. A resumed run whose curves
         were never recorded (an earlier call without ``curves``) has none.
     Returns:
-      ``Results`` with one row per run in plan order (config-major, then seed).
+      ``Results`` with one row per run in plan order (config-major, then seed); ``config_steps``
+      counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
     """
     start = time.perf_counter()
     splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
@@ -256,6 +263,7 @@ def run(
             "processes": jax.process_count(),
             "seconds": time.perf_counter() - start,
             "layout": sweep.layout,
+            "config_steps": sum(_updates_per_run(config, len(splits[0].y)) * len(r) for config, r in grouped.items()),
         }
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         return Results(

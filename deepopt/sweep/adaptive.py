@@ -1,0 +1,564 @@
+"""What the adaptive searches share: the plan, the results file and its manifest, checkpoints, chunks of states.
+
+``Search`` is one call of ``successive_halving``, ``hyperband`` or ``pbt``: it validates the data
+and the space, plans every config × seed (``planning.plan``: the same ids as ``sweep.run``),
+holds the results file's lock, checks the search's manifest (``<results>.search.json``: the
+method and every argument that defines its runs; ``resume=True`` refuses a different one, naming
+what differs), and trains chunks of configs for some epochs from their states (``train_chunk``).
+
+A chunk's rows (one per run: the metrics at that point, ``epochs_trained`` and the method's own
+fields) are appended to the results file after its states are saved (``deepopt.checkpoint``,
+under ``<results>.states/``), so on resume a chunk whose rows are all in the file is skipped and
+its states are read back only if a later stage continues them: nothing but the chunk in flight is
+computed again, and no row is written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from deepopt import data as data_lib
+from deepopt import train as train_lib
+from deepopt.sweep import states as states_lib
+from deepopt.sweep.analysis import LOWER_IS_BETTER, Results
+from deepopt.sweep.engine import RUN_AXIS, _check_data, _global_array, _group_hparams
+from deepopt.sweep.planning import Run, _typed_key, groups, plan
+from deepopt.sweep.search import _as_dataset, _metric_fields
+from deepopt.sweep.space import _check_count, static_fields
+from deepopt.sweep.store import _append_rows, data_fingerprint, lock_results, read_rows
+
+MANIFEST_SUFFIX = ".search.json"
+STATES_SUFFIX = ".states"
+
+
+def manifest_path(results_path: str | os.PathLike) -> str:
+    """The search manifest beside ``results_path``: ``results.jsonl`` -> ``results.search.json``."""
+    path = os.fspath(results_path)
+    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + MANIFEST_SUFFIX
+
+
+def states_path(results_path: str | os.PathLike) -> str:
+    """The checkpoint directory beside ``results_path``: ``results.jsonl`` -> ``results.states/``."""
+    path = os.fspath(results_path)
+    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + STATES_SUFFIX
+
+
+class StageProgress(NamedTuple):
+    """One finished chunk of an adaptive search; ``str(progress)`` is the progress line."""
+
+    done: int  # run-stages finished (computed now or read back)
+    total: int  # run-stages the search plans
+    resumed: int
+    stage: str  # e.g. "bracket 0 rung 2 (9 epochs)", "generation 3"
+    chunks: int  # chunks computed so far in this call
+    runs_per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+
+    def __str__(self) -> str:
+        eta = f"{self.eta_seconds:.0f} s" if math.isfinite(self.eta_seconds) else "?"
+        resumed = f" ({self.resumed} resumed)" if self.resumed else ""
+        return (f"[{self.done}/{self.total} run-stages{resumed}] {self.stage}: {self.runs_per_second:.1f} runs/s, "
+                f"ETA {eta}")
+
+
+class Trial(NamedTuple):
+    """One config of the search and its runs (one per seed): ``position`` in the plan's config order."""
+
+    position: int
+    config_id: str
+    config_index: int
+    config: train_lib.Config
+    hparams: dict[str, Any]
+    runs: tuple[Run, ...]
+
+
+def rank_trials(
+    trials: Sequence[Trial], rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str
+) -> list[Trial]:
+    """``trials`` best first by the seed-mean ``metric`` of ``rows[position]``; ties: the earlier config.
+
+    A config with a diverged seed or no finite metric ranks below every other (accuracies: higher
+    is better; costs: lower).
+    """
+    sign = 1.0 if metric in LOWER_IS_BETTER or metric.endswith("cost") else -1.0
+
+    def key(trial: Trial) -> tuple:
+        values = [row.get(metric) for row in rows[trial.position]]
+        diverged = any(bool(row.get("diverged")) for row in rows[trial.position])
+        missing = any(v is None for v in values)
+        mean = 0.0 if missing else float(np.mean(np.asarray(values, np.float64)))
+        return (diverged or missing, sign * mean, trial.position)
+
+    return sorted(trials, key=key)
+
+
+def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: float, extra: Mapping[str, Any]) -> dict:
+    """The JSON row of one run at one stage (exactly what a resumed search reads back)."""
+    row: dict[str, Any] = {
+        "id": f"{run_.id}.{extra['stage']}",
+        "run_id": run_.id,
+        "config_id": run_.config_id,
+        "config_index": run_.config_index,
+        "seed": run_.seed,
+        "key": list(run_.key_data),
+        "config": train_lib.describe_config(run_.config),
+        "hparams": dict(run_.hparams),
+    }
+    for name, values in outputs.items():
+        value = values[index].item()
+        row[name] = None if isinstance(value, float) and not math.isfinite(value) else value
+    if not row.get("diverged", False):
+        row["diverged_epoch"] = None
+    row.update(extra)
+    row["seconds"] = seconds
+    return json.loads(json.dumps(row, allow_nan=False))
+
+
+def _describe_value(value: Any) -> Any:
+    """A JSON-able description of a space entry or argument (dataclasses as ``{kind: fields}``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {type(value).__name__: {f.name: _describe_value(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, (list, tuple)):
+        return [_describe_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _describe_value(v) for k, v in value.items()}
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if isinstance(value, (np.generic, np.ndarray)):
+        return np.asarray(value).tolist()
+    return repr(value)
+
+
+@dataclasses.dataclass
+class Search:
+    """One adaptive search call: validated inputs, the plan, the file, the compiled chunk programs, counters."""
+
+    method: str
+    config: train_lib.Config
+    space: dict[str, Any]
+    splits: tuple[data_lib.Dataset | None, ...]
+    key: jax.Array
+    seeds: int
+    metric: str
+    results_path: str | None
+    resume: bool
+    progress: Callable[[Any], None] | None
+    chunk_size: int | None
+    devices: tuple
+    trials: list[Trial]
+    arguments: dict[str, Any]
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    done: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    pool: states_lib.StatePool = dataclasses.field(default_factory=states_lib.StatePool)
+    chunks_per_group: dict[train_lib.Config, int] = dataclasses.field(default_factory=dict)
+    computed: int = 0
+    resumed: int = 0
+    chunks: int = 0
+    padded_runs: int = 0
+    compilations: int = 0
+    padded_config_steps: int = 0
+    device_data: list | None = None
+
+    # ---------------------------------------------------------------- setup
+
+    @classmethod
+    def create(
+        cls,
+        method: str,
+        base_config: train_lib.Config,
+        space: Mapping[str, Any],
+        train: data_lib.Dataset,
+        dev: data_lib.Dataset | None,
+        *,
+        key: jax.Array,
+        num_configs: int,
+        seeds: int,
+        metric: str,
+        max_epochs: int,
+        results_path: str | os.PathLike | None,
+        resume: bool,
+        progress: Callable[[Any], None] | None,
+        test: data_lib.Dataset | None,
+        sampler: str,
+        chunk_size: int | None,
+        devices: Sequence[Any] | None,
+        hparams: train_lib.HParams | None,
+        arguments: Mapping[str, Any],
+    ) -> Search:
+        """Check every argument (before anything compiles), plan the configs, check the data against each group."""
+        if not isinstance(base_config, train_lib.Config):
+            raise TypeError(f"config must be a deepopt.train.Config, got {type(base_config).__name__}")
+        splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
+        if splits[0] is None:
+            raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
+        allowed = _metric_fields(dev, test)
+        if metric not in allowed:
+            raise ValueError(
+                f"metric must be one of {list(allowed)} (dev_accuracy needs dev, test_accuracy needs test), got {metric!r}"
+            )
+        if not isinstance(resume, bool):
+            raise TypeError(f"resume must be a bool, got {resume!r}")
+        if chunk_size is not None:
+            chunk_size = _check_count("chunk_size", chunk_size)
+        if jax.process_count() > 1:
+            raise ValueError(f"{method} runs in one process (it has {jax.process_count()}); shard over its devices instead")
+        devices = tuple(jax.devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("devices must name at least one device, got an empty sequence")
+        key = _typed_key(key)
+        config = dataclasses.replace(base_config, epochs=max_epochs)
+        digest = data_fingerprint(*splits)
+        runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler, hparams=hparams,
+                    data_digest=digest)
+        _check_data(groups(runs), splits, key)
+        trials: list[Trial] = []
+        for start in range(0, len(runs), seeds):
+            first = runs[start]
+            trials.append(Trial(len(trials), first.config_id, first.config_index, first.config, dict(first.hparams),
+                                tuple(runs[start : start + seeds])))
+        description = {
+            "method": method,
+            **{name: _describe_value(value) for name, value in arguments.items()},
+            "seeds": seeds,
+            "metric": metric,
+            "sampler": sampler,
+            "config": _describe_value(train_lib.describe_config(config)),
+            "space": _describe_value(dict(space)),
+            "hparams": None if hparams is None else _describe_value(hparams._asdict()),
+            "key": [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)],
+            "data": digest,
+        }
+        return cls(
+            method=method, config=config, space=dict(space), splits=splits, key=key, seeds=seeds, metric=metric,
+            results_path=None if results_path is None else os.fspath(results_path), resume=resume,
+            progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
+        )
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Search]:
+        """Hold the results file's lock; check or write the manifest; read the rows already there (``resume``)."""
+        if self.results_path is None:
+            yield self
+            return
+        with lock_results(self.results_path):
+            manifest = manifest_path(self.results_path)
+            if self.resume and os.path.exists(manifest):
+                with open(manifest, encoding="utf-8") as stream:
+                    before = json.load(stream)
+                differ = sorted(name for name in set(before) | set(self.arguments)
+                                if before.get(name) != self.arguments.get(name))
+                if differ:
+                    raise ValueError(
+                        f"resume: {self.results_path} holds another search (its {', '.join(differ)} "
+                        f"{'differs' if len(differ) == 1 else 'differ'}: was "
+                        + "; ".join(f"{name}={before.get(name)!r}" for name in differ[:3])
+                        + "); use another results_path or resume=False"
+                    )
+            elif self.resume and os.path.getsize(self.results_path) > 0:
+                raise ValueError(
+                    f"resume: {self.results_path} holds rows but no {os.path.basename(manifest)}: "
+                    "it was not written by an adaptive search; use another results_path or resume=False"
+                )
+            if self.resume:
+                for row in read_rows(self.results_path, repair=True):
+                    self.done.setdefault(row["id"], row)
+            else:
+                with open(self.results_path, "w", encoding="utf-8") as stream:
+                    os.fsync(stream.fileno())
+                shutil.rmtree(states_path(self.results_path), ignore_errors=True)
+            tmp = manifest + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as stream:
+                json.dump(self.arguments, stream, indent=1, sort_keys=True)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp, manifest)
+            yield self
+
+    # ---------------------------------------------------------------- chunks
+
+    @property
+    def batches_per_epoch(self) -> int:
+        m = len(self.splits[0].y)
+        batch = m if self.config.batch_size is None else min(self.config.batch_size, m)
+        return -(-m // batch)
+
+    def configs_per_chunk(self, config: train_lib.Config, stages: Sequence[tuple[int, int]]) -> int:
+        """``C`` of a group: from ``chunk_size`` (runs per chunk), else the largest that keeps padding cheap.
+
+        ``stages`` lists ``(configs, epochs)`` of every call the search plans. Without ``chunk_size``,
+        ``C`` is the largest ``D · 2^k`` (``D`` devices, at most the first stage's configs) whose padded
+        work :math:`\\sum \\lceil n/C \\rceil C e` stays within 1.25 × the real work :math:`\\sum n e`.
+        Fixed for the whole search: one compiled program per group.
+        """
+        if config in self.chunks_per_group:
+            return self.chunks_per_group[config]
+        num_devices = len(self.devices)
+        round_up = lambda n, k: -(-n // k) * k  # noqa: E731
+        if self.chunk_size is not None:
+            chosen = round_up(max(self.chunk_size // self.seeds, 1), num_devices)
+        else:
+            real = sum(n * e for n, e in stages)
+            largest = max(n for n, _ in stages)
+            chosen = num_devices
+            candidate = 2 * num_devices
+            while candidate <= round_up(largest, num_devices):
+                padded = sum(round_up(n, candidate) * e for n, e in stages)
+                if padded > 1.25 * real:
+                    break
+                chosen, candidate = candidate, 2 * candidate
+        self.chunks_per_group[config] = chosen
+        return chosen
+
+    def _program(self, config: train_lib.Config, configs: int, dropout: bool) -> Any:
+        before = states_lib.state_compile_count()
+        compiled = states_lib._compile(
+            config, configs, self.seeds, str(jax.random.key_impl(self.key)),
+            tuple(np.asarray(jax.random.key_data(self.key)).shape), str(self.splits[0].X.dtype),
+            tuple(None if s is None else (s.X.shape, s.y.shape) for s in self.splits), self.devices,
+            self.splits[2] is not None, dropout,
+        )
+        self.compilations += states_lib.state_compile_count() - before
+        return compiled
+
+    def _data_on_devices(self, mesh: Mesh) -> list:
+        if self.device_data is None:
+            replicated = NamedSharding(mesh, P())
+            self.device_data = [
+                None if s is None
+                else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
+                for s in self.splits
+            ]
+        return self.device_data
+
+    def group_dropout(self, config: train_lib.Config) -> bool:
+        """Whether the group's program compiles dropout in: some config of it, or the space, can have keep_prob < 1."""
+        keep = [t.hparams["keep_prob"] for t in self.trials if t.config == config]
+        varying = "keep_prob" in self.space and not isinstance(self.space["keep_prob"], (int, float))
+        return varying or train_lib.resolve_dropout(np.asarray(keep, np.float64))
+
+    def train_chunk(
+        self,
+        members: Sequence[Trial],
+        *,
+        epochs: int,
+        fresh: bool,
+        stage: str,
+        extra: Callable[[Trial], dict[str, Any]],
+        hparams: Mapping[int, Mapping[str, Any]] | None = None,
+        stages: Sequence[tuple[int, int]],
+        label: str,
+        total: int,
+    ) -> list[list[dict[str, Any]]]:
+        """Train ``members`` (one group) for ``epochs`` from their states (``fresh``: from ``init_state``).
+
+        Returns each member's rows (one per seed). Rows already in the file (resume) are returned
+        as they are and nothing is computed; otherwise the chunk runs, its states are saved (with a
+        results file) and its rows appended. ``hparams`` overrides a member's hyperparameters
+        (PBT's explored values) by position.
+        """
+        config = members[0].config
+        if any(m.config != config for m in members):
+            raise ValueError("a chunk holds the configs of one group (one static Config)")
+        ids = [f"{run_.id}.{stage}" for m in members for run_ in m.runs]
+        if all(i in self.done for i in ids):
+            return self.recorded(members, stage, label, total)
+        configs = self.configs_per_chunk(config, stages)
+        if len(members) > configs:
+            raise ValueError(f"a chunk holds at most {configs} configs, got {len(members)}")
+        values = self.member_hparams(members, configs, hparams)
+        state_in = None if fresh else self.pool.gather([m.position for m in members], configs)
+        new_state, outputs, seconds = self.execute(members, configs, state_in, epochs, values)
+        positions = [m.position for m in members]
+        host_state = jax.device_get(new_state)
+        self.pool.scatter(positions, host_state)
+        if self.results_path is not None:
+            self.save_states(stage, positions, host_state)
+        return self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total)
+
+    def recorded(self, members: Sequence[Trial], stage: str, label: str, total: int) -> list[list[dict[str, Any]]]:
+        """The rows of ``members`` at ``stage`` read back from the file (resume): counted, reported, nothing computed."""
+        rows = [[self.done[f"{run_.id}.{stage}"] for run_ in m.runs] for m in members]
+        self.resumed += sum(len(r) for r in rows)
+        self.history += [row for member_rows in rows for row in member_rows]
+        self._report(label, total)
+        return rows
+
+    def member_hparams(
+        self, members: Sequence[Trial], configs: int, overrides: Mapping[int, Mapping[str, Any]] | None
+    ) -> list[dict[str, Any]]:
+        """Every HParams field of each chunk slot (``members`` then the last one repeated), with ``overrides`` by position."""
+        padded = list(members) + [members[-1]] * (configs - len(members))
+        return [dict(m.hparams) | dict((overrides or {}).get(m.position, {})) for m in padded]
+
+    def execute(
+        self, members: Sequence[Trial], configs: int, state_in: Any, epochs: int, values: Sequence[Mapping[str, Any]]
+    ) -> tuple[Any, dict[str, np.ndarray], float]:
+        """Run the group's program on one chunk: ``state_in`` (None: fresh) for ``epochs``; device states, scalars, s/run."""
+        config = members[0].config
+        compiled = self._program(config, configs, self.group_dropout(config))
+        mesh = Mesh(np.asarray(self.devices), (RUN_AXIS,))
+        fake_runs = [Run(0, "", "", 0, 0, config, dict(v), ()) for v in values]
+        hp_host = _group_hparams(fake_runs, config, np.dtype(self.splits[0].X.dtype))
+        key_host = np.asarray([run_.key_data for run_ in members[0].runs], np.uint32)
+        fresh = state_in is None
+        if fresh:
+            abstract = states_lib.state_shape(config, self.splits[0], key_host[0], str(jax.random.key_impl(self.key)))
+            state_in = states_lib.empty_states(abstract, (configs, self.seeds))
+        started = time.perf_counter()
+        new_state, outputs = states_lib.run_chunk(
+            compiled, mesh, hp_host, state_in, key_host, fresh, epochs, self._data_on_devices(mesh)
+        )
+        return new_state, outputs, (time.perf_counter() - started) / (len(members) * self.seeds)
+
+    def record(
+        self,
+        members: Sequence[Trial],
+        configs: int,
+        outputs: Mapping[str, np.ndarray],
+        values: Sequence[Mapping[str, Any]],
+        stage: str,
+        extra: Callable[[Trial], dict[str, Any]],
+        seconds: float,
+        epochs: int,
+        label: str,
+        total: int,
+    ) -> list[list[dict[str, Any]]]:
+        """Make the chunk's rows (one per member and seed), append them to the file, count and report them."""
+        rows: list[list[dict[str, Any]]] = []
+        for i, member in enumerate(members):
+            rows.append([
+                _row(run_._replace(hparams=dict(values[i])), outputs, i * self.seeds + s, seconds,
+                     {"stage": stage, **extra(member)})
+                for s, run_ in enumerate(member.runs)
+            ])
+        flat = [row for member_rows in rows for row in member_rows]
+        if self.results_path is not None:
+            _append_rows(self.results_path, flat)
+        self.done.update({row["id"]: row for row in flat})
+        self.history += flat
+        self.computed += len(flat)
+        self.chunks += 1
+        self.padded_runs += (configs - len(members)) * self.seeds
+        self.padded_config_steps += (configs - len(members)) * self.seeds * epochs * self.batches_per_epoch
+        self._report(label, total)
+        return rows
+
+    # ---------------------------------------------------------------- states on disk
+
+    def _checkpoint_dir(self, stage: str, positions: Sequence[int]) -> str:
+        return os.path.join(states_path(self.results_path), f"{stage}-{positions[0]:05d}")
+
+    def save_states(self, stage: str, positions: Sequence[int], chunk_state: Any) -> None:
+        from deepopt import checkpoint
+
+        tree = {"positions": np.asarray(positions, np.int32), "state": chunk_state}
+        checkpoint.save(self._checkpoint_dir(stage, positions), tree, overwrite=True)
+
+    def load_states(self, stage: str, members: Sequence[Trial], configs: int) -> Any:
+        """The chunk states ``(C, S, ...)`` (host arrays) saved for ``members`` at ``stage``; a clear error if missing."""
+        positions = [m.position for m in members]
+        path = self._checkpoint_dir(stage, positions)
+        config = members[0].config
+        from deepopt import checkpoint
+
+        key_data = np.asarray(members[0].runs[0].key_data, np.uint32)
+        abstract = states_lib.state_shape(config, self.splits[0], key_data, str(jax.random.key_impl(self.key)))
+        zeros = lambda leaf: np.zeros((configs, self.seeds, *leaf.shape), leaf.dtype)  # noqa: E731
+        like = {"positions": np.zeros(len(positions), np.int32), "state": jax.tree.map(zeros, abstract)}
+        try:
+            restored = checkpoint.restore(path, like=like)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"resume: the states of stage {stage} (configs {positions}) are not in {path}; "
+                "the results file and its states directory do not belong together: resume=False starts afresh"
+            ) from None
+        if list(np.asarray(restored["positions"])) != positions:
+            raise ValueError(f"resume: checkpoint {path} holds configs {list(restored['positions'])}, "
+                             f"expected {positions}")
+        return jax.tree.map(np.asarray, restored["state"])
+
+    def register_saved(self, stage: str, members: Sequence[Trial], configs: int) -> None:
+        """Members whose rows of ``stage`` were read back: their states load from that chunk's checkpoint on demand."""
+        if self.results_path is None:
+            return
+        positions = [m.position for m in members]
+        if all(p in self.pool.states for p in positions):
+            return
+
+        def load() -> dict[int, Any]:
+            state = self.load_states(stage, members, configs)
+            return {p: jax.tree.map(lambda leaf, i=i: leaf[i], state) for i, p in enumerate(positions)}
+
+        for position in positions:
+            if position not in self.pool.states:
+                self.pool.loaders[position] = load
+
+    def delete_states(self, stage: str) -> None:
+        """Remove the checkpoints of ``stage`` (no later stage continues them)."""
+        if self.results_path is None:
+            return
+        directory = states_path(self.results_path)
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.startswith(f"{stage}-"):
+                    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+    # ---------------------------------------------------------------- reporting
+
+    def _report(self, label: str, total: int) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        finished = self.computed + self.resumed
+        rate = self.computed / elapsed if elapsed > 0 else float("inf")
+        eta = (total - finished) / rate if rate > 0 else float("inf")
+        self.progress(StageProgress(finished, total, self.resumed, label, self.chunks, rate, eta, elapsed))
+
+    def results(self, final_rows: list[dict[str, Any]], extra_stats: Mapping[str, Any]) -> Results:
+        """``Results`` of the search: ``final_rows`` (each run's last row), the history, the stats."""
+        config_steps = sum(int(row["epochs_trained"]) for row in final_rows) * self.batches_per_epoch
+        stats = {
+            "method": self.method,
+            "runs": len(final_rows),
+            "configs": len(self.trials),
+            "seeds": self.seeds,
+            "groups": len({t.config for t in self.trials}),
+            "rows": len(self.history),
+            "runs_computed": self.computed,
+            "runs_resumed": self.resumed,
+            "chunks": self.chunks,
+            "configs_per_chunk": {str(i): c for i, c in enumerate(self.chunks_per_group.values())},
+            "padded_runs": self.padded_runs,
+            "padded_config_steps": self.padded_config_steps,
+            "compilations": self.compilations,
+            "devices": len(self.devices),
+            "processes": jax.process_count(),
+            "batches_per_epoch": self.batches_per_epoch,
+            "config_steps": config_steps,
+            "seconds": time.perf_counter() - self.start,
+            **extra_stats,
+        }
+        return Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
+                       history=list(self.history))
+
+
+def static_in_space(space: Mapping[str, Any]) -> list[str]:
+    """The static Config fields that ``space`` varies (a choice or grid over them)."""
+    from deepopt.sweep.space import _is_distribution
+
+    return [name for name, value in space.items() if name in static_fields() and _is_distribution(value)]

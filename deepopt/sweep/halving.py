@@ -1,0 +1,252 @@
+r"""Successive halving and Hyperband (Li et al., 2018) on runs that continue from their state.
+
+Successive halving with ``n`` configs, rungs of :math:`r_i = \min(r_0 \eta^i, R)` epochs: rung 0
+trains all ``n`` for :math:`r_0`; rung :math:`i+1` keeps the top :math:`\lfloor n_i/\eta \rfloor`
+(at least one), ranked on the seed-mean metric at rung ``i`` (ties: the earlier config), and
+advances them from their state to :math:`r_{i+1}` epochs. Nothing restarts: a survivor's last row
+is what the same config trained straight through for its epochs gives, bit for bit.
+
+Hyperband runs :math:`s_{max} + 1` brackets, :math:`s_{max} = \lfloor \log_\eta (R / r_{min}) \rfloor`:
+bracket :math:`s = s_{max}, \dots, 0` is a successive halving of
+:math:`n_s = \lceil \frac{s_{max}+1}{s+1} \eta^s \rceil` configs from :math:`r = R\eta^{-s}` epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from deepopt import data as data_lib
+from deepopt import train as train_lib
+from deepopt.sweep.adaptive import Search, Trial, rank_trials
+from deepopt.sweep.analysis import Results
+from deepopt.sweep.space import _check_count
+
+
+def _check_eta(eta: Any) -> int:
+    if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+        raise ValueError(f"eta must be an int >= 2 (keep the top 1/eta at each rung), got {eta!r}")
+    return eta
+
+
+def _check_epochs(min_epochs: Any, max_epochs: Any) -> tuple[int, int]:
+    min_epochs = _check_count("min_epochs", min_epochs)
+    max_epochs = _check_count("max_epochs", max_epochs)
+    if min_epochs > max_epochs:
+        raise ValueError(f"min_epochs must be <= max_epochs, got min_epochs={min_epochs}, max_epochs={max_epochs}")
+    return min_epochs, max_epochs
+
+
+def rung_epochs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
+    r"""The epochs each rung trains to: :math:`r_0 \eta^i` while below ``max_epochs``, then ``max_epochs``."""
+    epochs, current = [], min_epochs
+    while current < max_epochs:
+        epochs.append(current)
+        current *= eta
+    return epochs + [max_epochs]
+
+
+def rung_sizes(num_configs: int, rungs: int, eta: int) -> list[int]:
+    r"""Configs per rung: :math:`n_0 = n`, :math:`n_{i+1} = \max(\lfloor n_i / \eta \rfloor, 1)`."""
+    sizes = [num_configs]
+    for _ in range(rungs - 1):
+        sizes.append(max(sizes[-1] // eta, 1))
+    return sizes
+
+
+def hyperband_brackets(min_epochs: int, max_epochs: int, eta: int) -> list[dict[str, Any]]:
+    r"""Li et al.'s brackets: ``{"bracket", "s", "configs", "rungs" (epochs), "sizes", "budget" (config-epochs)}``.
+
+    :math:`R = ` ``max_epochs / min_epochs``, :math:`s_{max} = \lfloor\log_\eta R\rfloor`; bracket
+    ``b`` has :math:`s = s_{max} - b`, :math:`n = \lceil \frac{s_{max}+1}{s+1}\eta^s\rceil` configs
+    starting at :math:`\max(r_{min}, \mathrm{round}(R_{epochs}\,\eta^{-s}))` epochs.
+    """
+    ratio = max_epochs / min_epochs
+    s_max = int(math.floor(math.log(ratio) / math.log(eta) + 1e-9))
+    brackets = []
+    for b, s in enumerate(range(s_max, -1, -1)):
+        configs = int(math.ceil((s_max + 1) / (s + 1) * eta**s - 1e-9))
+        start = max(min_epochs, int(round(max_epochs / eta**s)))
+        rungs = rung_epochs(start, max_epochs, eta)
+        sizes = rung_sizes(configs, len(rungs), eta)
+        brackets.append({"bracket": b, "s": s, "configs": configs, "rungs": rungs, "sizes": sizes,
+                         "budget": _budget(sizes, rungs)})
+    return brackets
+
+
+def _budget(sizes: Sequence[int], rungs: Sequence[int]) -> int:
+    """Config-epochs of a halving: every rung's configs × the epochs it adds."""
+    return sum(n * (e - (rungs[i - 1] if i else 0)) for i, (n, e) in enumerate(zip(sizes, rungs)))
+
+
+def _stages(sizes: Sequence[int], rungs: Sequence[int]) -> list[tuple[int, int]]:
+    return [(n, e - (rungs[i - 1] if i else 0)) for i, (n, e) in enumerate(zip(sizes, rungs))]
+
+
+def _halve(
+    search: Search,
+    trials: Sequence[Trial],
+    rungs: Sequence[int],
+    eta: int,
+    bracket: int,
+    stages: Sequence[tuple[int, int]],
+    total: int,
+) -> dict[int, list[dict[str, Any]]]:
+    """One successive halving over ``trials``; returns each trial's last rows (by position)."""
+    last: dict[int, list[dict[str, Any]]] = {}
+    alive = list(trials)
+    for rung, target in enumerate(rungs):
+        if rung:
+            keep = max(len(alive) // eta, 1)
+            ranked = rank_trials(alive, last, search.metric)
+            alive = sorted(ranked[:keep], key=lambda t: t.position)
+            search.pool.drop([t.position for t in ranked[keep:]])
+        added = target - (rungs[rung - 1] if rung else 0)
+        stage = f"b{bracket}r{rung}"
+        by_group: dict[train_lib.Config, list[Trial]] = {}
+        for trial in alive:
+            by_group.setdefault(trial.config, []).append(trial)
+        for config, members in by_group.items():
+            configs = search.configs_per_chunk(config, stages)
+            for start in range(0, len(members), configs):
+                chunk = members[start : start + configs]
+                rows = search.train_chunk(
+                    chunk, epochs=added, fresh=rung == 0, stage=stage, stages=stages, total=total,
+                    label=f"bracket {bracket} rung {rung} ({target} epochs)",
+                    extra=lambda trial, rung=rung, target=target: {
+                        "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
+                    },
+                )
+                search.register_saved(stage, chunk, configs)
+                for trial, trial_rows in zip(chunk, rows):
+                    last[trial.position] = trial_rows
+        if rung:
+            search.delete_states(f"b{bracket}r{rung - 1}")
+    return last
+
+
+def successive_halving(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    num_configs: int,
+    min_epochs: int,
+    max_epochs: int,
+    eta: int = 3,
+    seeds: int = 1,
+    metric: str = "dev_accuracy",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    test: data_lib.Dataset | None = None,
+    sampler: str = "random",
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    hparams: train_lib.HParams | None = None,
+) -> Results:
+    r"""Successive halving of ``num_configs`` configs of ``space`` from ``min_epochs`` to ``max_epochs``.
+
+    Rungs train to :math:`r_0\eta^i` epochs (``rung_epochs``); each keeps the top
+    :math:`\lfloor n/\eta\rfloor` of the one before (seed-mean ``metric``, ties: the earlier config)
+    and advances them from their state. Every run trains under ``config`` with
+    ``epochs=max_epochs`` (schedules see the whole budget). One compiled program per group and
+    chunk shape serves every rung: survivors are re-packed into chunks of the same ``C`` configs
+    (``chunk_size`` runs; default: the largest power of two whose padding adds at most 25% work).
+
+    ``results_path``: every rung's rows (JSON lines: the metrics at that point, ``epochs_trained``,
+    ``rung``, ``bracket``) are appended as each chunk finishes, after its states are saved under
+    ``<results>.states/`` (``deepopt.checkpoint``); ``<results>.search.json`` records the arguments.
+    ``resume=True`` continues a killed search with the same arguments: finished chunks are read
+    back, their states restored when a later rung needs them; a different search there is refused.
+
+    Returns ``Results``: ``rows`` hold each run's last row (``best()`` ranks runs trained to
+    ``max_epochs`` first), ``history`` every row, ``config_steps`` the updates the search trained,
+    ``stats["brackets"]`` the rungs and their sizes.
+    """
+    eta = _check_eta(eta)
+    min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
+    num_configs = _check_count("num_configs", num_configs)
+    search = Search.create(
+        "successive_halving", config, space, train, dev, key=key, num_configs=num_configs, seeds=seeds,
+        metric=metric, max_epochs=max_epochs, results_path=results_path, resume=resume, progress=progress,
+        test=test, sampler=sampler, chunk_size=chunk_size, devices=devices, hparams=hparams,
+        arguments={"num_configs": num_configs, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
+    )
+    rungs = rung_epochs(min_epochs, max_epochs, eta)
+    sizes = rung_sizes(len(search.trials), len(rungs), eta)
+    stages = _stages(sizes, rungs)
+    bracket = {"bracket": 0, "s": len(rungs) - 1, "configs": len(search.trials), "rungs": rungs, "sizes": sizes,
+               "budget": _budget(sizes, rungs)}
+    with search.opened():
+        last = _halve(search, search.trials, rungs, eta, 0, stages, total=sum(sizes) * search.seeds)
+    final = [row for trial in search.trials for row in last[trial.position]]
+    return search.results(final, {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
+
+
+def hyperband(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    min_epochs: int,
+    max_epochs: int,
+    eta: int = 3,
+    seeds: int = 1,
+    metric: str = "dev_accuracy",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    test: data_lib.Dataset | None = None,
+    sampler: str = "random",
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    hparams: train_lib.HParams | None = None,
+) -> Results:
+    r"""Hyperband: the brackets of Li et al. (2018) (``hyperband_brackets``), each a successive halving.
+
+    Every bracket's configs are sampled up front, as one plan (``sum`` of the brackets' sizes;
+    bracket ``b`` takes the next ``n_b``), so ids are unique across brackets. The other arguments,
+    the files and resume are ``successive_halving``'s; one compiled program per group serves every
+    bracket and rung. ``stats["brackets"]`` records each bracket: its ``s``, configs, rung epochs
+    and sizes, planned ``budget`` in config-epochs and the ``config_steps`` it trained.
+    """
+    eta = _check_eta(eta)
+    min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
+    brackets = hyperband_brackets(min_epochs, max_epochs, eta)
+    search = Search.create(
+        "hyperband", config, space, train, dev, key=key, num_configs=sum(b["configs"] for b in brackets),
+        seeds=seeds, metric=metric, max_epochs=max_epochs, results_path=results_path, resume=resume,
+        progress=progress, test=test, sampler=sampler, chunk_size=chunk_size, devices=devices, hparams=hparams,
+        arguments={"min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
+    )
+    start, assigned = 0, []
+    for bracket in brackets:
+        members = search.trials[start : start + bracket["configs"]]
+        start += len(members)
+        bracket["configs"] = len(members)
+        bracket["sizes"] = rung_sizes(len(members), len(bracket["rungs"]), eta) if members else []
+        assigned.append(members)
+    stages = [stage for b in brackets if b["sizes"] for stage in _stages(b["sizes"], b["rungs"])]
+    total = sum(sum(b["sizes"]) for b in brackets) * search.seeds
+    last: dict[int, list[dict[str, Any]]] = {}
+    with search.opened():
+        for bracket, members in zip(brackets, assigned):
+            if not members:
+                continue
+            bracket_last = _halve(search, members, bracket["rungs"], eta, bracket["bracket"], stages, total)
+            last.update(bracket_last)
+            bracket["config_steps"] = (
+                sum(int(row["epochs_trained"]) for rows in bracket_last.values() for row in rows)
+                * search.batches_per_epoch
+            )
+    final = [row for trial in search.trials if trial.position in last for row in last[trial.position]]
+    return search.results(final, {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})

@@ -1,0 +1,260 @@
+r"""Population-based training (Jaderberg et al., 2017) in one vmapped program, the population kept on the devices.
+
+A population of ``P`` configs (× ``seeds``) trains ``interval`` epochs per generation. After each
+generation but the last, members are ranked on the seed-mean metric (ties: the earlier config);
+each of the bottom :math:`k = \lfloor \text{fraction} \cdot P \rfloor` copies the whole training
+state of a top-:math:`k` member drawn uniformly (**exploit**: parameters, optimizer state, batch
+norm statistics, epoch and step counters, early-stopping record; a gather on the devices), then
+**explores**: each hyperparameter the space varies is, with probability ``resample_probability``,
+drawn afresh from its distribution, else multiplied by a factor drawn from ``perturb`` and clipped
+to the distribution's range (for ``one_minus_log_uniform`` the factor multiplies :math:`1 - \beta`;
+a ``choice`` moves to a neighbouring value). The draws use a numpy generator seeded from
+``fold_in(key, EXPLORE_SALT)`` and the generation, so a search is a deterministic function of its
+arguments.
+
+Every run of one seed trains with the same key (as in ``sweep.run``), so the states a member
+inherits continue exactly as its own would have: replaying a member's recorded ``schedule``
+(``replay``) retrains it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from deepopt import data as data_lib
+from deepopt import train as train_lib
+from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
+from deepopt.sweep.analysis import Results, config_of, hparams_of, key_of
+from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
+
+EXPLORE_SALT = 0x9B7  # fold_in(key, EXPLORE_SALT): the exploit/explore draws, apart from plan's keys
+
+
+def _check_arguments(population: Any, epochs: Any, interval: Any, fraction: Any, perturb: Any,
+                     resample_probability: Any) -> tuple[int, int, int, float, tuple[float, ...], float]:
+    population = _check_count("population", population)
+    if population < 2:
+        raise ValueError(f"population must be at least 2 (members copy each other), got {population}")
+    epochs = _check_count("epochs", epochs)
+    interval = _check_count("interval", interval)
+    if interval > epochs:
+        raise ValueError(f"interval must be <= epochs, got interval={interval}, epochs={epochs}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
+        raise ValueError(f"fraction must be in (0, 0.5] (the bottom and top fractions), got {fraction!r}")
+    if math.floor(fraction * population) < 1:
+        raise ValueError(
+            f"fraction * population must be at least 1 member, got {fraction} * {population}: raise one of them"
+        )
+    if isinstance(perturb, (str, bytes)) or not isinstance(perturb, Sequence) or not perturb:
+        raise ValueError(f"perturb must be a non-empty sequence of factors > 0, got {perturb!r}")
+    factors = []
+    for factor in perturb:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"perturb must be a non-empty sequence of finite factors > 0, got {perturb!r}")
+        factors.append(float(factor))
+    if isinstance(resample_probability, bool) or not isinstance(resample_probability, (int, float)) or not (
+        0 <= resample_probability <= 1
+    ):
+        raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability!r}")
+    return population, epochs, interval, float(fraction), tuple(factors), float(resample_probability)
+
+
+def explore_value(
+    distribution: Any, value: Any, rng: np.random.Generator, perturb: Sequence[float], resample_probability: float
+) -> Any:
+    """One hyperparameter's new value: resampled from ``distribution`` or perturbed by a factor, inside its range."""
+    if rng.random() < resample_probability:
+        return distribution.sample(np.asarray([rng.random()]))[0]
+    factor = perturb[int(rng.integers(len(perturb)))]
+    if isinstance(distribution, Choice):
+        index = distribution.values.index(value)
+        step = 1 if factor > 1 else -1 if factor < 1 else 0
+        return distribution.values[min(max(index + step, 0), len(distribution.values) - 1)]
+    lo, hi = distribution.value_bounds
+    if isinstance(distribution, OneMinusLogUniform):
+        moved = 1.0 - (1.0 - float(value)) * factor
+    else:
+        moved = float(value) * factor
+    return float(min(max(moved, lo), hi))
+
+
+def _exploit(state: Any, source: jax.Array) -> Any:
+    """Member ``i`` takes member ``source[i]``'s state: a gather along the config axis, on the devices."""
+    return jax.tree.map(lambda leaf: leaf[source], state)
+
+
+_exploit_compiled = jax.jit(_exploit)
+
+
+def _segments_with(schedule: list[dict[str, Any]], segment: dict[str, Any]) -> list[dict[str, Any]]:
+    """``schedule`` plus ``segment``, merged into the last one when the same member trains with the same values."""
+    if schedule and schedule[-1]["member"] == segment["member"] and schedule[-1]["hparams"] == segment["hparams"] \
+            and schedule[-1]["to_epoch"] == segment["from_epoch"]:
+        return schedule[:-1] + [schedule[-1] | {"to_epoch": segment["to_epoch"]}]
+    return schedule + [segment]
+
+
+def pbt(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    population: int,
+    epochs: int,
+    interval: int,
+    fraction: float = 0.25,
+    perturb: Sequence[float] = (0.8, 1.25),
+    resample_probability: float = 0.25,
+    seeds: int = 1,
+    metric: str = "dev_accuracy",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    test: data_lib.Dataset | None = None,
+    sampler: str = "random",
+    devices: Sequence[Any] | None = None,
+    hparams: train_lib.HParams | None = None,
+) -> Results:
+    r"""Population-based training of ``population`` configs of ``space`` for ``epochs``, exploiting every ``interval``.
+
+    Generation ``g`` trains every member from epoch :math:`g \cdot` ``interval`` (the last one may be
+    shorter), then the bottom ``fraction`` copy a top-``fraction`` member's state and explore its
+    hyperparameters (see the module docstring). The space may vary traced hyperparameters only
+    (members of different static Configs could not copy each other). The whole population is one
+    chunk of one compiled program, its states stay on the devices between generations.
+
+    Rows (one per member, seed and generation): the metrics at the end of the generation,
+    ``generation``, ``epochs_trained``, ``parent`` (the ``config_id`` whose state the member took at
+    the start of the generation, or None), ``hparams`` (the values it trained with), and
+    ``schedule``: the lineage of its weights, ``[{"member", "from_epoch", "to_epoch", "hparams"}]``
+    (``replay`` retrains it). ``results_path``/``resume``: as ``successive_halving`` (each
+    generation's states are saved before its rows; a restart continues from the last generation
+    recorded). Returns ``Results`` whose ``rows`` are the last generation's.
+    """
+    population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
+        population, epochs, interval, fraction, perturb, resample_probability
+    )
+    static = static_in_space(space)
+    if static:
+        raise ValueError(
+            f"pbt varies traced hyperparameters only; space varies the static Config field(s) {static} "
+            "(members of different Configs cannot copy each other's state): fix them in config"
+        )
+    search = Search.create(
+        "pbt", config, space, train, dev, key=key, num_configs=population, seeds=seeds, metric=metric,
+        max_epochs=epochs, results_path=results_path, resume=resume, progress=progress, test=test,
+        sampler=sampler, chunk_size=None, devices=devices, hparams=hparams,
+        arguments={"population": population, "epochs": epochs, "interval": interval, "fraction": fraction,
+                   "perturb": list(perturb), "resample_probability": resample_probability},
+    )
+    members = search.trials
+    if len(members) < 2:
+        raise ValueError(f"pbt: the space gives only {len(members)} distinct config(s); it needs at least 2")
+    cut = max(math.floor(fraction * len(members)), 1)
+    num_devices = len(search.devices)
+    configs = -(-len(members) // num_devices) * num_devices
+    search.chunks_per_group[members[0].config] = configs
+    generations = -(-epochs // interval)
+    varying = {name: value for name, value in space.items() if isinstance(value, (Uniform, Choice))}
+    explore_key = jax.random.fold_in(search.key, EXPLORE_SALT)
+    total = generations * len(members) * search.seeds
+
+    current = {m.position: {name: m.hparams[name] for name in varying} for m in members}
+    schedules: dict[int, list[dict[str, Any]]] = {m.position: [] for m in members}
+    parents: dict[int, str | None] = {m.position: None for m in members}
+    lineage = []
+    source = list(range(configs))  # the last exploit: member i continues member source[i]'s state
+    device_state = None  # the population's states after the last generation trained here
+    saved_stage = None  # else: the stage whose checkpoint holds them (resume)
+    last_rows: dict[int, list[dict[str, Any]]] = {}
+    with search.opened():
+        for generation in range(generations):
+            start, end = generation * interval, min((generation + 1) * interval, epochs)
+            stage = f"g{generation}"
+            segments = {
+                m.position: _segments_with(schedules[m.position], {
+                    "member": m.config_id, "from_epoch": start, "to_epoch": end, "hparams": dict(current[m.position])
+                })
+                for m in members
+            }
+
+            def extra(member: Trial, generation=generation, end=end) -> dict[str, Any]:
+                return {"method": "pbt", "generation": generation, "epochs_trained": end,
+                        "parent": parents[member.position], "schedule": segments[member.position]}
+
+            ids = [f"{run_.id}.{stage}" for m in members for run_ in m.runs]
+            if all(i in search.done for i in ids):
+                rows = search.recorded(members, stage, f"generation {generation}", total)
+                device_state, saved_stage = None, stage
+            else:
+                if generation and device_state is None:  # resumed: the last recorded generation, then its exploit
+                    restored = search.load_states(saved_stage, members, configs)
+                    device_state = _exploit_compiled(restored, np.asarray(source, np.int32))
+                values = search.member_hparams(members, configs, current)
+                device_state, outputs, seconds = search.execute(
+                    members, configs, device_state if generation else None, end - start, values
+                )
+                if search.results_path is not None:
+                    search.save_states(stage, [m.position for m in members], jax.device_get(device_state))
+                rows = search.record(members, configs, outputs, values, stage, extra, seconds, end - start,
+                                     f"generation {generation}", total)
+            if generation:  # generation g is recorded: no restart needs g - 1's states again
+                search.delete_states(f"g{generation - 1}")
+            last_rows = {m.position: member_rows for m, member_rows in zip(members, rows)}
+            schedules = segments
+            if generation == generations - 1:
+                break
+            # exploit and explore, decided from the rows (the same whether trained now or read back)
+            rng = np.random.default_rng(
+                np.asarray(jax.random.key_data(jax.random.fold_in(explore_key, generation)), np.uint32)
+            )
+            ranked = rank_trials(members, last_rows, search.metric)
+            top, bottom = ranked[:cut], ranked[-cut:]
+            source = list(range(configs))
+            parents = {m.position: None for m in members}
+            for loser in bottom:
+                winner = top[int(rng.integers(len(top)))]
+                source[loser.position] = winner.position
+                parents[loser.position] = winner.config_id
+                schedules[loser.position] = list(schedules[winner.position])
+                current[loser.position] = {
+                    name: explore_value(varying[name], current[winner.position][name], rng, perturb,
+                                        resample_probability)
+                    for name in varying
+                }
+                lineage.append({"generation": generation, "epoch": end, "member": loser.config_id,
+                                "parent": winner.config_id, "hparams": dict(current[loser.position])})
+            if device_state is not None:
+                device_state = _exploit_compiled(device_state, np.asarray(source, np.int32))
+    final = [row for m in members for row in last_rows[m.position]]
+    return search.results(final, {"generations": generations, "interval": interval, "exploits": lineage,
+                                  "max_epochs": epochs})
+
+
+def replay(
+    row: Mapping[str, Any], train: data_lib.Dataset, dev: data_lib.Dataset | None = None, *, model: Any = None
+) -> train_lib.TrainState:
+    """Retrain the run of a PBT ``row`` from scratch by its ``schedule``: ``init_state``, then ``advance`` per segment.
+
+    The run's key, Config and base HParams come from the row (``key_of``, ``config_of``,
+    ``hparams_of``); each segment trains ``to_epoch - from_epoch`` epochs with its hyperparameters.
+    Pass another ``train`` (train plus dev) to retrain the winner's schedule on more data.
+    """
+    if "schedule" not in row:
+        raise ValueError("replay needs a pbt row (it has a 'schedule'); this row has none")
+    config = config_of(row, model)
+    base = hparams_of(row)
+    key = key_of(row)
+    state = train_lib.init_state(config, base, key, train)
+    for segment in row["schedule"]:
+        hp = base._replace(**segment["hparams"])
+        state, _ = train_lib.advance(config, hp, state, train, dev, epochs=segment["to_epoch"] - segment["from_epoch"])
+    return state

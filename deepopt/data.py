@@ -415,3 +415,35 @@ def load_digits(*, dtype: Any = np.float32) -> Dataset:
         ) from None
     digits = sklearn_load_digits()
     return Dataset((digits.data / 16.0).astype(dtype), digits.target.astype(np.int32))
+
+
+MNIST1D_TRAIN, MNIST1D_TEST = 4000, 1000
+
+
+def load_mnist1d(shuffle_seq: bool = False, *, dtype: Any = np.float32) -> tuple[Dataset, Dataset]:
+    """MNIST-1D (Greydanus 2020): ``(train, test)``, 4000 and 1000 sequences of 40 values, 10 classes.
+
+    Generated offline by the ``mnist1d`` package (``make_dataset(get_dataset_args())``, seed 42):
+    the package's canonical data set, cast to ``dtype``; nothing is downloaded. ``shuffle_seq=True``
+    is the paper's spatially shuffled variant (one fixed permutation of the 40 positions). The
+    package seeds numpy's global generator; its state is restored afterwards. Needs the ``datasets``
+    extra (``pip install -e '.[datasets]'``).
+    """
+    if not isinstance(shuffle_seq, bool):
+        raise TypeError(f"shuffle_seq must be a bool, got {shuffle_seq!r}")
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ImportError(
+            "data.load_mnist1d needs the mnist1d package: install the datasets extra with pip install -e '.[datasets]'"
+        ) from None
+    args = get_dataset_args()
+    args.shuffle_seq = shuffle_seq
+    saved = np.random.get_state()
+    try:
+        generated = make_dataset(args)
+    finally:
+        np.random.set_state(saved)
+    train = Dataset(np.asarray(generated["x"]).astype(dtype), np.asarray(generated["y"]).astype(np.int32))
+    test = Dataset(np.asarray(generated["x_test"]).astype(dtype), np.asarray(generated["y_test"]).astype(np.int32))
+    return train, test

@@ -219,6 +219,18 @@ def test_pbt_ranks_parents_in_the_top_and_children_in_the_bottom(population: swe
         assert {e["parent"] for e in chosen} <= set(ranked[:2])
 
 
+def test_static_choices_make_sub_populations_that_exploit_within_themselves() -> None:
+    train_set, dev_set = tiny_data()
+    space = {**SPACE, "activation": sweep.choice(["relu", "tanh"])}
+    results = sweep.pbt(ADAM, space, train_set, dev_set, key=jax.random.key(8), population=12, epochs=4, interval=2,
+                        fraction=0.25)
+    activation = {r["config_id"]: r["config"]["activation"] for r in results.history}
+    assert set(activation.values()) == {"relu", "tanh"} and results.stats["subpopulations"] == 2
+    assert results.stats["exploits"]
+    for exploit in results.stats["exploits"]:
+        assert activation[exploit["member"]] == activation[exploit["parent"]]
+
+
 def test_perturbed_values_stay_inside_the_space() -> None:
     rng = np.random.default_rng(0)
     spaces = [sweep.uniform(0.6, 1.0), sweep.log_uniform(1e-4, 1e-1), sweep.one_minus_log_uniform(1e-3, 1e-1)]
@@ -243,9 +255,9 @@ def test_pbt_rows_stay_inside_the_space(population: sweep.Results) -> None:
 def test_pbt_refuses_what_it_cannot_do() -> None:
     train_set, dev_set = tiny_data()
     common = dict(key=jax.random.key(0), epochs=4, interval=2)
-    with pytest.raises(ValueError, match="static Config field"):
-        sweep.pbt(ADAM, {**SPACE, "activation": sweep.choice(["relu", "tanh"])}, train_set, dev_set,
-                  population=4, **common)
+    with pytest.raises(ValueError, match="sub-population"):  # 4 members in 2 groups: a quarter of 2 is no one
+        sweep.pbt(ADAM, {**SPACE, "activation": sweep.grid(["relu", "tanh"])}, train_set, dev_set,
+                  population=4, sampler="random", **common)
     with pytest.raises(ValueError, match="fraction \\* population must be at least 1"):
         sweep.pbt(ADAM, SPACE, train_set, dev_set, population=3, **common)
     with pytest.raises(ValueError, match="interval must be <= epochs"):

@@ -31,7 +31,7 @@ from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
 from deepopt.sweep.analysis import Results, config_of, hparams_of, key_of
-from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
+from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
 
 EXPLORE_SALT = 0x9B7  # fold_in(key, EXPLORE_SALT): the exploit/explore draws, apart from plan's keys
 
@@ -127,9 +127,10 @@ def pbt(
 
     Generation ``g`` trains every member from epoch :math:`g \cdot` ``interval`` (the last one may be
     shorter), then the bottom ``fraction`` copy a top-``fraction`` member's state and explore its
-    hyperparameters (see the module docstring). The space may vary traced hyperparameters only
-    (members of different static Configs could not copy each other). The whole population is one
-    chunk of one compiled program, its states stay on the devices between generations.
+    hyperparameters (see the module docstring). A space that varies static Config fields (say the
+    optimizer) splits the population into sub-populations, one per static combination, each
+    exploiting within itself (their states cannot be copied across). Each sub-population is one
+    chunk of its group's compiled program; its states stay on the devices between generations.
 
     Rows (one per member, seed and generation): the metrics at the end of the generation,
     ``generation``, ``epochs_trained``, ``parent`` (the ``config_id`` whose state the member took at
@@ -142,12 +143,6 @@ def pbt(
     population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
         population, epochs, interval, fraction, perturb, resample_probability
     )
-    static = static_in_space(space)
-    if static:
-        raise ValueError(
-            f"pbt varies traced hyperparameters only; space varies the static Config field(s) {static} "
-            "(members of different Configs cannot copy each other's state): fix them in config"
-        )
     search = Search.create(
         "pbt", config, space, train, dev, key=key, num_configs=population, seeds=seeds, metric=metric,
         max_epochs=epochs, results_path=results_path, resume=resume, progress=progress, test=test,
@@ -155,60 +150,72 @@ def pbt(
         arguments={"population": population, "epochs": epochs, "interval": interval, "fraction": fraction,
                    "perturb": list(perturb), "resample_probability": resample_probability},
     )
-    members = search.trials
-    if len(members) < 2:
-        raise ValueError(f"pbt: the space gives only {len(members)} distinct config(s); it needs at least 2")
-    cut = max(math.floor(fraction * len(members)), 1)
+    subpopulations: dict[train_lib.Config, list[Trial]] = {}
+    for trial in search.trials:
+        subpopulations.setdefault(trial.config, []).append(trial)
+    for group, members in subpopulations.items():
+        if math.floor(fraction * len(members)) < 1:
+            choices = {name: getattr(group, name) for name in static_in_space(space)}
+            raise ValueError(
+                f"pbt: the sub-population {choices or 'of the space'} has {len(members)} member(s); "
+                f"fraction={fraction} of it is less than one member: raise population or fraction"
+            )
     num_devices = len(search.devices)
-    configs = -(-len(members) // num_devices) * num_devices
-    search.chunks_per_group[members[0].config] = configs
+    slots = {group: -(-len(members) // num_devices) * num_devices for group, members in subpopulations.items()}
+    search.chunks_per_group.update(slots)
     generations = -(-epochs // interval)
-    varying = {name: value for name, value in space.items() if isinstance(value, (Uniform, Choice))}
+    varying = {  # the traced hyperparameters PBT explores (static choices stay with their sub-population)
+        name: value for name, value in space.items()
+        if isinstance(value, (Uniform, Choice)) and name not in static_fields()
+    }
     explore_key = jax.random.fold_in(search.key, EXPLORE_SALT)
-    total = generations * len(members) * search.seeds
+    total = generations * len(search.trials) * search.seeds
 
-    current = {m.position: {name: m.hparams[name] for name in varying} for m in members}
-    schedules: dict[int, list[dict[str, Any]]] = {m.position: [] for m in members}
-    parents: dict[int, str | None] = {m.position: None for m in members}
+    everyone = search.trials
+    current = {m.position: {name: m.hparams[name] for name in varying} for m in everyone}
+    schedules: dict[int, list[dict[str, Any]]] = {m.position: [] for m in everyone}
+    parents: dict[int, str | None] = {m.position: None for m in everyone}
     lineage = []
-    source = list(range(configs))  # the last exploit: member i continues member source[i]'s state
-    device_state = None  # the population's states after the last generation trained here
-    saved_stage = None  # else: the stage whose checkpoint holds them (resume)
+    sources = {group: list(range(slots[group])) for group in subpopulations}  # slot i continues slot source[i]
+    device_states: dict[train_lib.Config, Any] = {}  # each sub-population's states after the last generation
+    saved_stage = None  # the stage whose checkpoints hold them when a resumed search read that generation back
     last_rows: dict[int, list[dict[str, Any]]] = {}
     with search.opened():
         for generation in range(generations):
             start, end = generation * interval, min((generation + 1) * interval, epochs)
-            stage = f"g{generation}"
+            stage, label = f"g{generation}", f"generation {generation} (epochs {start}-{end})"
             segments = {
                 m.position: _segments_with(schedules[m.position], {
                     "member": m.config_id, "from_epoch": start, "to_epoch": end, "hparams": dict(current[m.position])
                 })
-                for m in members
+                for m in everyone
             }
 
             def extra(member: Trial, generation=generation, end=end) -> dict[str, Any]:
                 return {"method": "pbt", "generation": generation, "epochs_trained": end,
                         "parent": parents[member.position], "schedule": segments[member.position]}
 
-            ids = [f"{run_.id}.{stage}" for m in members for run_ in m.runs]
-            if all(i in search.done for i in ids):
-                rows = search.recorded(members, stage, f"generation {generation}", total)
-                device_state, saved_stage = None, stage
-            else:
-                if generation and device_state is None:  # resumed: the last recorded generation, then its exploit
-                    restored = search.load_states(saved_stage, members, configs)
-                    device_state = _exploit_compiled(restored, np.asarray(source, np.int32))
-                values = search.member_hparams(members, configs, current)
-                device_state, outputs, seconds = search.execute(
-                    members, configs, device_state if generation else None, end - start, values
-                )
-                if search.results_path is not None:
-                    search.save_states(stage, [m.position for m in members], jax.device_get(device_state))
-                rows = search.record(members, configs, outputs, values, stage, extra, seconds, end - start,
-                                     f"generation {generation}", total)
+            for group, members in subpopulations.items():
+                configs = slots[group]
+                if all(f"{run_.id}.{stage}" in search.done for m in members for run_ in m.runs):
+                    rows = search.recorded(members, stage, label, total)
+                    device_states.pop(group, None)
+                else:
+                    state = device_states.get(group)
+                    if generation and state is None:  # resumed: the last generation read back, then its exploit
+                        restored = search.load_states(saved_stage, members, configs)
+                        state = _exploit_compiled(restored, np.asarray(sources[group], np.int32))
+                    values = search.member_hparams(members, configs, current)
+                    state, outputs, seconds = search.execute(members, configs, state, end - start, values)
+                    device_states[group] = state
+                    if search.results_path is not None:
+                        search.save_states(stage, [m.position for m in members], jax.device_get(state))
+                    rows = search.record(members, configs, outputs, values, stage, extra, seconds, end - start,
+                                         label, total)
+                last_rows.update({m.position: member_rows for m, member_rows in zip(members, rows)})
+            saved_stage = stage
             if generation:  # generation g is recorded: no restart needs g - 1's states again
                 search.delete_states(f"g{generation - 1}")
-            last_rows = {m.position: member_rows for m, member_rows in zip(members, rows)}
             schedules = segments
             if generation == generations - 1:
                 break
@@ -216,27 +223,30 @@ def pbt(
             rng = np.random.default_rng(
                 np.asarray(jax.random.key_data(jax.random.fold_in(explore_key, generation)), np.uint32)
             )
-            ranked = rank_trials(members, last_rows, search.metric)
-            top, bottom = ranked[:cut], ranked[-cut:]
-            source = list(range(configs))
-            parents = {m.position: None for m in members}
-            for loser in bottom:
-                winner = top[int(rng.integers(len(top)))]
-                source[loser.position] = winner.position
-                parents[loser.position] = winner.config_id
-                schedules[loser.position] = list(schedules[winner.position])
-                current[loser.position] = {
-                    name: explore_value(varying[name], current[winner.position][name], rng, perturb,
-                                        resample_probability)
-                    for name in varying
-                }
-                lineage.append({"generation": generation, "epoch": end, "member": loser.config_id,
-                                "parent": winner.config_id, "hparams": dict(current[loser.position])})
-            if device_state is not None:
-                device_state = _exploit_compiled(device_state, np.asarray(source, np.int32))
-    final = [row for m in members for row in last_rows[m.position]]
+            parents = {m.position: None for m in everyone}
+            for group, members in subpopulations.items():
+                cut = math.floor(fraction * len(members))
+                slot = {m.position: i for i, m in enumerate(members)}
+                ranked = rank_trials(members, last_rows, search.metric)
+                top, bottom = ranked[:cut], ranked[-cut:]
+                sources[group] = list(range(slots[group]))
+                for loser in bottom:
+                    winner = top[int(rng.integers(len(top)))]
+                    sources[group][slot[loser.position]] = slot[winner.position]
+                    parents[loser.position] = winner.config_id
+                    schedules[loser.position] = list(schedules[winner.position])
+                    current[loser.position] = {
+                        name: explore_value(varying[name], current[winner.position][name], rng, perturb,
+                                            resample_probability)
+                        for name in varying
+                    }
+                    lineage.append({"generation": generation, "epoch": end, "member": loser.config_id,
+                                    "parent": winner.config_id, "hparams": dict(current[loser.position])})
+                if group in device_states:  # the copy, on the devices
+                    device_states[group] = _exploit_compiled(device_states[group], np.asarray(sources[group], np.int32))
+    final = [row for m in everyone for row in last_rows[m.position]]
     return search.results(final, {"generations": generations, "interval": interval, "exploits": lineage,
-                                  "max_epochs": epochs})
+                                  "subpopulations": len(subpopulations), "max_epochs": epochs})
 
 
 def replay(

@@ -10,6 +10,10 @@ plots go to ``report.md``.
 
     python -m experiments.sweep [--num_configs 256] [--num_seeds 2] [--output_dir DIR] [--resume]
 
+``--search=hyperband`` runs Li et al.'s brackets (``sweep.hyperband``) from ``--min_epochs`` to
+``--epochs`` instead, ``--search=pbt`` population-based training (``sweep.pbt``) of
+``--num_configs`` members, one sub-population per optimizer; neither has a zoomed round.
+
 Scale-out: ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (or ``--host_devices N``)
 shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_processes P
 --process_id I`` joins P processes (hosts) into one global mesh; process 0 writes the files.
@@ -56,7 +60,17 @@ flags.DEFINE_string("init", "he", "Initialization scheme.")
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
 flags.DEFINE_integer("epochs", 400, "Epochs per run.", lower_bound=1)
 flags.DEFINE_list("optimizers", ["momentum", "rmsprop", "adam"], "Optimizers to choose from (one compilation each).")
-flags.DEFINE_enum("sampler", "random", ["random", "quasi"], "Random search or scrambled-Halton quasi-random search.")
+flags.DEFINE_enum(
+    "search", "random", ["random", "quasi", "hyperband", "pbt"],
+    "random / quasi: --num_configs full runs, then a zoomed round; hyperband: Li et al.'s brackets from --min_epochs "
+    "to --epochs; pbt: population-based training of --num_configs members (one sub-population per optimizer).",
+)
+flags.DEFINE_enum("sampler", "random", ["random", "quasi"], "How configs are sampled: i.i.d. or scrambled Halton "
+                  "(--search=quasi is --search=random --sampler=quasi).")
+flags.DEFINE_integer("min_epochs", None, "hyperband: epochs of the first rung (default --epochs // 27).", lower_bound=1)
+flags.DEFINE_integer("eta", 3, "hyperband: keep the top 1/eta at each rung.", lower_bound=2)
+flags.DEFINE_integer("interval", None, "pbt: epochs between exploits (default --epochs // 10).", lower_bound=1)
+flags.DEFINE_float("fraction", 0.25, "pbt: the bottom fraction copies the top fraction.")
 flags.DEFINE_integer("num_configs", 256, "Configs of the coarse round.", lower_bound=1)
 flags.DEFINE_integer("num_seeds", 2, "Keys per config (mean and spread over seeds).", lower_bound=1)
 flags.DEFINE_list("learning_rate_range", ["1e-4", "1"], "Log-uniform range of the learning rate.")
@@ -112,6 +126,15 @@ _range_validator("one_minus_beta_range", 0.0, 1.0, "0 < lo < hi <= 1")
 _range_validator("l2_range", 0.0, None, "0 < lo < hi")
 _range_validator("keep_prob_range", 0.0, 1.0, "0 < lo < hi <= 1")
 flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
+flags.register_validator("fraction", lambda value: 0 < value <= 0.5, message="--fraction must be in (0, 0.5]")
+flags.register_multi_flags_validator(
+    ["min_epochs", "epochs"], lambda v: v["min_epochs"] is None or v["min_epochs"] <= v["epochs"],
+    message="--min_epochs must be <= --epochs",
+)
+flags.register_multi_flags_validator(
+    ["interval", "epochs"], lambda v: v["interval"] is None or v["interval"] <= v["epochs"],
+    message="--interval must be <= --epochs",
+)
 flags.register_validator(
     "bayes_error", lambda value: value is None or 0 <= value < 1, message="--bayes_error must be in [0, 1)"
 )
@@ -449,11 +472,16 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         sweep.check_space(space)
     except ValueError as error:
         raise common.StudyInputError(str(error)) from None
+    sampler = "quasi" if FLAGS.search == "quasi" else FLAGS.sampler
+    if FLAGS.search in ("hyperband", "pbt"):
+        run_adaptive(writer, output_dir, results_path, base, space, (train_set, dev_set, test_set), coarse_key,
+                     layer_sizes, sampler, say)
+        return
     search = functools.partial(  # one round: everything but the space, the key and the size
         sweep.run,
         base,
         seeds=FLAGS.num_seeds,
-        sampler=FLAGS.sampler,
+        sampler=sampler,
         results_path=results_path,
         chunk_size=FLAGS.chunk_size,
         memory_budget_bytes=int(FLAGS.memory_budget_mb * 2**20) or None,
@@ -463,7 +491,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     )
     say(
         f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
-        f"{FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds ({FLAGS.sampler}) + {FLAGS.zoom_configs} zoomed, "
+        f"{FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds ({sampler}) + {FLAGS.zoom_configs} zoomed, "
         f"{len(jax.devices())} device(s) in {jax.process_count()} process(es), data: {common.data_source()}"
     )
 
@@ -477,9 +505,73 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             )
     except ValueError as error:  # a user's data that does not fit the net, a budget below one run
         raise common.StudyInputError(str(error)) from None
-    if not writer:
-        return
+    if writer:
+        method = (
+            f"Round 1: {sampler} search of {FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds over:",
+            f"Round 2: {FLAGS.zoom_configs} configs in the box around the top {FLAGS.zoom_top_k}:",
+        )
+        write_summaries(output_dir, rounds, space, fine_space, method, layer_sizes, (train_set, dev_set, test_set),
+                        sampler, say)
 
+
+def run_adaptive(
+    writer: bool,
+    output_dir: pathlib.Path | None,
+    results_path: pathlib.Path | None,
+    base: train.Config,
+    space: dict[str, Any],
+    splits: tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset],
+    key: jax.Array,
+    layer_sizes: tuple[int, ...],
+    sampler: str,
+    say: Any,
+) -> None:
+    """``--search=hyperband`` or ``pbt``: one adaptive search (no zoomed round), then the same summaries."""
+    train_set, dev_set, test_set = splits
+    if jax.process_count() > 1:
+        raise common.StudyInputError(f"--search={FLAGS.search} runs in one process; drop --num_processes")
+    common_args = dict(key=key, seeds=FLAGS.num_seeds, sampler=sampler, results_path=results_path,
+                       resume=FLAGS.resume, test=test_set, progress=say)
+    try:
+        if FLAGS.search == "hyperband":
+            min_epochs = FLAGS.min_epochs or max(FLAGS.epochs // 27, 1)
+            brackets = sweep.hyperband_brackets(min_epochs, FLAGS.epochs, FLAGS.eta)
+            say(f"{STUDY}: hyperband over net {'-'.join(map(str, layer_sizes))}, {len(brackets)} brackets "
+                f"({', '.join(str(b['configs']) for b in brackets)} configs) from {min_epochs} to {FLAGS.epochs} "
+                f"epochs, eta {FLAGS.eta}, {FLAGS.num_seeds} seeds, data: {common.data_source()}")
+            results = sweep.hyperband(base, space, train_set, dev_set, min_epochs=min_epochs, max_epochs=FLAGS.epochs,
+                                      eta=FLAGS.eta, **common_args)
+            method = (f"Hyperband ({sampler} sampling), {len(brackets)} brackets from {min_epochs} to {FLAGS.epochs} "
+                      f"epochs (eta {FLAGS.eta}), {FLAGS.num_seeds} seeds per config, over:",)
+        else:
+            interval = FLAGS.interval or max(FLAGS.epochs // 10, 1)
+            say(f"{STUDY}: pbt over net {'-'.join(map(str, layer_sizes))}, {FLAGS.num_configs} members "
+                f"(one sub-population per optimizer), {FLAGS.epochs} epochs, exploit every {interval}, "
+                f"{FLAGS.num_seeds} seeds, data: {common.data_source()}")
+            results = sweep.pbt(base, space, train_set, dev_set, population=FLAGS.num_configs, epochs=FLAGS.epochs,
+                                interval=interval, fraction=FLAGS.fraction, **common_args)
+            method = (f"Population-based training: {FLAGS.num_configs} members ({sampler} initial sampling, one "
+                      f"sub-population per optimizer), {FLAGS.epochs} epochs, the bottom {FLAGS.fraction:g} copying "
+                      f"the top every {interval} epochs, {FLAGS.num_seeds} seeds per member, over:",)
+    except ValueError as error:
+        raise common.StudyInputError(str(error)) from None
+    if writer:
+        write_summaries(output_dir, [results], space, None, method, layer_sizes, splits, sampler, say)
+
+
+def write_summaries(
+    output_dir: pathlib.Path,
+    rounds: list[sweep.Results],
+    space: dict[str, Any],
+    fine_space: dict[str, Any] | None,
+    method: tuple[str, ...],
+    layer_sizes: tuple[int, ...],
+    splits: tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset],
+    sampler: str,
+    say: Any,
+) -> None:
+    """The leaderboard, the winner's verdict, the cost, results.csv / results.json / report.md and the plots."""
+    train_set, dev_set, test_set = splits
     combined = sweep.Results(
         rows=[row for r in rounds for row in r.rows],
         space=space,
@@ -502,11 +594,21 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         f"{'at most ' if not bayes_known else ''}{diagnosis.avoidable_bias:+.1%}, "
         f"variance {diagnosis.variance:+.1%} -> {diagnosis.verdict}. Next: {'; '.join(diagnosis.advice)}."
     )
-    timing = (
-        f"{runs} runs ({computed} trained now, {runs - computed} resumed, {diverged} diverged) in {seconds:.1f} s "
-        f"({computed / seconds:.1f} runs/s including {sum(r.stats['compilations'] for r in rounds)} compilations) "
-        f"on {rounds[0].stats['devices']} device(s), {rounds[0].stats['processes']} process(es)."
-    )
+    if fine_space is None:  # an adaptive search: rows are run-stages, the work is counted in config-steps
+        stats = rounds[0].stats
+        full = len({row["config_id"] for row in combined.rows}) * FLAGS.num_seeds * FLAGS.epochs
+        timing = (
+            f"{stats['rows']} run-stages of {runs} runs ({stats['runs_computed']} trained now, {stats['runs_resumed']} "
+            f"resumed, {diverged} runs diverged), {rounds[0].config_steps} config-steps "
+            f"({rounds[0].config_steps / (full * stats['batches_per_epoch']):.2f}× these configs at the full budget) "
+            f"in {seconds:.1f} s including {stats['compilations']} compilations, on {stats['devices']} device(s)."
+        )
+    else:
+        timing = (
+            f"{runs} runs ({computed} trained now, {runs - computed} resumed, {diverged} diverged) in {seconds:.1f} s "
+            f"({computed / seconds:.1f} runs/s including {sum(r.stats['compilations'] for r in rounds)} compilations) "
+            f"on {rounds[0].stats['devices']} device(s), {rounds[0].stats['processes']} process(es)."
+        )
     say("\n" + table + "\n\n" + verdict + "\n" + timing)
 
     combined.to_csv(output_dir / "results.csv")
@@ -524,7 +626,8 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         "batch_size": FLAGS.batch_size,
         "epochs": FLAGS.epochs,
         "optimizers": FLAGS.optimizers,
-        "sampler": FLAGS.sampler,
+        "search": FLAGS.search,
+        "sampler": sampler,
         "num_configs": FLAGS.num_configs,
         "num_seeds": FLAGS.num_seeds,
         "zoom_top_k": FLAGS.zoom_top_k,
@@ -543,7 +646,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             "study": STUDY,
             "settings": settings_record,
             "space": describe(space),
-            "zoomed_space": describe(fine_space),
+            "zoomed_space": None if fine_space is None else describe(fine_space),
             "leaderboard": top,
             "diagnosis": diagnosis._asdict(),
             "bayes_error": {"value": bayes_error, "source": bayes_source, "known": bayes_known},
@@ -551,7 +654,9 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             "timing": timing,
             "rounds": [r.stats for r in rounds],
             "plots": plots,
-            "files": ["results.jsonl", "results.curves.jsonl", "results.csv", "report.md", MANIFEST, *plots],
+            "files": ["results.jsonl", *(("results.curves.jsonl",) if fine_space is not None else
+                                          ("results.search.json", "results.states/")),
+                      "results.csv", "report.md", MANIFEST, *plots],
         },
     )
     report = [
@@ -561,16 +666,18 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             f"Net {'-'.join(map(str, layer_sizes))} ({FLAGS.activation}, {FLAGS.init} init), mini-batches of "
             f"{FLAGS.batch_size}, {FLAGS.epochs} epochs. Data: {settings_record['data']} "
             f"({len(train_set.y)} train / {len(dev_set.y)} dev / {len(test_set.y)} test). "
-            f"Round 1: {FLAGS.sampler} search of {FLAGS.num_configs} configs × {FLAGS.num_seeds} seeds over:"
+            + method[0]
         ),
         "",
         *[f"- {line}" for line in describe(space)],
         "",
-        f"Round 2: {FLAGS.zoom_configs} configs in the box around the top {FLAGS.zoom_top_k}:",
-        "",
-        *[f"- {line}" for line in describe(fine_space)],
-        "",
-        "## Leaderboard (mean ± std over seeds, ranked by dev accuracy)",
+        *(
+            [method[1], "", *[f"- {line}" for line in describe(fine_space)], ""]
+            if fine_space is not None
+            else []
+        ),
+        "## Leaderboard (mean ± std over seeds, ranked by dev accuracy"
+        + (")" if fine_space is not None else "; runs trained to the full budget first)"),
         "",
         table,
         "",
@@ -586,7 +693,9 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     ]
     common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     say(
-        f"\nwrote {output_dir}/results.jsonl, results.curves.jsonl, results.csv, results.json, report.md"
+        f"\nwrote {output_dir}/results.jsonl, "
+        + ("results.curves.jsonl" if fine_space is not None else "results.search.json, results.states/")
+        + ", results.csv, results.json, report.md"
         + (f", {', '.join(plots)}" if plots else "")
     )
 

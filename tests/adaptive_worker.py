@@ -1,6 +1,6 @@
 """Tiny adaptive searches shared by the tests: run in-process, or as a subprocess that a test kills and restarts.
 
-    python tests/adaptive_worker.py METHOD OUT_DIR [--sleep S]      (METHOD: hyperband or pbt)
+    python tests/adaptive_worker.py METHOD OUT_DIR [--sleep S] [--devices N]      (METHOD: hyperband or pbt)
 
 Runs the search with OUT_DIR/results.jsonl and resume=True, then writes OUT_DIR/final.json (its rows and stats).
 """
@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("method", choices=sorted(SEARCHES))
     parser.add_argument("out_dir")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to wait after each chunk (to be killed)")
+    parser.add_argument("--devices", type=int, default=0, help="split the CPU into N devices")
     args = parser.parse_args()
+    if args.devices:
+        jax.config.update("jax_num_cpu_devices", args.devices)
     out_dir = pathlib.Path(args.out_dir)
     results = SEARCHES[args.method](results_path=out_dir / "results.jsonl", resume=True,
                                     progress=lambda _: time.sleep(args.sleep))

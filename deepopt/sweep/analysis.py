@@ -201,7 +201,7 @@ class Results:
                 "seed": r["seed"],
                 **r["config"],
                 **r["hparams"],
-                **{n: v for n, v in r.items() if n not in ("config", "hparams", "key")},
+                **{n: v for n, v in r.items() if n not in ("config", "hparams", "key", "schedule")},
             }
             for r in self.rows
         ]

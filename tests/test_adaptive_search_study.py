@@ -1,0 +1,121 @@
+"""The adaptive-search study and the main job's --search=hyperband / pbt, end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from background import Run, study
+
+from deepopt import sweep
+
+WITHOUT_MNIST1D = (
+    "import runpy, sys; sys.modules['mnist1d'] = None; sys.modules['mnist1d.data'] = None; "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+QUICK = study("adaptive_search", "--output_dir={dir}/out", "--quick")
+BAD_FLAGS = [
+    (("--methods=random,bogus",), "--methods must be a comma-separated list"),
+    (("--min_epochs=10", "--max_epochs=5"), "--min_epochs must be <= --max_epochs"),
+    (("--fraction=0.9",), "--fraction must be in (0, 0.5]"),
+]
+BAD_RUNS = [study("adaptive_search", *flags) for flags, _ in BAD_FLAGS]
+NO_MNIST1D = Run(("-c", WITHOUT_MNIST1D, "experiments.adaptive_search", "--output_dir={dir}/out"), name="no-mnist1d")
+MAIN_SMALL = ("--epochs=9", "--num_seeds=1", "--n_train=100", "--n_dev=60", "--n_test=60")
+HYPERBAND = study("sweep", "--output_dir={dir}", "--search=hyperband", "--min_epochs=1", *MAIN_SMALL)
+PBT = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", *MAIN_SMALL)
+PBT_RESUMED = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", "--resume",
+                    *MAIN_SMALL, after=PBT, snapshot=("results.jsonl",))
+SWITCHED = study("sweep", "--output_dir={dir}", "--search=hyperband", "--num_configs=24", "--resume", *MAIN_SMALL,
+                 after=PBT_RESUMED)
+BACKGROUND = {"quick": [QUICK], "bad_flags": BAD_RUNS, "no_mnist1d": [NO_MNIST1D],
+              "main_hyperband": [HYPERBAND], "main_pbt": [PBT, PBT_RESUMED, SWITCHED]}
+
+
+@pytest.fixture(scope="module")
+def quick(background_runs):
+    finished = background_runs.result(QUICK)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    return finished.dir / "out", json.loads((finished.dir / "out" / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bad_flags(background_runs):
+    return [background_runs.result(run).completed for run in BAD_RUNS]
+
+
+@pytest.fixture(scope="module")
+def no_mnist1d(background_runs):
+    return background_runs.result(NO_MNIST1D)
+
+
+@pytest.fixture(scope="module")
+def main_hyperband(background_runs):
+    return background_runs.result(HYPERBAND)
+
+
+@pytest.fixture(scope="module")
+def main_pbt(background_runs):
+    return [background_runs.result(run) for run in (PBT, PBT_RESUMED, SWITCHED)]
+
+
+@pytest.mark.slow
+def test_the_study_compares_every_method_on_one_budget(quick) -> None:
+    output_dir, results = quick
+    methods = results["methods"]
+    assert list(methods) == ["random", "halving", "hyperband", "pbt"]
+    random_steps = methods["random"]["config_steps"]
+    batches = -(-200 // 50)
+    assert random_steps == 9 * 9 * batches  # 9 configs × 9 epochs × 4 mini-batches
+    assert methods["pbt"]["config_steps"] == random_steps  # PBT at random search's compute
+    assert methods["halving"]["config_steps"] < methods["hyperband"]["config_steps"] < random_steps
+    assert [b["configs"] for b in methods["hyperband"]["brackets"]] == [9, 5, 3]
+    for method, summary in methods.items():
+        assert 0.5 < summary["best_dev_accuracy"] <= 1 and 0.5 < summary["test_accuracy_after_retraining"] <= 1
+        curve = results["curves"][method]
+        assert curve["config_steps"][-1] == summary["config_steps"]  # the plot's x axis ends at the method's spend
+        assert max(curve["best_dev_accuracy"]) >= summary["best_dev_accuracy"] - 1e-9  # the winner was seen
+    report = (output_dir / "report.md").read_text()
+    assert "| hyperband | 17 |" in report and "test accuracy (retrained on train + dev)" in report
+    assert (output_dir / "best_dev_accuracy_vs_config_steps.png").exists()
+
+
+def test_bad_flags_are_one_line_and_exit_2(bad_flags) -> None:
+    for (_, message), completed in zip(BAD_FLAGS, bad_flags, strict=True):
+        assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0, completed.stderr
+        assert message in completed.stderr
+
+
+def test_mnist1d_without_its_package_names_the_extra(no_mnist1d) -> None:
+    completed = no_mnist1d.completed
+    assert completed.returncode == 2 and completed.stderr.strip().count("\n") == 0, completed.stderr
+    assert "pip install -e '.[datasets]'" in completed.stderr
+    assert not (no_mnist1d.dir / "out" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_hyperband(main_hyperband) -> None:
+    completed, directory = main_hyperband.completed, main_hyperband.dir
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads((directory / "results.json").read_text())
+    assert results["settings"]["search"] == "hyperband" and results["zoomed_space"] is None
+    stats = results["rounds"][0]
+    assert [b["configs"] for b in stats["brackets"]] == [9, 5, 3]
+    assert stats["config_steps"] < 17 * 9 * stats["batches_per_epoch"]  # less than every config at full budget
+    rows = sweep.read_rows(directory / "results.jsonl")
+    assert {r["bracket"] for r in rows} == {0, 1, 2} and len({r["id"] for r in rows}) == len(rows)
+    assert results["leaderboard"][0]["epochs_trained"]["min"] == 9
+    assert "runs trained to the full budget first" in (directory / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_pbt_resumes_it_and_refuses_to_switch_method(main_pbt) -> None:
+    first, resumed, switched = main_pbt
+    assert first.completed.returncode == 0, first.completed.stderr
+    results = json.loads((first.dir / "results.json").read_text())
+    stats = results["rounds"][0]
+    assert stats["method"] == "pbt" and stats["subpopulations"] == 3 and stats["generations"] == 3
+    assert resumed.completed.returncode == 0, resumed.completed.stderr
+    assert "(0 trained now" in resumed.completed.stdout
+    assert (first.dir / "results.jsonl").read_text() == (resumed.before / "results.jsonl").read_text()
+    assert switched.completed.returncode == 2 and "--search was pbt, now hyperband" in switched.completed.stderr

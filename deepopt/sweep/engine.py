@@ -114,14 +114,8 @@ def _compile(
     _compilations += 1
     mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
-    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
+    hp, datasets = abstract_inputs(configs, dtype, data_shapes)
     keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
-    datasets = [
-        None
-        if shapes is None
-        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
-        for shapes in data_shapes
-    ]
     in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
     program = jax.jit(
         _chunk_program(config, key_impl, with_test, dropout, curves), in_shardings=in_shardings, out_shardings=replicated
@@ -139,6 +133,20 @@ def _compile(
         )
     )
     return compiled, int(size)
+
+
+def abstract_inputs(
+    configs: int, dtype: str, data_shapes: tuple
+) -> tuple[train_lib.HParams, list[data_lib.Dataset | None]]:
+    """A chunk program's abstract ``HParams`` (``(configs,)`` per field) and splits (``None`` kept), for ``lower``."""
+    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
+    datasets = [
+        None
+        if shapes is None
+        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
+        for shapes in data_shapes
+    ]
+    return hp, datasets
 
 
 def _global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
-from deepopt.sweep.engine import RUN_AXIS, _global_array
+from deepopt.sweep.engine import RUN_AXIS, _global_array, abstract_inputs
 
 _compilations = 0
 
@@ -113,13 +113,7 @@ def _compile(
     _compilations += 1
     mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
-    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
-    datasets = [
-        None
-        if shapes is None
-        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
-        for shapes in data_shapes
-    ]
+    hp, datasets = abstract_inputs(configs, dtype, data_shapes)
     example = datasets[0]
     key_data = np.zeros(key_shape, np.uint32)
     per_run = state_shape(config, example, key_data, key_impl)

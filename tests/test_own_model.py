@@ -185,3 +185,17 @@ def test_sweep_runs_a_module_vmapped_and_resumes(splits, tmp_path):
     assert resumed.stats["runs_computed"] == 0 and [r["id"] for r in resumed.rows] == [r["id"] for r in results.rows]
     with pytest.raises(ValueError, match="pass that module as model="):
         sweep.config_of(row)
+
+
+def test_a_choice_of_modules_is_one_group_each_in_run_and_hyperband(splits, tmp_path):
+    train_set, dev_set = splits
+    config = train.Config(model=TinyCNN(), optimizer="adam", batch_size=20, epochs=2)
+    space = {"model": sweep.choice([TinyCNN(dropout_rate=0.0), TinyCNN(dropout_rate=0.2)]),
+             "learning_rate": sweep.log_uniform(1e-3, 1e-1)}
+    results = sweep.run(config, space, train_set, dev_set, key=jax.random.key(0), num_configs=4)
+    assert results.stats["groups"] == 2
+    assert {row["config"]["model"] for row in results.rows} == {modules.describe(TinyCNN(dropout_rate=r))
+                                                                 for r in (0.0, 0.2)}
+    searched = sweep.hyperband(config, space, train_set, dev_set, key=jax.random.key(0), min_epochs=1, max_epochs=2,
+                               results_path=tmp_path / "hb.jsonl")
+    assert searched.stats["groups"] == 2 and "TinyCNN" in (tmp_path / "hb.search.json").read_text()

@@ -130,6 +130,10 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: floa
 
 def _describe_value(value: Any) -> Any:
     """A JSON-able description of a space entry or argument (dataclasses as ``{kind: fields}``)."""
+    if hasattr(value, "init") and hasattr(value, "apply") and dataclasses.is_dataclass(value):  # a Flax module
+        from deepopt import modules
+
+        return modules.describe(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {type(value).__name__: {f.name: _describe_value(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, (list, tuple)):

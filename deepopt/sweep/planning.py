@@ -45,6 +45,15 @@ def _typed_key(key: Any) -> jax.Array:
     return key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
+def _static_text(name: str, value: Any) -> str:
+    """A static choice as comparable text: a Flax module (``Config.model``) by ``modules.describe``, else its JSON."""
+    if name == "model" and value is not None:
+        from deepopt import modules
+
+        return modules.describe(value)
+    return _canonical(value)
+
+
 def plan(
     base_config: train_lib.Config,
     space: Mapping[str, Any],
@@ -82,7 +91,7 @@ def plan(
 
     configs: dict[tuple, train_lib.Config] = {}
     for assignment in assignments:
-        combo = tuple(_canonical(assignment[name]) for name in static)
+        combo = tuple(_static_text(name, assignment[name]) for name in static)
         if combo not in configs:
             choices = {name: assignment[name] for name in static}
             try:
@@ -103,7 +112,7 @@ def plan(
     runs = []
     seen: set[str] = set()
     for config_index, assignment in enumerate(assignments):
-        config = configs[tuple(_canonical(assignment[name]) for name in static)]
+        config = configs[tuple(_static_text(name, assignment[name]) for name in static)]
         values = {name: (None if v is None else _plain(v)) for name, v in hparams._asdict().items()}
         values.update({name: _plain(assignment[name]) for name in traced})
         config_id = store.config_id(config, values)

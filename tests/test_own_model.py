@@ -196,6 +196,6 @@ def test_a_choice_of_modules_is_one_group_each_in_run_and_hyperband(splits, tmp_
     assert results.stats["groups"] == 2
     assert {row["config"]["model"] for row in results.rows} == {modules.describe(TinyCNN(dropout_rate=r))
                                                                  for r in (0.0, 0.2)}
-    searched = sweep.hyperband(config, space, train_set, dev_set, key=jax.random.key(0), min_epochs=1, max_epochs=2,
+    searched = sweep.hyperband(config, space, train_set, dev_set, key=jax.random.key(0), min_epochs=1, max_epochs=3,
                                results_path=tmp_path / "hb.jsonl")
     assert searched.stats["groups"] == 2 and "TinyCNN" in (tmp_path / "hb.search.json").read_text()

@@ -33,7 +33,8 @@ SETTINGS = {"without batch norm": False, "with batch norm": True}
 SHORT_NAMES = {"without batch norm": "no BN", "with batch norm": "BN"}
 
 common.define_study_flags()
-flags.DEFINE_enum("dataset", "spirals", ["spirals", "digits"], "Generated spirals or scikit-learn's digits (ignored with --data).")
+flags.DEFINE_enum("dataset", "spirals", ["spirals", "digits", "mnist1d"],
+                  "Generated spirals, scikit-learn's digits or MNIST-1D (its 4000 / 1000 split; ignored with --data).")
 flags.DEFINE_integer("hidden_layers", 8, "Number of hidden layers.", lower_bound=1)
 flags.DEFINE_integer("width", 16, "Units per hidden layer.", lower_bound=1)
 flags.DEFINE_enum("optimizer", "gd", list(optim.names()), "Optimizer (mini-batch gradient descent by default).")
@@ -55,7 +56,7 @@ flags.register_multi_flags_validator(
 
 
 def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-    """``(train, dev)``: ``--data``, else the digits (``--dataset digits``) or generated spirals."""
+    """``(train, dev)``: ``--data``, else the digits, MNIST-1D (``--dataset digits|mnist1d``) or generated spirals."""
     user_data = common.load_user_data(key)
     if user_data is not None:
         return user_data
@@ -67,6 +68,11 @@ def load_data(key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset]:
             raise common.StudyInputError(str(error)) from None
         train_set, _, dev_set = data_lib.train_dev_test_split(split_key, digits, 0.0, FLAGS.test_fraction)
         return train_set, dev_set
+    if FLAGS.dataset == "mnist1d":
+        try:
+            return data_lib.load_mnist1d()
+        except ImportError as error:
+            raise common.StudyInputError(str(error)) from None
     return (data_lib.make_spirals(split_key, FLAGS.n_train, FLAGS.noise),
             data_lib.make_spirals(dev_key, FLAGS.n_test, FLAGS.noise))
 

@@ -52,6 +52,7 @@ TARGET_VS_RECOMPILING = 20.0
 TARGET_PEAK_FRACTION = 0.40
 
 common.define_study_flags()
+FLAGS.set_default("compilation_cache", "off")  # cold numbers include compilation: never load it from a cache
 flags.DEFINE_enum("dataset", "moons", list(DATASETS), "Generated data set (ignored with --data).")
 flags.DEFINE_integer("n_train", 300, "Generated training examples.", lower_bound=2)
 flags.DEFINE_integer("n_dev", 200, "Generated dev examples (every approach reports dev accuracy).", lower_bound=2)

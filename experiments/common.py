@@ -58,6 +58,12 @@ def define_study_flags() -> None:
     flags.DEFINE_string("data", None, "Your own training data, .csv (header row, last column the label) or .npz (X, y).")
     flags.DEFINE_string("test_data", None, "Your own test data (same format); without it, --test_fraction of --data is held out.")
     flags.DEFINE_float("test_fraction", 0.25, "Fraction of --data held out as test set when --test_data is not given.")
+    flags.DEFINE_string(
+        "compilation_cache", None,
+        "Directory of JAX's persistent compilation cache, so a second run loads its programs instead of compiling "
+        "them (default: $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/deepopt/jax, i.e. ~/.cache/deepopt/jax); "
+        "'off' turns it off.",
+    )
     for name in ("data", "test_data"):
         flags.register_validator(
             name,
@@ -202,6 +208,8 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
             print(f"{program}: error: unexpected arguments {argv[1:]}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         logging.set_verbosity(logging.WARNING)  # studies print their own progress
+        if "compilation_cache" in FLAGS:
+            use_compilation_cache(FLAGS.compilation_cache)
         try:
             main(argv)
         except StudyInputError as error:
@@ -217,6 +225,41 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
             raise
 
     app.run(guarded_main, flags_parser=parse_flags)
+
+
+def default_cache_dir() -> str:
+    """Where the scripts keep JAX's persistent compilation cache: ``$JAX_COMPILATION_CACHE_DIR``, else the user's cache.
+
+    The user's cache is ``$XDG_CACHE_HOME/deepopt/jax`` (``~/.cache/deepopt/jax`` without ``XDG_CACHE_HOME``).
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "deepopt", "jax")
+
+
+def use_compilation_cache(setting: str | None) -> str | None:
+    """Point JAX's persistent compilation cache at ``setting`` (None: ``default_cache_dir()``; ``"off"``: no cache).
+
+    Programs that compile in at least ``jax_persistent_cache_min_compile_time_secs`` (JAX's default: 1 s)
+    are written there and loaded by later runs. An unusable directory is a one-line warning, and the
+    run goes on without the cache. Returns the directory used, or None.
+    """
+    if setting == "off":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    path = os.path.expanduser(setting or default_cache_dir())
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as error:
+        print(f"warning: --compilation_cache {path!r} cannot be used ({error}); running without it", file=sys.stderr)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
 
 
 def define_host_devices_flag() -> None:

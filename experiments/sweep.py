@@ -593,6 +593,9 @@ def write_summaries(
     bayes_error, bayes_source, bayes_known = bayes_estimate()
     diagnosis = combined.bias_variance(bayes_error, tolerance=FLAGS.tolerance)
     table = leaderboard(top, round_of)
+    used_beta = BETA_FIELD.get(top[0]["config"]["optimizer"])  # a β the winner's optimizer does not use says nothing
+    boundaries = [str(w) for w in sweep.Results(rows=rounds[0].rows, space=space).boundary_warnings()
+                  if w.field not in set(BETA_FIELD.values()) or w.field == used_beta]
     runs, seconds = sum(r.stats["runs"] for r in rounds), sum(r.stats["seconds"] for r in rounds)
     computed = sum(r.stats["runs_computed"] for r in rounds)
     diverged = sum(bool(row["diverged"]) for row in combined.rows)
@@ -660,6 +663,7 @@ def write_summaries(
             "diagnosis": diagnosis._asdict(),
             "bayes_error": {"value": bayes_error, "source": bayes_source, "known": bayes_known},
             "verdict": verdict,
+            "boundary_warnings": boundaries,
             "timing": timing,
             "rounds": [r.stats for r in rounds],
             "plots": plots,
@@ -689,6 +693,10 @@ def write_summaries(
         + (")" if fine_space is not None else "; runs trained to the full budget first)"),
         "",
         table,
+        "",
+        "## Search-space boundaries (the first round's top 5)",
+        "",
+        *([f"- {line}" for line in boundaries] or ["No searched range has its best configs at an edge."]),
         "",
         "## Bias and variance of the winner",
         "",

@@ -385,6 +385,9 @@ def test_main_job_writes_rows_report_and_plots_then_resumes(main_job):
     assert results["diagnosis"]["verdict"] in results["verdict"]
     report = (tmp_path / "report.md").read_text()
     assert "## Leaderboard" in report and "## Bias and variance of the winner" in report
+    assert "## Search-space boundaries" in report and isinstance(results["boundary_warnings"], list)
+    for line in results["boundary_warnings"]:  # each one in the report, naming a searched field and an end to move
+        assert line in report and line.split(":")[0] in ("learning_rate", "beta", "beta1", "l2", "keep_prob")
     for name in ("results.csv", "dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"):
         assert (tmp_path / name).exists()
     assert "[12/12 runs]" in completed.stdout and "| 1 |" in completed.stdout

@@ -51,7 +51,7 @@ ids, resume, the writer's lock) -> ``planning`` (``Run``, ``plan``, ``groups``, 
 """
 
 from deepopt.sweep.adaptive import manifest_path, states_path
-from deepopt.sweep.analysis import LOWER_IS_BETTER, Results, config_of, hparams_of, key_of
+from deepopt.sweep.analysis import LOWER_IS_BETTER, BoundaryWarning, Results, config_of, hparams_of, key_of
 from deepopt.sweep.engine import (
     AUTO_CHUNK,
     CACHE_BYTES_PER_DEVICE,
@@ -110,6 +110,7 @@ from deepopt.sweep.store import (
 )
 
 __all__ = [
+    "BoundaryWarning",
     "hyperband",
     "hyperband_brackets",
     "manifest_path",

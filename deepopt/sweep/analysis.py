@@ -6,14 +6,14 @@ import csv
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deepopt import train as train_lib
-from deepopt.sweep.space import Choice, Uniform, _check_count
+from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
 from deepopt.sweep.store import _canonical
 
 if TYPE_CHECKING:
@@ -170,6 +170,71 @@ class Results:
                 narrowed[name] = value
         return narrowed
 
+    def boundary_warnings(self, k: int = 5, margin: float = 0.1) -> list[BoundaryWarning]:
+        r"""Ranges to widen: searched fields whose best configs sit near an edge (the tuning playbook's check).
+
+        For each continuous field, the position of a config in its range is measured in the
+        distribution's own scale (log for ``log_uniform``, :math:`\log(1-\beta)` for
+        ``one_minus_log_uniform``): :math:`p = (t - t_{lo}) / (t_{hi} - t_{lo})`. A field gets a
+        warning when the best config, or at least half of the top ``k``, lie within ``margin`` of
+        an edge; the warning says which end to move, in the field's own values.
+        """
+        _check_count("k", k)
+        if not 0 < margin < 0.5:
+            raise ValueError(f"margin must be in (0, 0.5), got {margin!r}")
+        top = [e for e in self.best(k) if e["diverged"] == 0]
+        warnings = []
+        for name, value in self.space.items():
+            if not isinstance(value, Uniform) or not top:
+                continue
+            lo, hi = value.scaled_bounds
+            positions = (value.to_scale(np.asarray([e["choices"][name] for e in top], np.float64)) - lo) / (hi - lo)
+            # "high" in the field's values: the upper end of the scale, except for 1 - β, whose scale runs downwards
+            decreasing = isinstance(value, OneMinusLogUniform)
+            for side, near in (("low", positions <= margin), ("high", positions >= 1 - margin)):
+                if near[0] or 2 * int(near.sum()) >= len(top):
+                    value_side = {"low": "high", "high": "low"}[side] if decreasing else side
+                    low_value, high_value = value.value_bounds
+                    bound = high_value if value_side == "high" else low_value
+                    warnings.append(BoundaryWarning(name, value_side, int(near.sum()), len(top),
+                                                    float(top[0]["choices"][name]), float(bound)))
+        return warnings
+
+    def to_pandas(self) -> Any:
+        """A pandas ``DataFrame``: one row per run, its ids, seed, every Config and HParams field, the metrics.
+
+        Lists (``layer_sizes``) become ``a-b-c`` text, as in ``to_csv``; PBT's ``schedule`` is left out.
+        Needs pandas (``pip install -e '.[pandas]'``).
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Results.to_pandas needs pandas: pip install -e '.[pandas]' (or pip install pandas)") from None
+        flat = self._flat_rows()
+        return pandas.DataFrame(flat, columns=list(dict.fromkeys(name for row in flat for name in row)))
+
+    def _flat_rows(self) -> list[dict[str, Any]]:
+        """Every row as one flat record (Config and HParams fields as columns; lists as ``a-b-c``)."""
+
+        def cell(value: Any) -> Any:
+            return "-".join(map(str, value)) if isinstance(value, list) else value
+
+        return [
+            {
+                name: cell(value)
+                for name, value in {
+                    "id": r["id"],
+                    "config_id": r["config_id"],
+                    "config_index": r["config_index"],
+                    "seed": r["seed"],
+                    **r["config"],
+                    **r["hparams"],
+                    **{n: v for n, v in r.items() if n not in ("config", "hparams", "key", "schedule")},
+                }.items()
+            }
+            for r in self.rows
+        ]
+
     def bias_variance(self, bayes_error: float = 0.0, *, tolerance: float = 0.02) -> Diagnosis:
         """``diagnostics.bias_variance`` of the best config.
 
@@ -185,31 +250,28 @@ class Results:
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """One line per run: id, seed, every Config and HParams field (lists as ``a-b-c``), the metrics."""
-
-        def cell(value: Any) -> Any:
-            if value is None:
-                return ""
-            if isinstance(value, list):
-                return "-".join(map(str, value))
-            return value
-
-        flat = [
-            {
-                "id": r["id"],
-                "config_id": r["config_id"],
-                "config_index": r["config_index"],
-                "seed": r["seed"],
-                **r["config"],
-                **r["hparams"],
-                **{n: v for n, v in r.items() if n not in ("config", "hparams", "key", "schedule")},
-            }
-            for r in self.rows
-        ]
+        flat = self._flat_rows()
         header = list(dict.fromkeys(name for row in flat for name in row))
         with open(path, "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, header)
             writer.writeheader()
-            writer.writerows({name: cell(row.get(name)) for name in header} for row in flat)
+            writer.writerows({name: "" if row.get(name) is None else row.get(name) for name in header} for row in flat)
+
+
+class BoundaryWarning(NamedTuple):
+    """A searched range to widen: the best configs of ``field`` sit near its ``side`` ("low" or "high") end."""
+
+    field: str
+    side: str
+    near: int  # how many of the top configs lie within the margin of that end
+    top: int
+    best: float  # the best config's value
+    bound: float  # the end of the range it is near
+
+    def __str__(self) -> str:
+        move = "raise its upper end" if self.side == "high" else "lower its lower end"
+        return (f"{self.field}: {self.near} of the top {self.top} configs (the best at {self.best:.4g}) lie near the "
+                f"{self.side} end ({self.bound:.4g}) of the searched range; widen it: {move}")
 
 
 def config_of(row: Mapping[str, Any], model: Any = None) -> train_lib.Config:

@@ -1,0 +1,66 @@
+"""Reading a search as the tuning playbook teaches: boundary warnings; the results as a pandas DataFrame."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from adaptive_worker import ADAM, SPACE, tiny_data
+
+from deepopt import sweep
+
+
+def results_with_best_at(values: dict[str, list[float]], accuracies: list[float], space: dict) -> sweep.Results:
+    """Synthetic rows: config i has ``values[field][i]`` and dev accuracy ``accuracies[i]`` (one seed)."""
+    rows = []
+    for i, accuracy in enumerate(accuracies):
+        hparams = {name: column[i] for name, column in values.items()}
+        rows.append({"id": f"r{i}", "config_id": f"c{i}", "config_index": i, "seed": 0, "key": [0, i],
+                     "config": {"optimizer": "adam", "layer_sizes": [2, 3, 1]}, "hparams": hparams,
+                     "dev_accuracy": accuracy, "train_accuracy": accuracy, "diverged": False})
+    return sweep.Results(rows=rows, space=space)
+
+
+SPACE_3 = {"learning_rate": sweep.log_uniform(1e-4, 1.0), "l2": sweep.log_uniform(1e-4, 1.0),
+           "beta1": sweep.one_minus_log_uniform(1e-3, 1e-1)}
+
+
+def test_best_configs_at_an_edge_are_reported_with_the_end_to_move() -> None:
+    values = {
+        "learning_rate": [0.9, 0.8, 0.7, 1e-3, 1e-2, 3e-4],  # the best three at the top of the log range
+        "l2": [1e-2, 3e-3, 2e-2, 1e-2, 1e-3, 5e-2],  # the middle: nothing to say
+        "beta1": [0.9988, 0.9985, 0.99, 0.95, 0.93, 0.92],  # 1 - beta near 1e-3: beta at its high end
+    }
+    results = results_with_best_at(values, [0.95, 0.94, 0.93, 0.8, 0.7, 0.6], SPACE_3)
+    warnings = results.boundary_warnings(k=3)
+    assert [(w.field, w.side) for w in warnings] == [("learning_rate", "high"), ("beta1", "high")]
+    lr = warnings[0]
+    assert lr.near == 3 and lr.top == 3 and lr.best == 0.9 and lr.bound == 1.0
+    assert "raise its upper end" in str(lr) and "learning_rate" in str(lr)
+    assert warnings[1].bound == pytest.approx(0.999)
+
+
+def test_the_low_end_and_no_warning_in_the_middle() -> None:
+    values = {"learning_rate": [1.2e-4, 0.01, 0.02], "l2": [1e-2, 1e-2, 1e-2], "beta1": [0.95, 0.95, 0.95]}
+    warnings = results_with_best_at(values, [0.9, 0.8, 0.7], SPACE_3).boundary_warnings(k=3)
+    assert [(w.field, w.side, w.near) for w in warnings] == [("learning_rate", "low", 1)]  # the best alone is enough
+    assert "lower its lower end" in str(warnings[0])
+    quiet = results_with_best_at({"learning_rate": [0.01] * 3, "l2": [0.01] * 3, "beta1": [0.95] * 3},
+                                 [0.9, 0.8, 0.7], SPACE_3)
+    assert quiet.boundary_warnings() == []
+    with pytest.raises(ValueError, match="margin must be in"):
+        quiet.boundary_warnings(margin=0.6)
+
+
+def test_to_pandas_has_one_row_per_run_and_every_field() -> None:
+    pandas = pytest.importorskip("pandas")
+    train_set, dev_set = tiny_data()
+    results = sweep.run(ADAM, SPACE, train_set, dev_set, key=jax.random.key(0), num_configs=3, seeds=2)
+    frame = results.to_pandas()
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 6
+    for column in ("id", "config_id", "seed", "learning_rate", "l2", "optimizer", "layer_sizes", "dev_accuracy"):
+        assert column in frame.columns
+    assert list(frame["id"]) == [row["id"] for row in results.rows]
+    assert frame["layer_sizes"].iloc[0] == "2-5-1"
+    np.testing.assert_allclose(frame.groupby("config_id", sort=False)["dev_accuracy"].mean().to_numpy(),
+                               [e["dev_accuracy"]["mean"] for e in results.by_config()])

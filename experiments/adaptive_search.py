@@ -19,7 +19,6 @@ against the config-steps spent. ``--quick`` is a small run on moons (what the te
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import time
 from typing import Any
@@ -150,19 +149,13 @@ def best_so_far(history: list[dict[str, Any]], batches: int, seeds: int) -> tupl
     return steps, best
 
 
-def retrain_test_accuracy(method: str, winner: dict[str, Any], rows: list[dict[str, Any]],
+def retrain_test_accuracy(winner: dict[str, Any], rows: list[dict[str, Any]],
                           full_train: data_lib.Dataset, test_set: data_lib.Dataset) -> float:
     """The winner retrained on train + dev (every seed, its own key), then measured once on test: the mean."""
     accuracies = []
     for row in [r for r in rows if r["config_id"] == winner["config_id"]]:
-        if method == "pbt":
-            state = sweep.replay(row, full_train)
-            config = sweep.config_of(row)
-        else:
-            config = dataclasses.replace(sweep.config_of(row), epochs=int(row.get("epochs_trained", row["config"]["epochs"])))
-            state = train.init_state(config, sweep.hparams_of(row), sweep.key_of(row), full_train)
-            state, _ = train.advance(config, sweep.hparams_of(row), state, full_train, epochs=config.epochs)
-        accuracies.append(float(train.evaluate(config, state, test_set)["accuracy"]))
+        state = sweep.retrain(row, full_train)  # PBT: by its schedule
+        accuracies.append(float(train.evaluate(sweep.config_of(row), state, test_set)["accuracy"]))
     return float(np.mean(accuracies))
 
 
@@ -279,7 +272,7 @@ def run_methods(
         history = results.history or results.rows
         curves[method] = best_so_far(history, batches, s["num_seeds"])
         winner = results.best(1)[0]
-        test_accuracy = retrain_test_accuracy(method, winner, results.rows, full_train, test_set)
+        test_accuracy = retrain_test_accuracy(winner, results.rows, full_train, test_set)
         summaries[method] = {
             "configs": results.stats["configs"],
             "config_steps": results.config_steps,

@@ -64,3 +64,18 @@ def test_to_pandas_has_one_row_per_run_and_every_field() -> None:
     assert frame["layer_sizes"].iloc[0] == "2-5-1"
     np.testing.assert_allclose(frame.groupby("config_id", sort=False)["dev_accuracy"].mean().to_numpy(),
                                [e["dev_accuracy"]["mean"] for e in results.by_config()])
+
+
+def test_retrain_trains_a_row_again_from_scratch() -> None:
+    from deepopt import train
+
+    train_set, dev_set = tiny_data()
+    results = sweep.run(ADAM, SPACE, train_set, dev_set, key=jax.random.key(0), num_configs=1, seeds=1)
+    row = results.rows[0]
+    state = sweep.retrain(row, train_set)
+    fitted = train.fit(sweep.config_of(row), sweep.hparams_of(row), sweep.key_of(row), train_set, dev_set)
+    assert train.evaluate(sweep.config_of(row), state, dev_set)["accuracy"] == fitted.dev_accuracy  # bit for bit
+    cut = dict(row, epochs_trained=3)  # an adaptive search's row, cut at 3 of the Config's epochs
+    assert int(sweep.retrain(cut, train_set).epoch) == 3
+    with pytest.raises(ValueError, match="use sweep.retrain"):
+        sweep.replay(row, train_set)

@@ -233,7 +233,7 @@ def test_results_leaderboard_spread_zoom_and_csv(two_groups, tmp_path):
     assert len(entries) == 6 and all(e["seeds"] == 2 for e in entries)
     dev = [row["dev_accuracy"] for row in results.rows if row["config_id"] == entries[0]["config_id"]]
     assert entries[0]["dev_accuracy"]["mean"] == pytest.approx(np.mean(dev))
-    assert entries[0]["dev_accuracy"]["std"] == pytest.approx(np.std(dev))
+    assert entries[0]["dev_accuracy"]["std"] == pytest.approx(np.std(dev, ddof=1))  # the sample formula
     top = results.best(3)
     means = [e["dev_accuracy"]["mean"] for e in top]
     assert len(top) == 3 and means == sorted(means, reverse=True)
@@ -386,6 +386,9 @@ def test_main_job_writes_rows_report_and_plots_then_resumes(main_job):
     report = (tmp_path / "report.md").read_text()
     assert "## Leaderboard" in report and "## Bias and variance of the winner" in report
     assert "## Search-space boundaries" in report and isinstance(results["boundary_warnings"], list)
+    retrained = results["retrained_winner"]  # the honest protocol: the winner again on train + dev, tested once
+    assert retrained["seeds"] == 2 and len(retrained["test_accuracy"]) == 2 and 0 <= retrained["mean"] <= 1
+    assert retrained["text"] in report and "train + dev (100 examples)" in retrained["text"]
     for line in results["boundary_warnings"]:  # each one in the report, naming a searched field and an end to move
         assert line in report and line.split(":")[0] in ("learning_rate", "beta", "beta1", "l2", "keep_prob")
     for name in ("results.csv", "dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"):

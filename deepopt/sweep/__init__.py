@@ -51,7 +51,7 @@ ids, resume, the writer's lock) -> ``planning`` (``Run``, ``plan``, ``groups``, 
 """
 
 from deepopt.sweep.adaptive import manifest_path, states_path
-from deepopt.sweep.analysis import LOWER_IS_BETTER, BoundaryWarning, Results, config_of, hparams_of, key_of
+from deepopt.sweep.analysis import LOWER_IS_BETTER, BoundaryWarning, Results, config_of, hparams_of, key_of, retrain
 from deepopt.sweep.engine import (
     AUTO_CHUNK,
     CACHE_BYTES_PER_DEVICE,
@@ -116,6 +116,7 @@ __all__ = [
     "manifest_path",
     "pbt",
     "replay",
+    "retrain",
     "rung_epochs",
     "rung_sizes",
     "state_compile_count",

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
 from deepopt.sweep.store import _canonical
@@ -24,13 +25,13 @@ LOWER_IS_BETTER = ("final_cost",)  # and any metric named *cost; accuracies: hig
 
 
 def _stats(values: Sequence[Any]) -> dict[str, float | None]:
-    """Mean, standard deviation, min and max over seeds, ignoring nulls; None when all are null."""
+    """Mean, sample standard deviation (0 for one value), min and max over seeds, ignoring nulls; None when all are null."""
     array = np.asarray([v for v in values if v is not None], np.float64)
     if array.size == 0:
         return {"mean": None, "std": None, "min": None, "max": None}
     return {
         "mean": float(array.mean()),
-        "std": float(array.std()),
+        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
         "min": float(array.min()),
         "max": float(array.max()),
     }
@@ -99,7 +100,8 @@ class Results:
     def by_config(self) -> list[dict[str, Any]]:
         r"""Mean and spread over seeds, one entry per config: ``{metric: {mean, std, min, max}}`` plus its choices.
 
-        ``std`` is the population standard deviation :math:`\sqrt{\frac1S\sum_s (x_s - \bar x)^2}`.
+        ``std`` is the sample standard deviation :math:`\sqrt{\frac{1}{S-1}\sum_s (x_s - \bar x)^2}` over the
+        ``seeds`` (``S``) values of each config (0 with one seed).
         """
         grouped: dict[str, list[dict[str, Any]]] = {}
         for row in self.rows:
@@ -296,3 +298,24 @@ def hparams_of(row: Mapping[str, Any]) -> train_lib.HParams:
 def key_of(row: Mapping[str, Any], impl: str | None = None) -> jax.Array:
     """The PRNG key a row trained with: ``train.fit(config_of(row), hparams_of(row), key_of(row), ...)`` repeats it."""
     return jax.random.wrap_key_data(jnp.asarray(row["key"], jnp.uint32), impl=impl)
+
+
+def retrain(
+    row: Mapping[str, Any], train: data_lib.Dataset, dev: data_lib.Dataset | None = None, *, model: Any = None
+) -> train_lib.TrainState:
+    """Train the run of ``row`` again from scratch on ``train`` (train plus dev, for the honest protocol).
+
+    Its key, Config and HParams come from the row (``key_of``, ``config_of``, ``hparams_of``); it
+    trains ``epochs_trained`` epochs (an adaptive search's row) or the Config's. A PBT row is
+    retrained by its ``schedule``: one ``advance`` per segment, with that segment's
+    hyperparameters. ``dev`` is needed only with early stopping.
+    """
+    config = config_of(row, model)
+    base = hparams_of(row)
+    state = train_lib.init_state(config, base, key_of(row), train)
+    epochs = int(row.get("epochs_trained") or config.epochs)
+    segments = row.get("schedule") or [{"from_epoch": 0, "to_epoch": epochs, "hparams": {}}]
+    for segment in segments:
+        hp = base._replace(**segment["hparams"])
+        state, _ = train_lib.advance(config, hp, state, train, dev, epochs=segment["to_epoch"] - segment["from_epoch"])
+    return state

@@ -30,7 +30,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
-from deepopt.sweep.analysis import Results, config_of, hparams_of, key_of
+from deepopt.sweep.analysis import Results, retrain
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
 
 EXPLORE_SALT = 0x9B7  # fold_in(key, EXPLORE_SALT): the exploit/explore draws, apart from plan's keys
@@ -254,17 +254,10 @@ def replay(
 ) -> train_lib.TrainState:
     """Retrain the run of a PBT ``row`` from scratch by its ``schedule``: ``init_state``, then ``advance`` per segment.
 
-    The run's key, Config and base HParams come from the row (``key_of``, ``config_of``,
-    ``hparams_of``); each segment trains ``to_epoch - from_epoch`` epochs with its hyperparameters.
-    Pass another ``train`` (train plus dev) to retrain the winner's schedule on more data.
+    ``analysis.retrain`` for a row that has a schedule; each segment trains ``to_epoch - from_epoch``
+    epochs with its hyperparameters. Pass another ``train`` (train plus dev) to retrain the winner's
+    schedule on more data.
     """
     if "schedule" not in row:
-        raise ValueError("replay needs a pbt row (it has a 'schedule'); this row has none")
-    config = config_of(row, model)
-    base = hparams_of(row)
-    key = key_of(row)
-    state = train_lib.init_state(config, base, key, train)
-    for segment in row["schedule"]:
-        hp = base._replace(**segment["hparams"])
-        state, _ = train_lib.advance(config, hp, state, train, dev, epochs=segment["to_epoch"] - segment["from_epoch"])
-    return state
+        raise ValueError("replay needs a pbt row (it has a 'schedule'); this row has none: use sweep.retrain")
+    return retrain(row, train, dev, model=model)

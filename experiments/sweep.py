@@ -22,18 +22,20 @@ shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_proc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
 import pathlib
 import sys
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 from absl import flags
 
-from deepopt import bayes, sweep, train
+from deepopt import bayes, schedules, sweep, train
 from deepopt import data as data_lib
 from experiments import common
 
@@ -79,6 +81,12 @@ flags.DEFINE_list("learning_rate_range", ["1e-4", "1"], "Log-uniform range of th
 flags.DEFINE_list("one_minus_beta_range", ["1e-3", "1e-1"], "Log-uniform range of 1 - β (momentum's β, Adam's β1).")
 flags.DEFINE_list("l2_range", ["1e-4", "1"], "Log-uniform range of the L2 λ.")
 flags.DEFINE_list("keep_prob_range", ["0.5", "1"], "Uniform range of the dropout keep_prob.")
+flags.DEFINE_float("l2", None, "A fixed L2 λ instead of searching --l2_range (e.g. --l2 0: no L2).", lower_bound=0.0)
+flags.DEFINE_float("keep_prob", None, "A fixed keep_prob instead of searching --keep_prob_range (1: no dropout).")
+flags.DEFINE_enum("schedule", "constant", list(schedules.names()), "Learning-rate schedule of every run.")
+flags.DEFINE_integer("early_stopping", None, "Early-stopping patience in epochs (on the dev set; default off).",
+                     lower_bound=1)
+flags.DEFINE_bool("batchnorm", False, "Batch-normalize the hidden layers.")
 flags.DEFINE_integer("zoom_top_k", 8, "Configs the fine round zooms around.", lower_bound=1)
 flags.DEFINE_integer("zoom_configs", 64, "Configs of the fine round (0: no fine round).", lower_bound=0)
 flags.DEFINE_integer("chunk_size", 64, "Runs per chunk: the unit of progress lines and of --resume.", lower_bound=1)
@@ -128,6 +136,8 @@ _range_validator("one_minus_beta_range", 0.0, 1.0, "0 < lo < hi <= 1")
 _range_validator("l2_range", 0.0, None, "0 < lo < hi")
 _range_validator("keep_prob_range", 0.0, 1.0, "0 < lo < hi <= 1")
 flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
+flags.register_validator("keep_prob", lambda value: value is None or 0 < value <= 1,
+                         message="--keep_prob must be in (0, 1]")
 flags.register_validator("fraction", lambda value: 0 < value <= 0.5, message="--fraction must be in (0, 0.5]")
 flags.register_multi_flags_validator(
     ["min_epochs", "epochs"], lambda v: v["min_epochs"] is None or v["min_epochs"] <= v["epochs"],
@@ -281,19 +291,17 @@ def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, 
 
 
 def search_space() -> dict[str, Any]:
-    """The coarse box: learning rate, β (momentum) and β1 (Adam), λ, keep_prob, optimizer."""
+    """The coarse box: learning rate, the chosen optimizers' β (momentum) / β1 (Adam), λ and keep_prob (or fixed)."""
     lr, beta, l2, keep = (
         tuple(map(float, FLAGS[name].value))
         for name in ("learning_rate_range", "one_minus_beta_range", "l2_range", "keep_prob_range")
     )
-    return {
-        "optimizer": sweep.choice(FLAGS.optimizers),
-        "learning_rate": sweep.log_uniform(*lr),
-        "beta": sweep.one_minus_log_uniform(*beta),
-        "beta1": sweep.one_minus_log_uniform(*beta),
-        "l2": sweep.log_uniform(*l2),
-        "keep_prob": sweep.uniform(*keep),
-    }
+    space: dict[str, Any] = {"optimizer": sweep.choice(FLAGS.optimizers), "learning_rate": sweep.log_uniform(*lr)}
+    for field in dict.fromkeys(BETA_FIELD[name] for name in FLAGS.optimizers if name in BETA_FIELD):
+        space[field] = sweep.one_minus_log_uniform(*beta)  # only the β the chosen optimizers use
+    space["l2"] = sweep.log_uniform(*l2) if FLAGS.l2 is None else FLAGS.l2
+    space["keep_prob"] = sweep.uniform(*keep) if FLAGS.keep_prob is None else FLAGS.keep_prob
+    return space
 
 
 def describe(space: dict[str, Any]) -> list[str]:
@@ -305,6 +313,8 @@ def describe(space: dict[str, Any]) -> list[str]:
         elif isinstance(value, sweep.Uniform):
             lo, hi = value.value_bounds
             lines.append(f"`{name}` {SCALES[type(value)]} on [{lo:.4g}, {hi:.4g}]")
+        elif value is not None:
+            lines.append(f"`{name}` fixed at {value:g}")
     return lines
 
 
@@ -424,11 +434,12 @@ def plot_top_curves(path: pathlib.Path, results: sweep.Results, top: list[dict[s
         for axis, name in zip(axes, ("dev_accuracy", "dev_cost")):
             values = np.asarray(curve[name], np.float64)
             epochs = np.arange(1, values.shape[1] + 1)
-            line = axis.plot(epochs, np.nanmean(values, axis=0), label=label)[0]
+            with warnings.catch_warnings():  # epochs where every seed was frozen (early stopping) are NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = (f(values, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+            line = axis.plot(epochs, mean, label=label)[0]
             if values.shape[0] > 1:
-                axis.fill_between(
-                    epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.15
-                )
+                axis.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
     for axis, name in zip(axes, ("dev accuracy", "dev cost")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
@@ -475,7 +486,8 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
     layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, dev_set, test_set)
     try:
         base = train.Config(
-            layer_sizes, activation=FLAGS.activation, init=FLAGS.init, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs
+            layer_sizes, activation=FLAGS.activation, init=FLAGS.init, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+            schedule=FLAGS.schedule, early_stopping=FLAGS.early_stopping, batchnorm=FLAGS.batchnorm,
         )
         space = search_space()
         sweep.check_space(space)
@@ -578,8 +590,10 @@ def retrain_winner(
     """The honest protocol's last step: the winner trained again on train + dev (each seed's key), tested once."""
     full = data_lib.Dataset(np.concatenate([train_set.X, dev_set.X]), np.concatenate([train_set.y, dev_set.y]))
     rows = [row for row in results.rows if row["config_id"] == winner["config_id"]]
-    accuracies = [
-        float(train.evaluate(sweep.config_of(row), sweep.retrain(row, full), test_set)["accuracy"]) for row in rows
+    accuracies = [  # evaluate the state's current parameters (retrain turns early stopping off)
+        float(train.evaluate(dataclasses.replace(sweep.config_of(row), early_stopping=None), sweep.retrain(row, full),
+                             test_set)["accuracy"])
+        for row in rows
     ]
     mean = float(np.mean(accuracies))
     std = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
@@ -651,8 +665,10 @@ def write_summaries(
     plots = []
     if common.plots_available():
         plot_learning_rate(output_dir / "dev_accuracy_vs_learning_rate.png", entries)
-        plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
-        plots = ["dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"]
+        plots = ["dev_accuracy_vs_learning_rate.png"]
+        if isinstance(space["l2"], sweep.Uniform):  # a fixed λ has no axis to plot
+            plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
+            plots.append("l2_learning_rate_heatmap.png")
         if plot_top_curves(output_dir / "top_curves.png", combined, top[:5]):
             plots.append("top_curves.png")
     settings_record = {
@@ -662,6 +678,11 @@ def write_summaries(
         "batch_size": FLAGS.batch_size,
         "epochs": FLAGS.epochs,
         "optimizers": FLAGS.optimizers,
+        "schedule": FLAGS.schedule,
+        "early_stopping": FLAGS.early_stopping,
+        "batchnorm": FLAGS.batchnorm,
+        "l2": FLAGS.l2,
+        "keep_prob": FLAGS.keep_prob,
         "search": FLAGS.search,
         "sampler": sampler,
         "num_configs": FLAGS.num_configs,

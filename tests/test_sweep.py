@@ -360,7 +360,29 @@ BAD_FLAGS = (
     (("--num_processes=2",), "--coordinator_address, --num_processes and --process_id go together"),
 )
 BAD_RUNS = [study("sweep", *flags) for flags, _ in BAD_FLAGS]
-BACKGROUND = {"main_job": [MAIN_JOB, REFUSED, RESUMED], "bad_flag_runs": BAD_RUNS}
+KNOBS = study("sweep", "--output_dir={dir}", "--l2=0", "--keep_prob=1", "--optimizers=rmsprop,adam",
+              "--schedule=cosine", "--early_stopping=3", "--batchnorm", *SMALL[:2], "--zoom_configs=0", *SMALL[4:6],
+              *SMALL[7:])
+BACKGROUND = {"main_job": [MAIN_JOB, REFUSED, RESUMED], "bad_flag_runs": BAD_RUNS, "knobs": [KNOBS]}
+
+
+@pytest.fixture
+def knobs(background_runs):
+    return background_runs.result(KNOBS)
+
+
+def test_main_job_takes_fixed_values_a_schedule_early_stopping_and_batch_norm(knobs):
+    assert knobs.completed.returncode == 0, knobs.completed.stderr
+    rows = sweep.read_rows(knobs.dir / "results.jsonl")
+    assert rows and all(r["hparams"]["l2"] == 0 and r["hparams"]["keep_prob"] == 1 for r in rows)
+    assert all(r["config"]["schedule"] == "cosine" and r["config"]["early_stopping"] == 3 and r["config"]["batchnorm"]
+               for r in rows)
+    results = json.loads((knobs.dir / "results.json").read_text())
+    space = " ".join(results["space"])
+    assert "`beta1`" in space and "`beta`" not in space  # rmsprop and adam: Adam's β1 only
+    assert "`l2` fixed at 0" in space and "`keep_prob` fixed at 1" in space
+    assert 0 <= results["retrained_winner"]["mean"] <= 1
+    assert not (knobs.dir / "l2_learning_rate_heatmap.png").exists()  # no λ axis to plot
 
 
 @pytest.fixture

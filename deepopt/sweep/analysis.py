@@ -308,14 +308,21 @@ def retrain(
     Its key, Config and HParams come from the row (``key_of``, ``config_of``, ``hparams_of``); it
     trains ``epochs_trained`` epochs (an adaptive search's row) or the Config's. A PBT row is
     retrained by its ``schedule``: one ``advance`` per segment, with that segment's
-    hyperparameters. ``dev`` is needed only with early stopping.
+    hyperparameters. With early stopping and no ``dev`` (train plus dev leaves none to stop on), it
+    trains without early stopping for the epochs the row's run kept (``best_epoch + 1``).
     """
     config = config_of(row, model)
     base = hparams_of(row)
-    state = train_lib.init_state(config, base, key_of(row), train)
     epochs = int(row.get("epochs_trained") or config.epochs)
+    if config.early_stopping is not None and dev is None:
+        best = row.get("best_epoch")
+        epochs = min(epochs, int(best) + 1) if best is not None and best >= 0 else epochs
+        config = dataclasses.replace(config, early_stopping=None)
+    state = train_lib.init_state(config, base, key_of(row), train)
     segments = row.get("schedule") or [{"from_epoch": 0, "to_epoch": epochs, "hparams": {}}]
     for segment in segments:
-        hp = base._replace(**segment["hparams"])
-        state, _ = train_lib.advance(config, hp, state, train, dev, epochs=segment["to_epoch"] - segment["from_epoch"])
+        length = min(segment["to_epoch"], epochs) - segment["from_epoch"]
+        if length > 0:
+            hp = base._replace(**segment["hparams"])
+            state, _ = train_lib.advance(config, hp, state, train, dev, epochs=length)
     return state

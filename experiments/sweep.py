@@ -380,6 +380,47 @@ def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]]) -> Non
     plt.close(figure)
 
 
+def plot_axes(path: pathlib.Path, entries: list[dict[str, Any]], space: dict[str, Any], bins: int = 8) -> bool:
+    """The playbook's hyperparameter-axis plots: seed-mean dev accuracy against each searched field, best per bin marked.
+
+    One panel per continuous field, on its own scale (log for log-uniform; ``1 - β`` on a log axis for
+    β, over the configs whose optimizer uses it); the bins split that scale into ``bins`` equal parts.
+    False when no field is searched.
+    """
+    fields = [name for name, value in space.items() if isinstance(value, sweep.Uniform)]
+    kept = [e for e in entries if e["dev_accuracy"]["mean"] is not None]
+    if not fields or not kept:
+        return False
+    plt = common.pyplot()
+    figure, axes = plt.subplots(1, len(fields), figsize=(3.6 * len(fields), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], fields):
+        distribution = space[name]
+        one_minus = isinstance(distribution, sweep.OneMinusLogUniform)
+        uses = [e for e in kept if name not in BETA_FIELD.values() or BETA_FIELD.get(e["config"]["optimizer"]) == name]
+        if not uses:  # a β no config's optimizer uses
+            axis.set_visible(False)
+            continue
+        values = np.asarray([e["hparams"][name] for e in uses], np.float64)
+        accuracy = np.asarray([e["dev_accuracy"]["mean"] for e in uses])
+        shown = 1.0 - values if one_minus else values
+        axis.scatter(shown, accuracy, s=10, alpha=0.6)
+        lo, hi = distribution.scaled_bounds
+        where = np.clip(((distribution.to_scale(values) - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)
+        best = [int(np.flatnonzero(where == b)[np.argmax(accuracy[where == b])]) for b in range(bins) if np.any(where == b)]
+        order = sorted(best, key=lambda i: shown[i])
+        axis.plot(shown[order], accuracy[order], "r.-", label="best per bin")
+        if isinstance(distribution, (sweep.LogUniform, sweep.OneMinusLogUniform)):
+            axis.set_xscale("log")
+        axis.set_xlabel(f"1 − {name}" if one_minus else name)
+        axis.set_ylabel("dev accuracy (mean over seeds)")
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("Dev accuracy against each searched hyperparameter")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 8) -> None:
     """Mean dev accuracy of the configs in each (log λ, log learning rate) cell."""
     plt = common.pyplot()
@@ -669,6 +710,8 @@ def write_summaries(
         if isinstance(space["l2"], sweep.Uniform):  # a fixed λ has no axis to plot
             plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
             plots.append("l2_learning_rate_heatmap.png")
+        if plot_axes(output_dir / "hyperparameter_axes.png", entries, space):
+            plots.append("hyperparameter_axes.png")
         if plot_top_curves(output_dir / "top_curves.png", combined, top[:5]):
             plots.append("top_curves.png")
     settings_record = {

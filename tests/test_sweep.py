@@ -350,7 +350,7 @@ SMALL = (
 # directory, one after the other, in the background (background.py) beside the in-process tests above. What
 # the main job wrote is copied aside before the second command starts (REFUSED's ``before``).
 FIRST_OUTPUTS = ("results.jsonl", "results.json", "report.md", "results.csv", "dev_accuracy_vs_learning_rate.png",
-                 "l2_learning_rate_heatmap.png")
+                 "l2_learning_rate_heatmap.png", "hyperparameter_axes.png")
 MAIN_JOB = study("sweep", "--output_dir={dir}", *SMALL)
 REFUSED = study("sweep", "--output_dir={dir}", *SMALL, after=MAIN_JOB, snapshot=FIRST_OUTPUTS)
 RESUMED = study("sweep", "--output_dir={dir}", "--resume", *SMALL, after=REFUSED)
@@ -413,7 +413,8 @@ def test_main_job_writes_rows_report_and_plots_then_resumes(main_job):
     assert retrained["text"] in report and "train + dev (100 examples)" in retrained["text"]
     for line in results["boundary_warnings"]:  # each one in the report, naming a searched field and an end to move
         assert line in report and line.split(":")[0] in ("learning_rate", "beta", "beta1", "l2", "keep_prob")
-    for name in ("results.csv", "dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png"):
+    for name in ("results.csv", "dev_accuracy_vs_learning_rate.png", "l2_learning_rate_heatmap.png",
+                 "hyperparameter_axes.png"):
         assert (tmp_path / name).exists()
     assert "[12/12 runs]" in completed.stdout and "| 1 |" in completed.stdout
 

@@ -68,16 +68,8 @@ flags.register_validator("methods", lambda v: bool(v) and set(v) <= set(METHODS)
                          message=f"--methods must be a comma-separated list from {', '.join(METHODS)}")
 flags.register_validator("dev_fraction", lambda v: 0 < v < 1, message="--dev_fraction must be in (0, 1)")
 flags.register_validator("fraction", lambda v: 0 < v <= 0.5, message="--fraction must be in (0, 0.5]")
-for _name, _low, _high in (("learning_rate_range", 0.0, None), ("l2_range", 0.0, None), ("keep_prob_range", 0.0, 1.0)):
-    def _valid(values: list[str], low: float = _low, high: float | None = _high) -> bool:
-        try:
-            lo, hi = (float(v) for v in values)
-        except ValueError:
-            return False
-        return low < lo < hi and (high is None or hi <= high)
-
-    flags.register_validator(_name, _valid, message=f"--{_name} must be two numbers lo,hi with {_low:g} < lo < hi"
-                             + (f" <= {_high:g}" if _high is not None else ""))
+for _name, _high in (("learning_rate_range", None), ("l2_range", None), ("keep_prob_range", 1.0)):
+    common.register_range_validator(_name, 0.0, _high)
 flags.register_multi_flags_validator(["min_epochs", "max_epochs"], lambda v: v["min_epochs"] <= v["max_epochs"],
                                      message="--min_epochs must be <= --max_epochs")
 flags.register_multi_flags_validator(["interval", "max_epochs"], lambda v: v["interval"] <= v["max_epochs"],
@@ -149,16 +141,6 @@ def best_so_far(history: list[dict[str, Any]], batches: int, seeds: int) -> tupl
     return steps, best
 
 
-def retrain_test_accuracy(winner: dict[str, Any], rows: list[dict[str, Any]],
-                          full_train: data_lib.Dataset, test_set: data_lib.Dataset) -> float:
-    """The winner retrained on train + dev (every seed, its own key), then measured once on test: the mean."""
-    accuracies = []
-    for row in [r for r in rows if r["config_id"] == winner["config_id"]]:
-        state = sweep.retrain(row, full_train)  # PBT: by its schedule
-        accuracies.append(float(train.evaluate(sweep.config_of(row), state, test_set)["accuracy"]))
-    return float(np.mean(accuracies))
-
-
 def plot_best(path: pathlib.Path, curves: dict[str, tuple[list[int], list[float]]]) -> None:
     plt = common.pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -189,7 +171,7 @@ def main(argv: list[str]) -> None:
     batches = -(-len(train_set.y) // min(s["batch_size"], len(train_set.y)))
     print(f"{STUDY}: net {'-'.join(map(str, layer_sizes))} (Adam, batch {s['batch_size']}), data {source} "
           f"({len(train_set.y)} train / {len(dev_set.y)} dev / {len(test_set.y)} test), {len(jax.devices())} device(s)")
-    full_train = data_lib.Dataset(np.concatenate([train_set.X, dev_set.X]), np.concatenate([train_set.y, dev_set.y]))
+    full_train = common.train_plus_dev(train_set, dev_set)
     repeats = []  # per repeat: {method: summary}
     curves = {}  # the first repeat's
     for repeat in range(s["repeats"]):
@@ -272,7 +254,8 @@ def run_methods(
         history = results.history or results.rows
         curves[method] = best_so_far(history, batches, s["num_seeds"])
         winner = results.best(1)[0]
-        test_accuracy = retrain_test_accuracy(winner, results.rows, full_train, test_set)
+        test_accuracy = float(np.mean(common.retrained_test_accuracies(results.rows, winner["config_id"], full_train,
+                                                                       test_set)))
         summaries[method] = {
             "configs": results.stats["configs"],
             "config_steps": results.config_steps,

@@ -22,6 +22,7 @@ with the plots linked, the closing ``wrote ...`` line).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -262,6 +263,20 @@ def use_compilation_cache(setting: str | None) -> str | None:
     return path
 
 
+def register_range_validator(name: str, low: float, high: float | None = None) -> None:
+    """Flag ``--name`` (a list flag) must be two numbers ``lo,hi`` with ``low < lo < hi`` (and ``hi <= high``)."""
+
+    def valid(values: list[str]) -> bool:
+        try:
+            lo, hi = (float(v) for v in values)
+        except ValueError:
+            return False
+        return math.isfinite(lo) and math.isfinite(hi) and low < lo < hi and (high is None or hi <= high)
+
+    bounds = f"{low:g} < lo < hi" + (f" <= {high:g}" if high is not None else "")
+    flags.register_validator(name, valid, message=f"--{name} must be two numbers lo,hi with {bounds}")
+
+
 def define_host_devices_flag() -> None:
     """Define ``--host_devices`` (how many JAX devices to split the CPU into), read by ``split_cpu``."""
     flags.DEFINE_integer(
@@ -499,6 +514,29 @@ def fit_seeds(
     start = time.perf_counter()
     result = jax.block_until_ready(run(keys))
     return result, time.perf_counter() - start
+
+
+def train_plus_dev(train_set: data_lib.Dataset, dev_set: data_lib.Dataset) -> data_lib.Dataset:
+    """The training and dev sets as one host data set: what a search's winner is retrained on."""
+    return data_lib.Dataset(np.concatenate([np.asarray(train_set.X), np.asarray(dev_set.X)]),
+                            np.concatenate([np.asarray(train_set.y), np.asarray(dev_set.y)]))
+
+
+def retrained_test_accuracies(
+    rows: Sequence[dict[str, Any]], config_id: str, full_train: data_lib.Dataset, test_set: data_lib.Dataset
+) -> list[float]:
+    """The honest protocol's last step: config ``config_id`` retrained on ``full_train`` once per seed row, tested once.
+
+    ``sweep.retrain`` of each of its rows (each seed's key; a PBT row by its schedule), then the test
+    accuracy of the state's current parameters (``retrain`` trains an early-stopped row without early stopping).
+    """
+    from deepopt import sweep
+
+    accuracies = []
+    for row in (r for r in rows if r["config_id"] == config_id):
+        config = dataclasses.replace(sweep.config_of(row), early_stopping=None)
+        accuracies.append(float(train.evaluate(config, sweep.retrain(row, full_train), test_set)["accuracy"]))
+    return accuracies
 
 
 def summarize_runs(result: train.TrainResult, seconds: float) -> dict[str, Any]:

@@ -123,16 +123,10 @@ flags.register_validator("variants", lambda v: bool(v) and set(v) <= {"plain", "
 flags.register_validator("tune", lambda v: set(v) <= {"mlp", "cnn"}, message="--tune must list mlp and/or cnn")
 flags.register_validator("learning_rate", lambda v: v > 0, message="--learning_rate must be > 0")
 flags.register_validator("dev_fraction", lambda v: 0 < v < 1, message="--dev_fraction must be in (0, 1)")
+for _name, _high in (("learning_rate_range", None), ("l2_range", None), ("keep_prob_range", 1.0)):
+    common.register_range_validator(_name, 0.0, _high)
 flags.register_validator("schedules", lambda v: bool(v) and set(v) <= {"constant", "cosine"},
                          message="--schedules must list constant and/or cosine")
-
-
-def _floats(name: str, low: float, high: float | None) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in FLAGS[name].value)
-    except ValueError:
-        raise common.StudyInputError(f"--{name} must be numbers, got {','.join(FLAGS[name].value)}") from None
-    return values
 
 
 def settings() -> dict[str, Any]:
@@ -147,11 +141,6 @@ def settings() -> dict[str, Any]:
         raise common.StudyInputError(f"--cnn_dropouts must be rates in [0, 1), got {values['cnn_dropouts']}")
     if values["min_epochs"] > values["epochs"] or values["interval"] > values["epochs"]:
         raise common.StudyInputError("--min_epochs and --interval must be <= --epochs")
-    for name in ("learning_rate_range", "l2_range", "keep_prob_range"):
-        lo, hi = (_floats(name, 0, None) + (0.0, 0.0))[:2]
-        if len(FLAGS[name].value) != 2 or not 0 < lo < hi or (name == "keep_prob_range" and hi > 1):
-            raise common.StudyInputError(f"--{name} must be two numbers lo,hi with 0 < lo < hi"
-                                         + (" <= 1" if name == "keep_prob_range" else ""))
     return values
 
 
@@ -208,7 +197,8 @@ def percent(summary: dict[str, float]) -> str:
 
 def tuning_space(model: str, s: dict[str, Any]) -> tuple[train.Config, dict[str, Any], dict[str, Any]]:
     """The base config, the space and ``{description: module}`` of the choices (to rebuild a row's Config)."""
-    lr, l2, keep = (_floats(name, 0, None) for name in ("learning_rate_range", "l2_range", "keep_prob_range"))
+    lr, l2, keep = (tuple(map(float, FLAGS[name].value)) for name in ("learning_rate_range", "l2_range",
+                                                                      "keep_prob_range"))
     space: dict[str, Any] = {"learning_rate": sweep.log_uniform(*lr), "l2": sweep.log_uniform(*l2)}
     if len(s["schedules"]) > 1:
         space["schedule"] = sweep.choice(s["schedules"])

@@ -22,10 +22,8 @@ shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_proc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
-import math
 import pathlib
 import sys
 import warnings
@@ -114,27 +112,10 @@ flags.DEFINE_integer(
 )
 
 
-def _range_validator(name: str, low: float | None, high: float | None, text: str) -> None:
-    def valid(values: list[str]) -> bool:
-        try:
-            lo, hi = (float(v) for v in values)
-        except ValueError:
-            return False
-        return (
-            math.isfinite(lo)
-            and math.isfinite(hi)
-            and lo < hi
-            and (low is None or lo > low)
-            and (high is None or hi <= high)
-        )
-
-    flags.register_validator(name, valid, message=f"--{name} must be two numbers lo,hi with {text}")
-
-
-_range_validator("learning_rate_range", 0.0, None, "0 < lo < hi")
-_range_validator("one_minus_beta_range", 0.0, 1.0, "0 < lo < hi <= 1")
-_range_validator("l2_range", 0.0, None, "0 < lo < hi")
-_range_validator("keep_prob_range", 0.0, 1.0, "0 < lo < hi <= 1")
+common.register_range_validator("learning_rate_range", 0.0)
+common.register_range_validator("one_minus_beta_range", 0.0, 1.0)
+common.register_range_validator("l2_range", 0.0)
+common.register_range_validator("keep_prob_range", 0.0, 1.0)
 flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="--dev_fraction must be in (0, 1)")
 flags.register_validator("keep_prob", lambda value: value is None or 0 < value <= 1,
                          message="--keep_prob must be in (0, 1]")
@@ -629,21 +610,17 @@ def retrain_winner(
     test_set: data_lib.Dataset,
 ) -> dict[str, Any]:
     """The honest protocol's last step: the winner trained again on train + dev (each seed's key), tested once."""
-    full = data_lib.Dataset(np.concatenate([train_set.X, dev_set.X]), np.concatenate([train_set.y, dev_set.y]))
-    rows = [row for row in results.rows if row["config_id"] == winner["config_id"]]
-    accuracies = [  # evaluate the state's current parameters (retrain turns early stopping off)
-        float(train.evaluate(dataclasses.replace(sweep.config_of(row), early_stopping=None), sweep.retrain(row, full),
-                             test_set)["accuracy"])
-        for row in rows
-    ]
+    full = common.train_plus_dev(train_set, dev_set)
+    accuracies = common.retrained_test_accuracies(results.rows, winner["config_id"], full, test_set)
     mean = float(np.mean(accuracies))
     std = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
+    seeds = len(accuracies)
     text = (
-        f"The winner retrained on train + dev ({len(full.y)} examples) with each of its {len(rows)} seed keys: "
-        f"test accuracy {100 * mean:.1f}%" + (f" ± {100 * std:.1f}% (sample std)" if len(rows) > 1 else "")
+        f"The winner retrained on train + dev ({len(full.y)} examples) with each of its {seeds} seed keys: "
+        f"test accuracy {100 * mean:.1f}%" + (f" ± {100 * std:.1f}% (sample std)" if seeds > 1 else "")
         + ". This is the one number to quote: the test set chose nothing."
     )
-    return {"test_accuracy": accuracies, "mean": mean, "std": std, "seeds": len(rows), "text": text}
+    return {"test_accuracy": accuracies, "mean": mean, "std": std, "seeds": seeds, "text": text}
 
 
 def write_summaries(

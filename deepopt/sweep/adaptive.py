@@ -27,16 +27,17 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from deepopt import data as data_lib
+from deepopt import perf
 from deepopt import train as train_lib
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import LOWER_IS_BETTER, Results
-from deepopt.sweep.engine import RUN_AXIS, _check_data, _global_array, _group_hparams
+from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, replicate_splits
 from deepopt.sweep.planning import Run, _typed_key, groups, plan
 from deepopt.sweep.search import _as_dataset, _metric_fields
+from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import _append_rows, data_fingerprint, lock_results, read_rows
 
@@ -107,25 +108,10 @@ def rank_trials(
 
 
 def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: float, extra: Mapping[str, Any]) -> dict:
-    """The JSON row of one run at one stage (exactly what a resumed search reads back)."""
-    row: dict[str, Any] = {
-        "id": f"{run_.id}.{extra['stage']}",
-        "run_id": run_.id,
-        "config_id": run_.config_id,
-        "config_index": run_.config_index,
-        "seed": run_.seed,
-        "key": list(run_.key_data),
-        "config": train_lib.describe_config(run_.config),
-        "hparams": dict(run_.hparams),
-    }
-    for name, values in outputs.items():
-        value = values[index].item()
-        row[name] = None if isinstance(value, float) and not math.isfinite(value) else value
-    if not row.get("diverged", False):
-        row["diverged_epoch"] = None
-    row.update(extra)
-    row["seconds"] = seconds
-    return json.loads(json.dumps(row, allow_nan=False))
+    """The JSON row of one run at one stage: ``sweep.run``'s row with the stage in its id and ``extra`` added."""
+    row = run_row(run_, outputs, index, seconds)
+    row = {"id": f"{run_.id}.{extra['stage']}", "run_id": run_.id, **{k: v for k, v in row.items() if k != "id"}}
+    return row | json.loads(json.dumps(dict(extra), allow_nan=False))  # exactly what a resumed search reads back
 
 
 def _describe_value(value: Any) -> Any:
@@ -297,9 +283,7 @@ class Search:
 
     @property
     def batches_per_epoch(self) -> int:
-        m = len(self.splits[0].y)
-        batch = m if self.config.batch_size is None else min(self.config.batch_size, m)
-        return -(-m // batch)
+        return perf.steps_per_run(dataclasses.replace(self.config, epochs=1), len(self.splits[0].y))
 
     def configs_per_chunk(self, config: train_lib.Config, stages: Sequence[tuple[int, int]]) -> int:
         """``C`` of a group: from ``chunk_size`` (runs per chunk), else the largest that keeps padding cheap.
@@ -341,12 +325,7 @@ class Search:
 
     def _data_on_devices(self, mesh: Mesh) -> list:
         if self.device_data is None:
-            replicated = NamedSharding(mesh, P())
-            self.device_data = [
-                None if s is None
-                else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
-                for s in self.splits
-            ]
+            self.device_data = replicate_splits(mesh, self.splits)
         return self.device_data
 
     def group_dropout(self, config: train_lib.Config) -> bool:
@@ -416,8 +395,7 @@ class Search:
         config = members[0].config
         compiled = self._program(config, configs, self.group_dropout(config))
         mesh = Mesh(np.asarray(self.devices), (RUN_AXIS,))
-        fake_runs = [Run(0, "", "", 0, 0, config, dict(v), ()) for v in values]
-        hp_host = _group_hparams(fake_runs, config, np.dtype(self.splits[0].X.dtype))
+        hp_host = _group_hparams(values, config, np.dtype(self.splits[0].X.dtype))
         key_host = np.asarray([run_.key_data for run_ in members[0].runs], np.uint32)
         fresh = state_in is None
         if fresh:

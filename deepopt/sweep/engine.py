@@ -149,6 +149,16 @@ def abstract_inputs(
     return hp, datasets
 
 
+def replicate_splits(mesh: Mesh, splits: Sequence[data_lib.Dataset | None]) -> list[data_lib.Dataset | None]:
+    """Host splits as global arrays replicated on every device of ``mesh`` (``y`` as int32; None kept)."""
+    replicated = NamedSharding(mesh, P())
+    return [
+        None if s is None
+        else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
+        for s in splits
+    ]
+
+
 def _global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A global array from the same host value on every process (each fills its own devices)."""
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -301,17 +311,19 @@ def _choose_chunk(
     return configs, compiled, size
 
 
-def _group_hparams(group_runs: Sequence[Run], config: train_lib.Config, dtype: Any) -> dict[str, np.ndarray]:
-    """Every HParams field of the group as a host array ``(n,)`` of the run dtype.
+def _group_hparams(
+    values: Sequence[Mapping[str, Any]], config: train_lib.Config, dtype: Any
+) -> dict[str, np.ndarray]:
+    """Every HParams field of ``values`` (one ``{field: value}`` per config) as a host array ``(n,)`` of the run dtype.
 
     ``None`` fields are derived from ``config`` (``train.prepare_hparams``).
     """
     columns = {}
     for name in train_lib.HParams._fields:
-        values = [run_.hparams[name] for run_ in group_runs]
-        columns[name] = None if all(v is None for v in values) else np.asarray(values, np.float64)
+        column = [hparams[name] for hparams in values]
+        columns[name] = None if all(v is None for v in column) else np.asarray(column, np.float64)
     prepared = train_lib.broadcast_hparams(
-        train_lib.prepare_hparams(train_lib.HParams(**columns), config, dtype), len(group_runs)
+        train_lib.prepare_hparams(train_lib.HParams(**columns), config, dtype), len(values)
     )
     return {name: np.asarray(value) for name, value in prepared._asdict().items()}
 

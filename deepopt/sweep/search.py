@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from deepopt import data as data_lib
+from deepopt import perf
 from deepopt import train as train_lib
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.engine import (
@@ -26,9 +26,9 @@ from deepopt.sweep.engine import (
     _check_data,
     _choose_chunk,
     _execute,
-    _global_array,
     _group_dropout,
     _group_hparams,
+    replicate_splits,
     _seeds_per_config,
     auto_chunk_size,
     compile_count,
@@ -69,12 +69,6 @@ def _metric_fields(dev: Any, test: Any) -> tuple[str, ...]:
         + (("dev_accuracy",) if dev is not None else ())
         + (("test_accuracy",) if test is not None else ())
     )
-
-
-def _updates_per_run(config: train_lib.Config, num_examples: int) -> int:
-    """Mini-batch updates one run of ``config`` computes: epochs × batches per epoch (frozen runs included)."""
-    batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
-    return config.epochs * -(-num_examples // batch)
 
 
 def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
@@ -263,7 +257,7 @@ def run(
             "processes": jax.process_count(),
             "seconds": time.perf_counter() - start,
             "layout": sweep.layout,
-            "config_steps": sum(_updates_per_run(config, len(splits[0].y)) * len(r) for config, r in grouped.items()),
+            "config_steps": sum(perf.steps_per_run(config, len(splits[0].y)) * len(r) for config, r in grouped.items()),
         }
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         return Results(
@@ -299,13 +293,7 @@ class _Sweep:
     def data_on_devices(self) -> list[data_lib.Dataset | None]:
         """The splits as global arrays replicated on every device (made once, on first use)."""
         if self.device_data is None:
-            replicated = NamedSharding(self.mesh, P())
-            self.device_data = [
-                None
-                if s is None
-                else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
-                for s in self.splits
-            ]
+            self.device_data = replicate_splits(self.mesh, self.splits)
         return self.device_data
 
     def report(self, group: int, chunk: int, chunks: int, label: str) -> None:
@@ -352,7 +340,7 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
             "compile_seconds": time.perf_counter() - compile_start,  # ~0 when the program was cached
         }
     )
-    hp_host = _group_hparams(group_runs[::seeds], config, np.dtype(sweep.compile_args[2]))
+    hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(sweep.compile_args[2]))
     key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
     for chunk_number in range(num_chunks):
         members = group_runs[chunk_number * chunk : (chunk_number + 1) * chunk]

@@ -131,7 +131,7 @@ BAD_SWEEPS = [  # (space, extra arguments of run, the error message)
     (
         {"learning_rate": 0.1},
         {"sampler": "sobol"},
-        r"sampler must be one of \['random', 'quasi', 'grid'\], got 'sobol'",
+        r"sampler must be one of \['random', 'quasi', 'grid', 'tpe'\] or an optuna.samplers.BaseSampler instance, got 'sobol'",
     ),
     ({"learning_rate": 0.1}, {"seeds": 0}, r"seeds must be a positive int, got 0"),
     ({"learning_rate": 0.1}, {"memory_budget_bytes": -5}, r"memory_budget_bytes must be a positive int"),

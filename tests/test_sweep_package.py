@@ -81,8 +81,8 @@ def test_tell_is_accepted(name: str) -> None:
 
 
 def test_sampler_errors() -> None:
-    with pytest.raises(ValueError, match="sampler must be one of"):
-        sweep.make_sampler("tpe", SPACE, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"sampler must be one of \['random', 'quasi', 'grid', 'tpe'\]"):
+        sweep.make_sampler("bayes", SPACE, jax.random.key(0))
     with pytest.raises(ValueError, match="sampler='grid' enumerates grid/choice values"):
         sweep.make_sampler("grid", SPACE, jax.random.key(0))
     with pytest.raises(ValueError, match="sampler='grid' makes all 6 combinations"):
@@ -272,8 +272,8 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
     assert isinstance(sweep.compile_count(), int)
 
 
-CHAIN = ("space", "samplers", "store", "planning", "engine", "analysis", "search", "states", "adaptive", "halving",
-         "population")
+CHAIN = ("space", "samplers", "store", "model_based", "planning", "engine", "analysis", "tensorboard_log", "search",
+         "states", "adaptive", "halving", "population")
 
 
 def test_submodules_import_only_earlier_ones() -> None:

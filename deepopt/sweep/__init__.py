@@ -21,8 +21,11 @@ arguments recomputes only unfinished chunks, with the same program, and ends wit
 
 Samplers share one interface (``make_sampler(name, space, key)``): ``ask(n)`` returns the next
 ``n`` assignments, deterministic given the key, successive asks continuing one sequence;
-``tell(assignments, values)`` reports what they scored (ignored by these three; model-based
-samplers will use it). ``sample`` is a fresh sampler's first ask.
+``tell(assignments, values)`` reports what they scored (ignored by the three above). ``sample``
+is a fresh sampler's first ask. Model-based samplers (``"tpe"``, or any Optuna sampler instance,
+through ``OptunaSampler``: ``model_based``) condition their asks on what they were told: ``run``
+then trains in rounds (ask ``C`` configs, train them as one chunk per group, tell all ``C``), and
+``hyperband`` asks each bracket after the one before it is done.
 
 A run's id (version 2) is a hash of its config's id, its seed index and key, and a fingerprint
 of the data; the config's id hashes a version tag and only the Config and HParams fields whose
@@ -43,7 +46,7 @@ file, so a killed search resumes where it was (``adaptive``).
 
 Modules, each importing only from those before it:
 ``space`` (distributions, field names) -> ``samplers`` (ask/tell, Halton) -> ``store`` (rows,
-ids, resume, the writer's lock) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
+ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``engine`` (chunk sizes, compiled programs, the mesh, one chunk's execution) -> ``analysis``
 (``Results``, a row's Config / HParams / key) -> ``search`` (``run``, ``Progress``) -> ``states``
 (the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
@@ -64,17 +67,10 @@ from deepopt.sweep.engine import (
 from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
 from deepopt.sweep.population import pbt, replay
 from deepopt.sweep.planning import Run, groups, legacy_ids, plan, seed_keys
-from deepopt.sweep.samplers import (
-    SAMPLERS,
-    GridSampler,
-    QuasiSampler,
-    RandomSampler,
-    Sampler,
-    halton,
-    make_sampler,
-    sample,
-)
-from deepopt.sweep.search import Progress, run
+from deepopt.sweep.model_based import MODEL_BASED_SAMPLERS, OptunaSampler, make_sampler, optuna_distributions, sample
+from deepopt.sweep.samplers import SAMPLERS, GridSampler, QuasiSampler, RandomSampler, Sampler, halton
+from deepopt.sweep.planning import plan_assignments
+from deepopt.sweep.search import MODEL_BASED_ROUNDS, Progress, ask_size, run
 from deepopt.sweep.space import (
     Choice,
     Distribution,
@@ -124,6 +120,12 @@ __all__ = [
     "successive_halving",
     "curves_path",
     "read_curves",
+    "MODEL_BASED_ROUNDS",
+    "MODEL_BASED_SAMPLERS",
+    "OptunaSampler",
+    "ask_size",
+    "optuna_distributions",
+    "plan_assignments",
     "AUTO_CHUNK",
     "CACHE_BYTES_PER_DEVICE",
     "ID_VERSION",

@@ -35,8 +35,10 @@ from deepopt import train as train_lib
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import LOWER_IS_BETTER, Results
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, replicate_splits
-from deepopt.sweep.planning import Run, _typed_key, groups, plan
-from deepopt.sweep.search import _as_dataset, _metric_fields
+from deepopt.sweep.model_based import is_model_based, make_sampler
+from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
+from deepopt.sweep.samplers import Sampler
+from deepopt.sweep.search import _as_dataset, _corner_assignments, _metric_fields
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import _append_rows, data_fingerprint, lock_results, read_rows
@@ -156,6 +158,10 @@ class Search:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pool: states_lib.StatePool = dataclasses.field(default_factory=states_lib.StatePool)
     chunks_per_group: dict[train_lib.Config, int] = dataclasses.field(default_factory=dict)
+    source: Sampler | None = None  # a model-based sampler: trials are asked bracket by bracket (``ask_trials``)
+    hparams: train_lib.HParams | None = None
+    digest: str = ""
+    trial_of: dict[str, Trial] = dataclasses.field(default_factory=dict)
     computed: int = 0
     resumed: int = 0
     chunks: int = 0
@@ -184,7 +190,7 @@ class Search:
         resume: bool,
         progress: Callable[[Any], None] | None,
         test: data_lib.Dataset | None,
-        sampler: str,
+        sampler: Any,
         chunk_size: int | None,
         devices: Sequence[Any] | None,
         hparams: train_lib.HParams | None,
@@ -213,20 +219,31 @@ class Search:
         key = _typed_key(key)
         config = dataclasses.replace(base_config, epochs=max_epochs)
         digest = data_fingerprint(*splits)
-        runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler, hparams=hparams,
-                    data_digest=digest)
-        _check_data(groups(runs), splits, key)
+        source = None
         trials: list[Trial] = []
-        for start in range(0, len(runs), seeds):
-            first = runs[start]
-            trials.append(Trial(len(trials), first.config_id, first.config_index, first.config, dict(first.hparams),
-                                tuple(runs[start : start + seeds])))
+        if is_model_based(sampler):
+            if method != "hyperband":
+                raise ValueError(
+                    f"sampler={sampler!r} learns from finished configs between its asks, but {method} asks all its "
+                    "configs at once: use it with hyperband (brackets asked one after another) or sweep.run"
+                )
+            plan(config, {}, key=key, num_configs=1, seeds=seeds, hparams=hparams)  # argument types
+            corners, _ = plan_assignments(config, space, _corner_assignments(space), key=key, seeds=seeds,
+                                          hparams=hparams, data_digest=digest)
+            _check_data(groups(corners), splits, key)
+            direction = "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
+            source = make_sampler(sampler, space, jax.random.split(key)[0], direction=direction)
+        else:
+            runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
+                        hparams=hparams, data_digest=digest)
+            _check_data(groups(runs), splits, key)
+            trials = _trials(runs, seeds, 0)
         description = {
             "method": method,
             **{name: _describe_value(value) for name, value in arguments.items()},
             "seeds": seeds,
             "metric": metric,
-            "sampler": sampler,
+            "sampler": sampler if isinstance(sampler, str) else f"{type(sampler).__module__}.{type(sampler).__name__}",
             "config": _describe_value(train_lib.describe_config(config)),
             "space": _describe_value(dict(space)),
             "hparams": None if hparams is None else _describe_value(hparams._asdict()),
@@ -237,7 +254,38 @@ class Search:
             method=method, config=config, space=dict(space), splits=splits, key=key, seeds=seeds, metric=metric,
             results_path=None if results_path is None else os.fspath(results_path), resume=resume,
             progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
+            source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
         )
+
+    def ask_trials(self, n: int) -> tuple[list[dict[str, Any]], list[str], list[Trial]]:
+        """A model-based search's next ``n`` configs: the assignments, their config ids, the new trials.
+
+        A config asked again (same id) is not a new trial; ``tell_trials`` tells it its earlier value.
+        """
+        assert self.source is not None
+        assignments = self.source.ask(n)
+        runs, config_ids = plan_assignments(
+            self.config, self.space, assignments, key=self.key, seeds=self.seeds, hparams=self.hparams,
+            data_digest=self.digest, first_config_index=self.source.asked - len(assignments),
+            first_run_index=len(self.trials) * self.seeds, seen=set(self.trial_of),
+        )
+        new = _trials(runs, self.seeds, len(self.trials))
+        self.trials += new
+        self.trial_of.update({t.config_id: t for t in new})
+        return assignments, config_ids, new
+
+    def tell_trials(
+        self, assignments: Sequence[Mapping[str, Any]], config_ids: Sequence[str],
+        last: Mapping[int, Sequence[Mapping[str, Any]]],
+    ) -> None:
+        """Tell the sampler each asked config's seed-mean ``metric`` at the last stage it reached (None: failed)."""
+        assert self.source is not None
+        values: list[float | None] = []
+        for config_id in config_ids:
+            scores = [row.get(self.metric) for row in last.get(self.trial_of[config_id].position, ())]
+            finite = [float(v) for v in scores if v is not None and math.isfinite(float(v))]
+            values.append(float(np.mean(finite)) if finite and len(finite) == len(scores) else None)
+        self.source.tell(assignments, values)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Search]:
@@ -537,6 +585,16 @@ class Search:
         }
         return Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
                        history=list(self.history))
+
+
+def _trials(runs: Sequence[Run], seeds: int, first_position: int) -> list[Trial]:
+    """Planned runs (config-major, ``seeds`` each) as trials numbered from ``first_position``."""
+    trials = []
+    for start in range(0, len(runs), seeds):
+        first = runs[start]
+        trials.append(Trial(first_position + len(trials), first.config_id, first.config_index, first.config,
+                            dict(first.hparams), tuple(runs[start : start + seeds])))
+    return trials
 
 
 def static_in_space(space: Mapping[str, Any]) -> list[str]:

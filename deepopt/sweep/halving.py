@@ -206,7 +206,7 @@ def hyperband(
     resume: bool = False,
     progress: Callable[[Any], None] | None = None,
     test: data_lib.Dataset | None = None,
-    sampler: str = "random",
+    sampler: Any = "random",
     chunk_size: int | None = None,
     devices: Sequence[Any] | None = None,
     hparams: train_lib.HParams | None = None,
@@ -214,7 +214,11 @@ def hyperband(
     r"""Hyperband: the brackets of Li et al. (2018) (``hyperband_brackets``), each a successive halving.
 
     Every bracket's configs are sampled up front, as one plan (``sum`` of the brackets' sizes;
-    bracket ``b`` takes the next ``n_b``), so ids are unique across brackets. The other arguments,
+    bracket ``b`` takes the next ``n_b``), so ids are unique across brackets. A model-based
+    ``sampler`` (``"tpe"`` or an Optuna sampler instance) instead asks bracket ``b``'s configs once
+    bracket ``b - 1`` is done and tells each config its seed-mean ``metric`` at the last rung it
+    reached (a config cut early is told its early value, the verdict halving gave it): the
+    brackets run in order, each guided by every config before it. The other arguments,
     the files and resume are ``successive_halving``'s; one compiled program per group serves every
     bracket and rung. ``stats["brackets"]`` records each bracket: its ``s``, configs, rung epochs
     and sizes, planned ``budget`` in config-epochs and the ``config_steps`` it trained.
@@ -229,21 +233,28 @@ def hyperband(
         arguments={"min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
     )
     start, assigned = 0, []
-    for bracket in brackets:
-        members = search.trials[start : start + bracket["configs"]]
-        start += len(members)
-        bracket["configs"] = len(members)
-        bracket["sizes"] = rung_sizes(len(members), len(bracket["rungs"]), eta) if members else []
+    for bracket in brackets:  # a model-based sampler asks each bracket's configs when the one before is done
+        members = search.trials[start : start + bracket["configs"]] if search.source is None else None
+        start += bracket["configs"]
+        count = bracket["configs"] if members is None else len(members)
+        bracket["configs"] = count
+        bracket["sizes"] = rung_sizes(count, len(bracket["rungs"]), eta) if count else []
         assigned.append(members)
     stages = [stage for b in brackets if b["sizes"] for stage in _stages(b["sizes"], b["rungs"])]
     total = sum(sum(b["sizes"]) for b in brackets) * search.seeds
     last: dict[int, list[dict[str, Any]]] = {}
     with search.opened():
         for bracket, members in zip(brackets, assigned):
+            if members is None:
+                assignments, config_ids, members = search.ask_trials(bracket["configs"])
+                bracket["configs"] = len(members)
+                bracket["sizes"] = rung_sizes(len(members), len(bracket["rungs"]), eta) if members else []
             if not members:
                 continue
             bracket_last = _halve(search, members, bracket["rungs"], eta, bracket["bracket"], stages, total)
             last.update(bracket_last)
+            if search.source is not None:
+                search.tell_trials(assignments, config_ids, last)
             bracket["config_steps"] = (
                 sum(int(row["epochs_trained"]) for rows in bracket_last.values() for row in rows)
                 * search.batches_per_epoch

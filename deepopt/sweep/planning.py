@@ -15,9 +15,9 @@ import numpy as np
 
 from deepopt import train as train_lib
 from deepopt.sweep import store
-from deepopt.sweep.samplers import sample
+from deepopt.sweep.model_based import sample
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _canonical, _plain
+from deepopt.sweep.store import _plain, static_text
 
 
 class Run(NamedTuple):
@@ -45,15 +45,6 @@ def _typed_key(key: Any) -> jax.Array:
     return key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
-def _static_text(name: str, value: Any) -> str:
-    """A static choice as comparable text: a Flax module (``Config.model``) by ``modules.describe``, else its JSON."""
-    if name == "model" and value is not None:
-        from deepopt import modules
-
-        return modules.describe(value)
-    return _canonical(value)
-
-
 def plan(
     base_config: train_lib.Config,
     space: Mapping[str, Any],
@@ -61,7 +52,7 @@ def plan(
     key: jax.Array,
     num_configs: int | None,
     seeds: int = 1,
-    sampler: str = "random",
+    sampler: Any = "random",
     hparams: train_lib.HParams | None = None,
     data_digest: str = "",
 ) -> list[Run]:
@@ -86,12 +77,37 @@ def plan(
     key = _typed_key(key)
     sample_key, _ = jax.random.split(key)
     assignments = sample(space, sample_key, num_configs, sampler)
+    runs, _ = plan_assignments(base_config, space, assignments, key=key, seeds=seeds, hparams=hparams,
+                               data_digest=data_digest)
+    return runs
+
+
+def plan_assignments(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    assignments: Sequence[Mapping[str, Any]],
+    *,
+    key: jax.Array,
+    seeds: int = 1,
+    hparams: train_lib.HParams | None = None,
+    data_digest: str = "",
+    first_config_index: int = 0,
+    first_run_index: int = 0,
+    seen: set[str] | None = None,
+) -> tuple[list[Run], list[str]]:
+    """The runs of sampled ``assignments`` (``plan`` after sampling), and each assignment's config id.
+
+    Config ``i`` gets ``config_index = first_config_index + i`` and runs are numbered from
+    ``first_run_index``; a config whose id is in ``seen`` (updated in place) is not planned again,
+    so a model-based sweep can plan its rounds one at a time with ``plan``'s ids and checks.
+    """
+    hparams = train_lib.HParams() if hparams is None else hparams
     static = [name for name in space if name in static_fields()]
     traced = [name for name in space if name not in static_fields()]
 
     configs: dict[tuple, train_lib.Config] = {}
     for assignment in assignments:
-        combo = tuple(_static_text(name, assignment[name]) for name in static)
+        combo = tuple(static_text(name, assignment[name]) for name in static)
         if combo not in configs:
             choices = {name: assignment[name] for name in static}
             try:
@@ -109,20 +125,23 @@ def plan(
 
     keys = seed_keys(key, seeds)
     key_data = [tuple(int(v) for v in np.asarray(jax.random.key_data(k)).reshape(-1)) for k in keys]
-    runs = []
-    seen: set[str] = set()
-    for config_index, assignment in enumerate(assignments):
-        config = configs[tuple(_static_text(name, assignment[name]) for name in static)]
+    runs: list[Run] = []
+    config_ids: list[str] = []
+    seen = set() if seen is None else seen
+    for position, assignment in enumerate(assignments):
+        config = configs[tuple(static_text(name, assignment[name]) for name in static)]
         values = {name: (None if v is None else _plain(v)) for name, v in hparams._asdict().items()}
         values.update({name: _plain(assignment[name]) for name in traced})
         config_id = store.config_id(config, values)
+        config_ids.append(config_id)
         if config_id in seen:  # the same Config and HParams again (an empty or all-discrete space): trained once
             continue
         seen.add(config_id)
         for seed in range(seeds):
             run_id = store.run_id(config_id, seed, key_data[seed], data_digest)
-            runs.append(Run(len(runs), run_id, config_id, config_index, seed, config, values, key_data[seed]))
-    return runs
+            runs.append(Run(first_run_index + len(runs), run_id, config_id, first_config_index + position, seed,
+                            config, values, key_data[seed]))
+    return runs, config_ids
 
 
 def legacy_ids(runs: Sequence[Run], data_digest: str = "") -> dict[str, store.LegacyRun]:

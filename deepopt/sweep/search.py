@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -33,10 +34,15 @@ from deepopt.sweep.engine import (
     auto_chunk_size,
     compile_count,
 )
-from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan
-from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep import store
+from deepopt.sweep.analysis import LOWER_IS_BETTER
+from deepopt.sweep.model_based import is_model_based, make_sampler
+from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan, plan_assignments
+from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
+from deepopt.sweep import store, tensorboard_log
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
+
+
+MODEL_BASED_ROUNDS = 8  # a model-based sweep's default rounds of ask, train, tell
 
 
 class Progress(NamedTuple):
@@ -108,7 +114,7 @@ def run(
     key: jax.Array,
     num_configs: int | None,
     seeds: int = 1,
-    sampler: str = "random",
+    sampler: Any = "random",
     results_path: str | os.PathLike | None = None,
     resume: bool = True,
     devices: Sequence[Any] | None = None,
@@ -118,7 +124,8 @@ def run(
     test: data_lib.Dataset | None = None,
     chunk_size: int | str | None = None,
     progress: Callable[[Progress], None] | None = None,
-    curves: bool = False,
+    curves: bool | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
 ) -> Results:
     """Train every config of ``space`` × ``seeds`` keys; one compilation per group of static choices.
 
@@ -130,7 +137,13 @@ def run(
         the same ``seeds`` keys for every config.
       num_configs: configs to sample (None with ``sampler="grid"``: the whole product).
       seeds: keys per config.
-      sampler: ``"random"``, ``"quasi"`` (scrambled Halton) or ``"grid"``.
+      sampler: ``"random"``, ``"quasi"`` (scrambled Halton), ``"grid"``, or model-based: ``"tpe"``
+        (Optuna's multivariate TPE, seeded from ``key``) or any Optuna sampler instance
+        (``optuna.samplers.GPSampler(seed=0)``, say; see ``model_based``). A model-based sweep runs in
+        rounds: ask ``C`` configs (``chunk_size // seeds``; default ``num_configs / MODEL_BASED_ROUNDS``,
+        at least one per device), train them as one chunk per group of static choices (one compiled
+        program per group for every round), tell each its seed-mean ``metric`` (a config with a
+        non-finite one fails), ask again. Progress lines then count rounds.
       results_path: JSON-lines file; each finished chunk is appended, flushed and fsynced
         (process 0 writes). ``run`` holds an exclusive lock on it while it runs
         (``lock_results``): a second writer of the same file fails at once with
@@ -150,7 +163,12 @@ def run(
         dev cost; needs ``dev``), in ``Results.curves`` and, beside ``results_path``, in
         ``store.curves_path(results_path)`` (one line per run: float32 curves in base64), written
         before the chunk's rows. The training is the same bit for bit. A resumed run whose curves
-        were never recorded (an earlier call without ``curves``) has none.
+        were never recorded (an earlier call without ``curves``) has none. None (the default):
+        True when ``tensorboard_dir`` is given and there is a dev set, else False.
+      tensorboard_dir: write one TensorBoard run per config there (``tensorboard_log.write_runs``:
+        its hyperparameters for the HParams dashboard, its seed-mean final metrics and per-epoch
+        curves), each config as soon as all its seeds are done; resumed configs already written are
+        not written twice. Open it with ``tensorboard --logdir DIR``. Needs the ``tensorboard`` extra.
     Returns:
       ``Results`` with one row per run in plan order (config-major, then seed); ``config_steps``
       counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
@@ -159,8 +177,12 @@ def run(
     splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
     if splits[0] is None:
         raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
+    if tensorboard_dir is not None:
+        tensorboard_dir = _check_tensorboard_dir(tensorboard_dir)
+    if curves is None:
+        curves = tensorboard_dir is not None and dev is not None
     if not isinstance(curves, bool):
-        raise TypeError(f"curves must be a bool, got {curves!r}")
+        raise TypeError(f"curves must be a bool or None, got {curves!r}")
     if curves and dev is None:
         raise ValueError("curves=True records dev accuracy and dev cost per epoch: it needs a dev set")
     allowed = _metric_fields(dev, test)
@@ -191,6 +213,13 @@ def run(
         )
     key = _typed_key(key)
     data_digest = data_fingerprint(*splits)
+    if is_model_based(sampler):
+        return _run_model_based(
+            base_config, space, splits, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
+            results_path=results_path, resume=resume, devices=devices, budget=memory_budget_bytes, metric=metric,
+            hparams=hparams, chunk_size=chunk_size, progress=progress, curves=curves, start=start,
+            data_digest=data_digest, data_bytes=data_bytes, tensorboard_dir=tensorboard_dir,
+        )
     runs = plan(
         base_config,
         space,
@@ -209,56 +238,258 @@ def run(
         reads_file = resume and results_path is not None and jax.process_index() == 0
         legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
         done = _resume(results_path, [run_.id for run_ in runs], resume, legacy)
-        curve_file = store.curves_path(results_path) if writer and curves else None
-        curve_data = {}
-        if curve_file is not None:
-            curve_data = read_curves(curve_file, [run_.id for run_ in runs], repair=True) if resume else {}
-            with open(curve_file, "a" if resume else "w", encoding="utf-8"):
-                pass
-        sweep = _Sweep(
-            mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
-            splits=splits,
-            data_bytes=data_bytes,
-            budget=memory_budget_bytes,
-            chunk_size=chunk_size,
-            results_path=results_path if jax.process_index() == 0 else None,
-            done=done,
-            curves=curves,
-            curves_path=curve_file,
-            curve_data=curve_data,
-            progress=progress,
-            start=start,
-            total=len(runs),
-            resumed=sum(run_.id in done for run_ in runs),
-            groups=len(grouped),
-            compile_args=(
-                str(jax.random.key_impl(key)),
-                tuple(np.asarray(jax.random.key_data(key)).shape),
-                str(splits[0].X.dtype),
-                tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
-                devices,
-                splits[2] is not None,
-            ),
+        curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, [r.id for r in runs])
+        sweep = _new_sweep(
+            devices, splits, data_bytes, memory_budget_bytes, chunk_size, results_path, done, curves, curve_file,
+            curve_data, progress, start, len(runs), sum(run_.id in done for run_ in runs), len(grouped), key,
         )
         compiled_before = compile_count()
         for number, (config, group_runs) in enumerate(grouped.items(), start=1):
             label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
             _run_group(sweep, number, label or "all", config, group_runs)
-        stats = {
-            "runs": len(runs),
-            "configs": len({r.config_id for r in runs}),
-            "seeds": seeds,
-            "groups": len(grouped),
-            "runs_computed": sweep.computed,
-            "runs_resumed": sweep.resumed,
-            "chunks": sweep.chunks,
-            "compilations": compile_count() - compiled_before,
-            "devices": len(devices),
-            "processes": jax.process_count(),
-            "seconds": time.perf_counter() - start,
-            "layout": sweep.layout,
-            "config_steps": sum(perf.steps_per_run(config, len(splits[0].y)) * len(r) for config, r in grouped.items()),
-        }
+            _write_board(tensorboard_dir, sweep, runs, space, metric)
+        stats = _stats(sweep, runs, grouped, seeds, devices, compiled_before)
+        recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
+        return Results(
+            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
+        )
+
+
+def _stats(
+    sweep: _Sweep, runs: Sequence[Run], grouped: Mapping[train_lib.Config, Sequence[Run]], seeds: int,
+    devices: Sequence[Any], compiled_before: int,
+) -> dict[str, Any]:
+    """``Results.stats`` of a finished call."""
+    return {
+        "runs": len(runs),
+        "configs": len({r.config_id for r in runs}),
+        "seeds": seeds,
+        "groups": len(grouped),
+        "runs_computed": sweep.computed,
+        "runs_resumed": sweep.resumed,
+        "chunks": sweep.chunks,
+        "compilations": compile_count() - compiled_before,
+        "devices": len(devices),
+        "processes": jax.process_count(),
+        "seconds": time.perf_counter() - sweep.start,
+        "layout": sweep.layout,
+        "config_steps": sum(
+            perf.steps_per_run(config, len(sweep.splits[0].y)) * len(r) for config, r in grouped.items()
+        ),
+    }
+
+
+def _check_tensorboard_dir(tensorboard_dir: Any) -> str:
+    """``tensorboard_dir`` as a path that is not a file, with TensorBoard importable: checked before compiling."""
+    try:
+        path = os.fspath(tensorboard_dir)
+    except TypeError:
+        raise TypeError(f"tensorboard_dir must be a path or None, got {tensorboard_dir!r}") from None
+    if os.path.isfile(path):
+        raise ValueError(f"tensorboard_dir must be a directory, got the file {path!r}")
+    tensorboard_log._tensorboard()  # the ImportError that names the extra, before any training
+    return path
+
+
+def _write_board(
+    tensorboard_dir: str | None, sweep: _Sweep, runs: Sequence[Run], space: Mapping[str, Any], metric: str
+) -> None:
+    """Write the TensorBoard run of every config whose seeds are all done and that is not written yet (process 0)."""
+    if tensorboard_dir is None or jax.process_index() != 0:
+        return
+    finished = [run_ for run_ in runs if run_.id in sweep.done]
+    seeds_done: dict[str, int] = {}
+    for run_ in finished:
+        seeds_done[run_.config_id] = seeds_done.get(run_.config_id, 0) + 1
+    seeds = {run_.config_id: run_.seed + 1 for run_ in runs}
+    complete = [run_ for run_ in finished if seeds_done[run_.config_id] == seeds[run_.config_id]]
+    if not complete:
+        return
+    results = Results(
+        rows=[sweep.done[run_.id] for run_ in complete], space=dict(space), metric=metric,
+        curves={run_.id: sweep.curve_data[run_.id] for run_ in complete if run_.id in sweep.curve_data},
+    )
+    tensorboard_log.write_runs(tensorboard_dir, results)
+
+
+def _open_curves(
+    curves_of: str | os.PathLike | None, curves: bool, resume: bool, ids: Sequence[str]
+) -> tuple[str | None, dict[str, dict[str, np.ndarray]]]:
+    """The curves file beside results file ``curves_of`` (None: no writer here) and the curves of ``ids`` it holds."""
+    if curves_of is None or not curves:
+        return None, {}
+    curve_file = store.curves_path(curves_of)
+    curve_data = read_curves(curve_file, ids, repair=True) if resume else {}
+    with open(curve_file, "a" if resume else "w", encoding="utf-8"):
+        pass
+    return curve_file, curve_data
+
+
+def _new_sweep(
+    devices: Sequence[Any],
+    splits: tuple[data_lib.Dataset | None, ...],
+    data_bytes: int,
+    budget: int | None,
+    chunk_size: int | str | None,
+    results_path: str | os.PathLike | None,
+    done: dict[str, dict[str, Any]],
+    curves: bool,
+    curve_file: str | None,
+    curve_data: dict[str, dict[str, np.ndarray]],
+    progress: Callable[[Progress], None] | None,
+    start: float,
+    total: int,
+    resumed: int,
+    num_groups: int,
+    key: jax.Array,
+) -> _Sweep:
+    """The state one ``run`` call's groups share."""
+    return _Sweep(
+        mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
+        splits=splits,
+        data_bytes=data_bytes,
+        budget=budget,
+        chunk_size=chunk_size,
+        results_path=results_path if jax.process_index() == 0 else None,
+        done=done,
+        curves=curves,
+        curves_path=curve_file,
+        curve_data=curve_data,
+        progress=progress,
+        start=start,
+        total=total,
+        resumed=resumed,
+        groups=num_groups,
+        compile_args=(
+            str(jax.random.key_impl(key)),
+            tuple(np.asarray(jax.random.key_data(key)).shape),
+            str(splits[0].X.dtype),
+            tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
+            tuple(devices),
+            splits[2] is not None,
+        ),
+    )
+
+
+def ask_size(num_configs: int, seeds: int, chunk_size: int | str | None, num_devices: int) -> int:
+    """Configs per round of a model-based sweep: ``chunk_size // seeds``, else ``⌈num_configs / MODEL_BASED_ROUNDS⌉``.
+
+    At least one config per device and at most ``num_configs``; ``chunk_size="auto"`` counts as None.
+    """
+    if isinstance(chunk_size, int):
+        size = max(chunk_size // seeds, 1)
+    else:
+        size = -(-num_configs // MODEL_BASED_ROUNDS)
+    return min(max(size, num_devices), num_configs)
+
+
+def _corner_assignments(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Assignments at both ends of every searched range for every static combination: what ``plan`` checks up front.
+
+    A model-based sweep has not sampled its configs before it starts; these stand in for them in
+    the checks before compiling (Config of every static combination, hyperparameter ranges, data
+    against every group) and decide each group's dropout (``keep_prob`` below 1 anywhere in its range).
+    """
+    static = [n for n, v in space.items() if n in static_fields() and isinstance(v, Choice)]
+    traced = [n for n, v in space.items() if n not in static_fields() and _is_distribution(v)]
+    fixed = {n: v for n, v in space.items() if n not in static and n not in traced}
+    corners = []
+    for combo in itertools.product(*(space[n].values for n in static)):
+        for end in (0.0, 1.0 - 1e-9):
+            corners.append(
+                {**fixed, **dict(zip(static, combo)), **{n: space[n].sample(np.asarray([end]))[0] for n in traced}}
+            )
+    return corners
+
+
+def _tell_values(
+    assignments_ids: Sequence[str], done: Mapping[str, Mapping[str, Any]], runs_by_config: Mapping[str, Sequence[Run]],
+    metric: str,
+) -> list[float | None]:
+    """Each asked config's seed-mean ``metric`` (None when a seed's value is missing or not finite)."""
+    values: list[float | None] = []
+    for config_id in assignments_ids:
+        scores = [done[run_.id].get(metric) for run_ in runs_by_config[config_id]]
+        finite = [float(v) for v in scores if v is not None and math.isfinite(float(v))]
+        values.append(float(np.mean(finite)) if finite and len(finite) == len(scores) else None)
+    return values
+
+
+def _run_model_based(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    splits: tuple[data_lib.Dataset | None, ...],
+    *,
+    key: jax.Array,
+    num_configs: int | None,
+    seeds: int,
+    sampler: Any,
+    results_path: str | os.PathLike | None,
+    resume: bool,
+    devices: Sequence[Any],
+    budget: int | None,
+    metric: str,
+    hparams: train_lib.HParams | None,
+    chunk_size: int | str | None,
+    progress: Callable[[Progress], None] | None,
+    curves: bool,
+    start: float,
+    data_digest: str,
+    data_bytes: int,
+    tensorboard_dir: str | None,
+) -> Results:
+    """``run`` with a model-based sampler: rounds of ask ``C``, train, tell ``C``."""
+    if num_configs is None:
+        raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
+    num_configs = _check_count("num_configs", num_configs)
+    seeds = _check_count("seeds", seeds)
+    # Every check plan would make, on the corners of the space, before anything compiles.
+    plan(base_config, {}, key=key, num_configs=1, seeds=seeds, hparams=hparams)  # argument types
+    corner_runs, _ = plan_assignments(base_config, space, _corner_assignments(space), key=key, seeds=seeds,
+                                      hparams=hparams, data_digest=data_digest)
+    corner_groups = groups(corner_runs)
+    _check_data(corner_groups, splits, key)
+    dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
+    sample_key, _ = jax.random.split(key)
+    direction = "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
+    source = make_sampler(sampler, space, sample_key, direction=direction)
+    per_round = ask_size(num_configs, seeds, chunk_size, len(devices))
+    rounds = -(-num_configs // per_round)
+
+    writer = results_path is not None and jax.process_index() == 0
+    with lock_results(results_path) if writer else contextlib.nullcontext():
+        done = _resume(results_path, None if resume else [], resume)
+        curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, list(done))
+        sweep = _new_sweep(
+            devices, splits, data_bytes, budget, per_round * seeds, results_path, done, curves, curve_file,
+            curve_data, progress, start, num_configs * seeds, 0, rounds, key,
+        )
+        compiled_before = compile_count()
+        runs: list[Run] = []
+        runs_by_config: dict[str, list[Run]] = {}
+        seen: set[str] = set()
+        for round_number in range(1, rounds + 1):
+            assignments = source.ask(min(per_round, num_configs - source.asked))
+            new_runs, config_ids = plan_assignments(
+                base_config, space, assignments, key=key, seeds=seeds, hparams=hparams, data_digest=data_digest,
+                first_config_index=source.asked - len(assignments), first_run_index=len(runs), seen=seen,
+            )
+            runs += new_runs
+            for run_ in new_runs:
+                runs_by_config.setdefault(run_.config_id, []).append(run_)
+            sweep.resumed += sum(run_.id in done for run_ in new_runs)
+            for config, group_runs in groups(new_runs).items():
+                if config not in dropout_of:  # a static value the corners did not cover (cannot happen for a Choice)
+                    _check_data({config: group_runs}, splits, key)
+                    dropout_of[config] = True
+                label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
+                _run_group(sweep, round_number, f"round {round_number}/{rounds}" + (f", {label}" if label else ""),
+                           config, group_runs, shape_configs=per_round, dropout=dropout_of[config])
+            source.tell(assignments, _tell_values(config_ids, done, runs_by_config, metric))
+            _write_board(tensorboard_dir, sweep, runs, space, metric)
+        stats = _stats(sweep, runs, groups(runs), seeds, devices, compiled_before)
+        stats.update({"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
+                      "configs_per_round": per_round, "asked": source.asked})
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         return Results(
             rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
@@ -309,11 +540,25 @@ class _Sweep:
         )
 
 
-def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config, group_runs: Sequence[Run]) -> None:
-    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet."""
+def _run_group(
+    sweep: _Sweep,
+    number: int,
+    label: str,
+    config: train_lib.Config,
+    group_runs: Sequence[Run],
+    *,
+    shape_configs: int | None = None,
+    dropout: bool | None = None,
+) -> None:
+    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet.
+
+    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
+    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
+    (default: whether a run of the group needs it).
+    """
     if all(run_.id in sweep.done for run_ in group_runs):
         return
-    dropout = _group_dropout(group_runs)
+    dropout = _group_dropout(group_runs) if dropout is None else dropout
     compile_start = time.perf_counter()
     chunk_size = sweep.chunk_size
     if chunk_size == AUTO_CHUNK:
@@ -324,7 +569,8 @@ def _run_group(sweep: _Sweep, number: int, label: str, config: train_lib.Config,
     seeds = _seeds_per_config(group_runs)
     num_configs = len(group_runs) // seeds
     configs_per_chunk, compiled, size = _choose_chunk(
-        config, num_configs, seeds, chunk_size, sweep.budget, sweep.data_bytes, (*sweep.compile_args, dropout, sweep.curves)
+        config, num_configs if shape_configs is None else shape_configs, seeds, chunk_size, sweep.budget,
+        sweep.data_bytes, (*sweep.compile_args, dropout, sweep.curves),
     )
     chunk = configs_per_chunk * seeds
     num_chunks = -(-num_configs // configs_per_chunk)

@@ -80,6 +80,15 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":"))
 
 
+def static_text(name: str, value: Any) -> str:
+    """A static choice as comparable text: a Flax module (``Config.model``) by ``modules.describe``, else its JSON."""
+    if name == "model" and value is not None:
+        from deepopt import modules
+
+        return modules.describe(value)
+    return _canonical(value)
+
+
 def _digest(obj: Any) -> str:
     text = _canonical(obj)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -248,11 +257,11 @@ class LegacyRun(NamedTuple):
 
 def _resume(
     results_path: str | os.PathLike | None,
-    ids: Iterable[str],
+    ids: Iterable[str] | None,
     resume: bool,
     legacy: Mapping[str, LegacyRun] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The rows of the planned runs ``ids`` already in ``results_path``, by id; every process gets process 0's view.
+    """The rows of the planned runs ``ids`` (None: every row) already in ``results_path``, by id; every process gets process 0's view.
 
     ``legacy`` maps a planned run's v1 id to its ``LegacyRun``: such a row is taken too, with the
     v2 ``id`` and ``config_id`` and any Config or HParams field added since v1 (at its default:
@@ -261,13 +270,13 @@ def _resume(
     unwritable path fail before any compilation. Other processes may pass ``results_path=None``:
     they receive the rows by broadcast.
     """
-    wanted = set(ids)
+    wanted = None if ids is None else set(ids)
     legacy = {} if legacy is None else legacy
     done: dict[str, dict[str, Any]] = {}
     if jax.process_index() == 0 and results_path is not None:
         if resume:
             for row in read_rows(results_path, repair=True):
-                if row["id"] in wanted:
+                if wanted is None or row["id"] in wanted:
                     done.setdefault(row["id"], row)
                 elif row["id"] in legacy:  # a v1 row of a planned run
                     now = legacy[row["id"]]

@@ -13,6 +13,9 @@ plots go to ``report.md``.
 ``--search=hyperband`` runs Li et al.'s brackets (``sweep.hyperband``) from ``--min_epochs`` to
 ``--epochs`` instead, ``--search=pbt`` population-based training (``sweep.pbt``) of
 ``--num_configs`` members, one sub-population per optimizer; neither has a zoomed round.
+``--sampler=tpe`` samples with Optuna's TPE, asked and told in rounds (``sweep.run``) or bracket by
+bracket (``hyperband``). ``--tensorboard_dir DIR`` also writes one TensorBoard run per config.
+The report ranks the hyperparameters by fANOVA importance (``Results.importance``, needs optuna).
 
 Scale-out: ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (or ``--host_devices N``)
 shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_processes P
@@ -35,6 +38,7 @@ from absl import flags
 
 from deepopt import bayes, schedules, sweep, train
 from deepopt import data as data_lib
+from deepopt.sweep import tensorboard_log
 from experiments import common
 
 STUDY = "sweep"
@@ -67,8 +71,11 @@ flags.DEFINE_enum(
     "random / quasi: --num_configs full runs, then a zoomed round; hyperband: Li et al.'s brackets from --min_epochs "
     "to --epochs; pbt: population-based training of --num_configs members (one sub-population per optimizer).",
 )
-flags.DEFINE_enum("sampler", "random", ["random", "quasi"], "How configs are sampled: i.i.d. or scrambled Halton "
-                  "(--search=quasi is --search=random --sampler=quasi).")
+flags.DEFINE_enum("sampler", "random", ["random", "quasi", "tpe"], "How configs are sampled: i.i.d., scrambled "
+                  "Halton (--search=quasi is --search=random --sampler=quasi) or Optuna's TPE, model-based: asked and "
+                  "told in rounds of --chunk_size runs (needs optuna; with --search=random or hyperband).")
+flags.DEFINE_string("tensorboard_dir", None, "Also write one TensorBoard run per config there (hyperparameters, "
+                    "final metrics, per-epoch curves): tensorboard --logdir DIR, then the HParams tab. Needs tensorboard.")
 flags.DEFINE_integer("min_epochs", None, "hyperband: epochs of the first rung (default --epochs // 27).", lower_bound=1)
 flags.DEFINE_integer("eta", 3, "hyperband: keep the top 1/eta at each rung.", lower_bound=2)
 flags.DEFINE_integer("interval", None, "pbt: epochs between exploits (default --epochs // 10).", lower_bound=1)
@@ -120,6 +127,13 @@ flags.register_validator("dev_fraction", lambda value: 0 < value < 1, message="-
 flags.register_validator("keep_prob", lambda value: value is None or 0 < value <= 1,
                          message="--keep_prob must be in (0, 1]")
 flags.register_validator("fraction", lambda value: 0 < value <= 0.5, message="--fraction must be in (0, 0.5]")
+flags.register_multi_flags_validator(
+    ["sampler", "search"], lambda v: v["sampler"] != "tpe" or v["search"] in ("random", "hyperband"),
+    message="--sampler=tpe learns between its asks: use it with --search=random (rounds of asks) or hyperband "
+    "(brackets asked one after another); pbt and quasi ask once",
+)
+flags.register_validator("tensorboard_dir", lambda value: value is None or not pathlib.Path(value).is_file(),
+                         message="--tensorboard_dir must be a directory (it names an existing file)")
 flags.register_multi_flags_validator(
     ["min_epochs", "epochs"], lambda v: v["min_epochs"] is None or v["min_epochs"] <= v["epochs"],
     message="--min_epochs must be <= --epochs",
@@ -495,6 +509,16 @@ def main(argv: list[str]) -> None:
 def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathlib.Path | None) -> None:
     """Both rounds, then (on process 0) the summaries; process 0 holds the results file's lock."""
     say = print if writer else (lambda *args, **kwargs: None)
+    if FLAGS.tensorboard_dir:
+        try:
+            tensorboard_log._tensorboard()
+        except ImportError as error:
+            raise common.StudyInputError(str(error)) from None
+    if FLAGS.sampler == "tpe":
+        try:
+            sweep.model_based.import_optuna()
+        except ImportError as error:
+            raise common.StudyInputError(str(error)) from None
     data_key, coarse_key, fine_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
     train_set, dev_set, test_set = load_data(data_key)
     if writer:
@@ -531,6 +555,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         test=test_set,
         progress=say,
         curves=True,  # every run's per-epoch dev accuracy and cost, for the top configs' curves
+        tensorboard_dir=FLAGS.tensorboard_dir,
     )
     say(
         f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
@@ -598,8 +623,21 @@ def run_adaptive(
                       f"the top every {interval} epochs, {FLAGS.num_seeds} seeds per member, over:",)
     except ValueError as error:
         raise common.StudyInputError(str(error)) from None
+    if writer and FLAGS.tensorboard_dir:  # the adaptive searches' runs, with their final rows (no curves)
+        tensorboard_log.write_runs(FLAGS.tensorboard_dir, results)
     if writer:
         write_summaries(output_dir, [results], space, None, method, layer_sizes, splits, sampler, say)
+
+
+def importance_lines(results: sweep.Results) -> list[str]:
+    """``Results.importance()`` as report lines, or why there are none (no optuna, too few configs)."""
+    try:
+        scores = results.importance()
+    except ImportError:
+        return ["Not computed: `pip install optuna` (or the `optuna` extra) for the hyperparameter importances."]
+    except ValueError as error:
+        return [f"Not computed: {error}."]
+    return [f"{name}: {100 * share:.0f}%" for name, share in scores.items()]
 
 
 def retrain_winner(
@@ -652,6 +690,7 @@ def write_summaries(
     used_beta = BETA_FIELD.get(top[0]["config"]["optimizer"])  # a β the winner's optimizer does not use says nothing
     boundaries = [str(w) for w in sweep.Results(rows=rounds[0].rows, space=space).boundary_warnings()
                   if w.field not in set(BETA_FIELD.values()) or w.field == used_beta]
+    importance = importance_lines(combined)
     runs, seconds = sum(r.stats["runs"] for r in rounds), sum(r.stats["seconds"] for r in rounds)
     computed = sum(r.stats["runs_computed"] for r in rounds)
     diverged = sum(bool(row["diverged"]) for row in combined.rows)
@@ -729,6 +768,7 @@ def write_summaries(
             "bayes_error": {"value": bayes_error, "source": bayes_source, "known": bayes_known},
             "verdict": verdict,
             "boundary_warnings": boundaries,
+            "importance": importance,
             "retrained_winner": retrained,
             "timing": timing,
             "rounds": [r.stats for r in rounds],
@@ -765,6 +805,14 @@ def write_summaries(
         "",
         *([f"- {line}" for line in boundaries] or ["No searched range has its best configs at an edge."]),
         "",
+        "## What explains dev accuracy (fANOVA importance over the configs)",
+        "",
+        *[f"- {line}" for line in importance],
+        "",
+        *(
+            [f"TensorBoard: `tensorboard --logdir {FLAGS.tensorboard_dir}`, then the HParams tab.", ""]
+            if FLAGS.tensorboard_dir else []
+        ),
         "## The winner retrained on train + dev, tested once",
         "",
         retrained["text"],

@@ -79,3 +79,28 @@ def test_retrain_trains_a_row_again_from_scratch() -> None:
     assert int(sweep.retrain(cut, train_set).epoch) == 3
     with pytest.raises(ValueError, match="use sweep.retrain"):
         sweep.replay(row, train_set)
+
+
+def _importance_results(metric_of) -> sweep.Results:
+    """40 synthetic configs spread over SPACE_3 (quasi-random), dev accuracy = ``metric_of(values)``."""
+    asked = sweep.sample(SPACE_3, jax.random.key(0), 40, "quasi")
+    values = {name: [a[name] for a in asked] for name in SPACE_3}
+    return results_with_best_at(values, [metric_of(a) for a in asked], SPACE_3)
+
+
+def test_importance_finds_the_field_that_explains_the_metric() -> None:
+    pytest.importorskip("optuna")
+    by_lr = _importance_results(lambda a: 0.9 - 0.05 * (np.log10(a["learning_rate"]) + 2.0) ** 2)
+    scores = by_lr.importance()
+    assert list(scores)[0] == "learning_rate" and scores["learning_rate"] > 0.8
+    assert set(scores) == set(SPACE_3) and sum(scores.values()) == pytest.approx(1.0)
+    by_beta = _importance_results(lambda a: 0.5 + 0.1 * np.log10(1.0 - a["beta1"]))  # 1 - β on its log scale
+    assert list(by_beta.importance())[0] == "beta1"
+    assert by_lr.importance(seed=0) == scores  # deterministic given the seed
+
+
+def test_importance_needs_two_observations() -> None:
+    pytest.importorskip("optuna")
+    one = results_with_best_at({"learning_rate": [0.1], "l2": [0.1], "beta1": [0.9]}, [0.5], SPACE_3)
+    with pytest.raises(ValueError, match="at least two configs with a finite dev_accuracy, got 1"):
+        one.importance()

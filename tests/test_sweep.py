@@ -358,12 +358,37 @@ BAD_FLAGS = (
     (("--l2_range=1,0.1",), "--l2_range must be two numbers lo,hi with 0 < lo < hi"),
     (("--resume",), "--resume needs --output_dir"),
     (("--num_processes=2",), "--coordinator_address, --num_processes and --process_id go together"),
+    (("--sampler=tpe", "--search=pbt"), "--sampler=tpe learns between its asks"),
 )
 BAD_RUNS = [study("sweep", *flags) for flags, _ in BAD_FLAGS]
 KNOBS = study("sweep", "--output_dir={dir}", "--l2=0", "--keep_prob=1", "--optimizers=rmsprop,adam",
               "--schedule=cosine", "--early_stopping=3", "--batchnorm", *SMALL[:2], "--zoom_configs=0", *SMALL[4:6],
               *SMALL[7:])
-BACKGROUND = {"main_job": [MAIN_JOB, REFUSED, RESUMED], "bad_flag_runs": BAD_RUNS, "knobs": [KNOBS]}
+TPE_JOB = study("sweep", "--output_dir={dir}/out", "--sampler=tpe", "--tensorboard_dir={dir}/board", *SMALL)
+BACKGROUND = {"main_job": [MAIN_JOB, REFUSED, RESUMED], "bad_flag_runs": BAD_RUNS, "knobs": [KNOBS],
+              "tpe_job": [TPE_JOB]}
+
+
+@pytest.fixture
+def tpe_job(background_runs):
+    return background_runs.result(TPE_JOB)
+
+
+def test_main_job_with_tpe_writes_tensorboard_runs_and_importances(tpe_job):
+    assert tpe_job.completed.returncode == 0, tpe_job.completed.stderr
+    out = tpe_job.dir / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["sampler"] for r in results["rounds"]] == ["tpe", "tpe"]
+    assert all(r["rounds"] == -(-r["asked"] // r["configs_per_round"]) for r in results["rounds"])
+    rows = sweep.read_rows(out / "results.jsonl")
+    configs = {row["config_id"] for row in rows}
+    runs = [p for p in (tpe_job.dir / "board").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(runs) == len(configs)  # one TensorBoard run per config of both rounds
+    assert {p.name.rsplit("-", 1)[1] for p in runs} == {c[:8] for c in configs}
+    ranked = [line.split(":")[0] for line in results["importance"]]  # every searched field, most important first
+    assert sorted(ranked) == sorted(["optimizer", "learning_rate", "beta", "beta1", "l2", "keep_prob"])
+    report = (out / "report.md").read_text()
+    assert "## What explains dev accuracy" in report and "tensorboard --logdir" in report
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -14,6 +15,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt.sweep.model_based import import_optuna, optuna_distributions, parameter_name, quiet_optuna, to_parameters
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
 from deepopt.sweep.store import _canonical
 
@@ -201,6 +203,40 @@ class Results:
                     warnings.append(BoundaryWarning(name, value_side, int(near.sum()), len(top),
                                                     float(top[0]["choices"][name]), float(bound)))
         return warnings
+
+    def importance(self, *, evaluator: Any = None, seed: int = 0) -> dict[str, float]:
+        r"""Which searched fields explain the metric: ``{field: importance}``, largest first, summing to 1.
+
+        Each config is one observation, its seed-mean ``metric`` (configs without a finite one are
+        left out), its values in the coordinates of ``model_based.optuna_distributions`` (log for
+        ``log_uniform``, :math:`\log(1-\beta)` for ``one_minus_log_uniform``, categories for a
+        choice). The default evaluator is Optuna's fANOVA (``FanovaImportanceEvaluator(seed=seed)``:
+        the share of the variance of a random forest's prediction that each field explains on its
+        own); any ``optuna.importance`` evaluator can be given. A field with one value gets 0.
+        Needs optuna (``pip install -e '.[optuna]'``) and at least two configs with a finite metric.
+        """
+        optuna = import_optuna()
+        searched = [name for name, value in self.space.items() if isinstance(value, (Uniform, Choice))]
+        if not searched:
+            raise ValueError("importance needs a space with searched fields (distributions); this one has none")
+        distributions = optuna_distributions(self.space)
+        observed = [e for e in self.by_config()
+                    if (e.get(self.metric) or {}).get("mean") is not None and math.isfinite(e[self.metric]["mean"])]
+        if len(observed) < 2:
+            raise ValueError(f"importance needs at least two configs with a finite {self.metric}, got {len(observed)}")
+        direction = "minimize" if self.metric in LOWER_IS_BETTER or self.metric.endswith("cost") else "maximize"
+        with quiet_optuna(optuna):
+            study = optuna.create_study(direction=direction)
+            for entry in observed:
+                study.add_trial(optuna.trial.create_trial(
+                    params=to_parameters(self.space, entry["choices"]), distributions=distributions,
+                    value=float(entry[self.metric]["mean"]),
+                ))
+            if evaluator is None:
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+            scores = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        by_field = {name: float(scores.get(parameter_name(name, self.space[name]), 0.0)) for name in searched}
+        return dict(sorted(by_field.items(), key=lambda item: -item[1]))
 
     def to_pandas(self) -> Any:
         """A pandas ``DataFrame``: one row per run, its ids, seed, every Config and HParams field, the metrics.

@@ -1,12 +1,15 @@
-"""Adaptive search against random search on one space and one budget: successive halving, Hyperband, PBT.
+"""Adaptive and model-based search against random search on one space and budget: TPE, halving, Hyperband, PBT.
 
 Default: MNIST-1D (the mnist1d package's 4000 training sequences, a dev split of --dev_fraction
 of them for the search; the 1000 test sequences touched once per method), a 40-64-64-10 ReLU MLP
 with Adam and mini-batches of 100, over the learning rate, the L2 λ and keep_prob:
 
 - random search: ``--num_configs`` configs × ``--max_epochs`` epochs (the reference budget);
+- TPE: the same budget, sampled by Optuna's TPE in rounds (``sweep.run(..., sampler="tpe")``: ask
+  ``⌈num_configs / 8⌉`` configs, train them in one chunk, tell them, ask again);
 - successive halving: ``--num_configs`` configs from ``--min_epochs`` to ``--max_epochs``, keeping 1/``--eta``;
-- Hyperband: Li et al.'s brackets from ``--min_epochs`` to ``--max_epochs``;
+- Hyperband: Li et al.'s brackets from ``--min_epochs`` to ``--max_epochs``; ``hyperband_tpe``: the
+  same brackets with TPE asking each bracket's configs after the bracket before (a BOHB-like mix);
 - PBT: ``--population`` members (default: as many as random search's configs) for ``--max_epochs``,
   exploiting every ``--interval`` epochs: random search's compute.
 
@@ -14,7 +17,7 @@ Each method's winner (a config, or PBT's hyperparameter schedule) is retrained o
 its test accuracy reported once. The report has a table, and a plot of the best dev accuracy found
 against the config-steps spent. ``--quick`` is a small run on moons (what the tests run).
 
-    python -m experiments.adaptive_search [--dataset mnist1d|moons] [--methods random,halving,hyperband,pbt]
+    python -m experiments.adaptive_search [--dataset mnist1d|moons] [--methods random,tpe,halving,hyperband,...]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from experiments import common
 
 STUDY = "adaptive_search"
 FLAGS = flags.FLAGS
-METHODS = ("random", "halving", "hyperband", "pbt")
+METHODS = ("random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt")
 QUICK = {  # a small run on moons, end to end in seconds
     "dataset": "moons", "num_configs": 9, "max_epochs": 9, "min_epochs": 1, "interval": 3, "n_train": 200,
     "n_dev": 100, "n_test": 100, "batch_size": 50,
@@ -174,12 +177,13 @@ def main(argv: list[str]) -> None:
     full_train = common.train_plus_dev(train_set, dev_set)
     repeats = []  # per repeat: {method: summary}
     curves = {}  # the first repeat's
+    clock = common.StudyClock(s["repeats"] * len(s["methods"]))
     for repeat in range(s["repeats"]):
         key = search_key if repeat == 0 else jax.random.fold_in(search_key, repeat)
         if s["repeats"] > 1:
             print(f" repeat {repeat + 1}/{s['repeats']} (search key {repeat}):")
         summaries, repeat_curves = run_methods(s, config, space, (train_set, dev_set, test_set), full_train, key,
-                                               batches)
+                                               batches, clock)
         repeats.append(summaries)
         curves = curves or repeat_curves
     reference = repeats[0].get("random", {}).get("config_steps")
@@ -210,8 +214,9 @@ def main(argv: list[str]) -> None:
         f"Net {'-'.join(map(str, layer_sizes))} (ReLU, He init, Adam), mini-batches of {s['batch_size']}, "
         f"data {source} ({len(train_set.y)} train / {len(dev_set.y)} dev / {len(test_set.y)} test), "
         f"{s['num_seeds']} seed(s) per config, {s['repeats']} repeat(s) of every search with another search key "
-        "(mean ± std over repeats; the winner shown is repeat 1's). Space: {'; '.join(sweep_space_text(space))}. Random search: "
-        f"{s['num_configs']} configs × {s['max_epochs']} epochs; halving and Hyperband from {s['min_epochs']} to "
+        f"(mean ± std over repeats; the winner shown is repeat 1's). Space: {'; '.join(sweep_space_text(space))}. Random search "
+        f"and TPE (Optuna's, asked and told in rounds of {sweep.ask_size(s['num_configs'], s['num_seeds'], None, 1)} "
+        f"configs): {s['num_configs']} configs × {s['max_epochs']} epochs; halving and Hyperband from {s['min_epochs']} to "
         f"{s['max_epochs']} epochs, eta {s['eta']}; PBT: {s['population']} members, exploit every {s['interval']} "
         f"epochs (bottom {s['fraction']:g} copy the top). Each winner is retrained on train + dev and tested once.", "",
         table, "", "## Findings", "", *[f"- {line}" for line in findings], "",
@@ -227,18 +232,24 @@ def run_methods(
     full_train: data_lib.Dataset,
     key: jax.Array,
     batches: int,
+    clock: common.StudyClock,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[list[int], list[float]]]]:
     """Every method of ``--methods`` with one search key: their summaries and best-so-far curves."""
     train_set, dev_set, test_set = splits
     common_args = dict(key=key, seeds=s["num_seeds"], test=None)
     runners = {
         "random": lambda: sweep.run(config, space, train_set, dev_set, num_configs=s["num_configs"], **common_args),
+        "tpe": lambda: sweep.run(config, space, train_set, dev_set, num_configs=s["num_configs"], sampler="tpe",
+                                 **common_args),
         "halving": lambda: sweep.successive_halving(
             config, space, train_set, dev_set, num_configs=s["num_configs"], min_epochs=s["min_epochs"],
             max_epochs=s["max_epochs"], eta=s["eta"], **common_args),
         "hyperband": lambda: sweep.hyperband(
             config, space, train_set, dev_set, min_epochs=s["min_epochs"], max_epochs=s["max_epochs"], eta=s["eta"],
             **common_args),
+        "hyperband_tpe": lambda: sweep.hyperband(
+            config, space, train_set, dev_set, min_epochs=s["min_epochs"], max_epochs=s["max_epochs"], eta=s["eta"],
+            sampler="tpe", **common_args),
         "pbt": lambda: sweep.pbt(
             config, space, train_set, dev_set, population=s["population"], epochs=s["max_epochs"],
             interval=s["interval"], fraction=s["fraction"], **common_args),
@@ -268,8 +279,9 @@ def run_methods(
             **({"brackets": results.stats["brackets"]} if "brackets" in results.stats else {}),
             **({"exploits": len(results.stats["exploits"])} if "exploits" in results.stats else {}),
         }
-        print(f"  {method:>9}: best dev {100 * summaries[method]['best_dev_accuracy']:.1f}% after "
-              f"{results.config_steps} config-steps, retrained test {100 * test_accuracy:.1f}% ({seconds:.1f} s)")
+        print(f"  {method:>13}: best dev {100 * summaries[method]['best_dev_accuracy']:.1f}% after "
+              f"{results.config_steps} config-steps, retrained test {100 * test_accuracy:.1f}% ({seconds:.1f} s)"
+              + clock.done())
     return summaries, curves
 
 

@@ -198,13 +198,14 @@ def main(argv: list[str]) -> None:
 
     settings: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
+    clock = common.StudyClock(len(SETTINGS))
     for name, batchnorm in SETTINGS.items():
         config = train.Config(layer_sizes, activation="relu", init="he", optimizer=FLAGS.optimizer,
                               batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, batchnorm=batchnorm)
         result, seconds = fit_grid(config, learning_rates, seed_keys, train_set, dev_set)
         settings[name] = summarize_setting(result, learning_rates, seconds)
         curves[name] = {f"lr {rate:.3g}": np.asarray(costs) for rate, costs in zip(learning_rates, result.costs)}
-        print(f"  {name}: {seconds:.1f} s ({FLAGS.num_lrs * FLAGS.num_seeds} runs, one compilation)")
+        print(f"  {name}: {seconds:.1f} s ({FLAGS.num_lrs * FLAGS.num_seeds} runs, one compilation)" + clock.done())
 
     def cells(row: dict[str, Any]) -> list[str]:
         epochs = row["mean_epochs_to_target"]

@@ -601,26 +601,30 @@ def main(argv: list[str]) -> None:
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
     )
 
+    clock = common.StudyClock([1, 4, 4, 3])  # the phases' rough shares of the time, measured here
     print("matmul peak ...", flush=True)
     peak = perf.matmul_peak(FLAGS.matmul_size, max(FLAGS.repeats, 5))
     peak["size"] = FLAGS.matmul_size
-    print(f"  {peak['peak'] / 1e9:.1f} GFLOP/s")
+    print(f"  {peak['peak'] / 1e9:.1f} GFLOP/s" + clock.done())
 
     print("deepopt sweep ...", flush=True)
     sweep_m = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size)
-    print(f"  {sweep_m['config_steps_per_second']:,.0f} config-steps/s (compile {sweep_m['compile_seconds']:.1f} s)")
+    print(f"  {sweep_m['config_steps_per_second']:,.0f} config-steps/s (compile {sweep_m['compile_seconds']:.1f} s)"
+          + clock.done())
 
     if FLAGS.baselines_in_own_process and devices[0].platform == "cpu" and len(devices) > 1:
         baselines = baselines_in_child_process()
     else:
         baselines = measure_baselines(config, learning_rates, model_key, train_set, dev_set)
     loop_m, recompile_m = baselines["jitted_loop"], baselines["recompiling_loop"]
+    print("  baselines done" + clock.done())
 
     print("compute-bound sweep ...", flush=True)
     compute_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.compute_configs)
     compute_m = measure_sweep(
         compute_config, compute_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size
     )
+    print(f"  {compute_m['config_steps_per_second']:,.0f} config-steps/s" + clock.done())
 
     def flop_entry(cfg: train.Config, measured: dict[str, Any]) -> dict[str, Any]:
         flops_per_run = perf.training_flops(cfg, m)

@@ -476,6 +476,33 @@ def finish_study(
     print(f"\nwrote {output_dir}/results.json, report.md" + (f", {', '.join(plots)}" if plots else "") + note)
 
 
+class StudyClock:
+    r"""Progress with an ETA for a study's steps: ``clock.done(weight)`` is the text ``" [k/n, elapsed 12 s, ETA 30 s]"``.
+
+    Each step has a weight (its expected share of the work: 1 each by default, or the config-steps
+    it trains); the ETA assumes the rest runs at the rate so far:
+    :math:`t \cdot (W - w) / w` after weight :math:`w` of :math:`W` took :math:`t` seconds.
+    """
+
+    def __init__(self, weights: Sequence[float] | int) -> None:
+        self.weights = [1.0] * weights if isinstance(weights, int) else [float(w) for w in weights]
+        self.start = time.perf_counter()
+        self.steps = 0
+        self.finished = 0.0
+
+    def done(self, weight: float | None = None) -> str:
+        """Mark the next step done (with its weight, default the planned one); the progress text to print."""
+        planned = self.weights[self.steps] if self.steps < len(self.weights) else 0.0
+        self.finished += planned if weight is None else float(weight)
+        self.steps += 1
+        elapsed = time.perf_counter() - self.start
+        total = sum(self.weights)
+        left = max(total - self.finished, 0.0)
+        eta = elapsed * left / self.finished if self.finished > 0 else float("inf")
+        eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
+        return f" [{self.steps}/{len(self.weights)}, elapsed {elapsed:.0f} s, ETA {eta_text}]"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -84,6 +84,7 @@ def main(argv: list[str]) -> None:
     rows: dict[str, dict[str, Any]] = {}
     first_seed_params: dict[str, Any] = {}
     curves: dict[str, np.ndarray] = {}
+    clock = common.StudyClock(len(FLAGS.schemes))
     for scheme in FLAGS.schemes:
         config = train.Config(layer_sizes, activation="relu", init=scheme, optimizer="gd", epochs=FLAGS.epochs)
         hp = train.HParams(
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> None:
         rows[scheme] = {**common.summarize_runs(result, seconds), "hidden_units_identical": hidden_units_identical(result.params)}
         print(f"  {scheme:>8}: train {common.percent(rows[scheme]['train_accuracy'])}, "
               f"test {common.percent(rows[scheme]['test_accuracy'])}, cost {rows[scheme]['first_cost']:.4g} -> "
-              f"{rows[scheme]['final_cost']:.4g} ({seconds:.1f} s)")
+              f"{rows[scheme]['final_cost']:.4g} ({seconds:.1f} s)" + clock.done())
 
     headers = ["scheme", "train accuracy", "test accuracy", "first cost", "final cost", "units identical"]
     table = common.markdown_table(

@@ -122,6 +122,7 @@ def main(argv: list[str]) -> None:
 
     results: dict[str, dict[str, Any]] = {}
     curves, panels = {}, []
+    clock = common.StudyClock(len(variants))
     for name, (train_set, test_set) in variants.items():
         start = time.perf_counter()
         result = jax.block_until_ready(run(hps, train_set, test_set))
@@ -142,7 +143,8 @@ def main(argv: list[str]) -> None:
         feature_std = ", ".join(f"{s:.3g}" for s in results[name]["features"]["std"])
         reached = f"target in {epochs[best]} epochs" if epochs[best] >= 0 else f"target never reached in {FLAGS.epochs} epochs"
         print(f"  {name:>12}: feature std [{feature_std}]; best lr {learning_rates[best]:.2g}: {reached}, final cost "
-              f"{final_costs[best]:.4g}, train {100 * float(result.train_accuracy[best]):.1f}% ({seconds:.1f} s)")
+              f"{final_costs[best]:.4g}, train {100 * float(result.train_accuracy[best]):.1f}% ({seconds:.1f} s)"
+              + clock.done())
         if num_features == 2:
             panels.append((train_set, common.boundary_panel(
                 f"{name}, lr {learning_rates[best]:.2g}: test {100 * float(result.dev_accuracy[best]):.0f}%",

@@ -293,6 +293,7 @@ def main(argv: list[str]) -> None:
     print(f"{STUDY}: Adam {s['learning_rate']:g}, batch {s['batch_size']}, {s['epochs']} epochs, {s['num_seeds']} seeds, "
           f"{len(jax.devices())} device(s)" + (f", first {s['subset']} training examples" if s["subset"] else ""))
     table, curves, timings = [], {}, {}
+    clock = common.StudyClock(len(s["variants"]) * len(paper_rows(s)))  # part 1: the paper's rows
     for variant in s["variants"]:
         train_set, test_set = load(variant == "shuffled", s["subset"])
         for name, config in paper_rows(s).items():
@@ -305,7 +306,7 @@ def main(argv: list[str]) -> None:
             if variant == "plain":
                 curves[f"{name} (paper's settings)"] = measured["curve"]
             print(f"  {name:>30} ({variant}): test {percent(summary)} (paper {paper if paper is not None else '—'}%), "
-                  f"{measured['seconds']:.1f} s")
+                  f"{measured['seconds']:.1f} s" + clock.done())
     timings["reproduce"] = time.perf_counter() - started
 
     tuned = {}
@@ -313,6 +314,7 @@ def main(argv: list[str]) -> None:
         train_set, test_set = load(False, s["subset"])
         tune_train, tune_dev, _ = data_lib.train_dev_test_split(split_key, train_set, s["dev_fraction"], 0.0)
         retrain_keys = jax.random.split(retrain_key, s["num_seeds"])
+        clock = common.StudyClock(len(s["tune"]))  # part 2: one search and retrain per model
         for model in s["tune"]:
             search_started = time.perf_counter()
             try:
@@ -337,7 +339,8 @@ def main(argv: list[str]) -> None:
             table.append(tuned[model])
             curves[f"{label} (tuned)"] = measured["curve"]
             print(f"  tuned {model}: dev {100 * entry['dev_accuracy']['mean']:.1f}% over {results.stats['configs']} "
-                  f"configs ({search_seconds:.0f} s); retrained on all {len(train_set.y)}: test {percent(summary)}")
+                  f"configs ({search_seconds:.0f} s); retrained on all {len(train_set.y)}: test {percent(summary)}"
+                  + clock.done())
     timings["tune"] = time.perf_counter() - started - timings["reproduce"]
     timings["total"] = time.perf_counter() - started
 

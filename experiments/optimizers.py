@@ -99,6 +99,7 @@ def main(argv: list[str]) -> None:
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, np.ndarray] = {}
     panels = []
+    clock = common.StudyClock(len(study_rows()))
     for row in study_rows():
         config = train.Config(layer_sizes, activation="relu", init="he", optimizer=row.optimizer,
                               schedule=row.schedule, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs)
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> None:
             common.first_run(result.params), "relu"))
         print(f"  {row.name:>22}: train {common.percent(results[row.name]['train_accuracy'])}, "
               f"test {common.percent(results[row.name]['test_accuracy'])}, final cost "
-              f"{results[row.name]['final_cost']:.4g} ({seconds:.1f} s)")
+              f"{results[row.name]['final_cost']:.4g} ({seconds:.1f} s)" + clock.done())
 
     table = common.markdown_table(
         ["optimizer", "schedule", "lr0", "train accuracy", "test accuracy", "final cost", "diverged"],

@@ -142,7 +142,8 @@ def measure_and_train(
         suffix = " (all 0)" if not np.any(one.grad_norm) else ""
         gradient_curves[f"{spec.label}: {flow}{suffix}"] = plottable(one.grad_norm)
         cost_curves[f"{spec.label}: train {100 * rows[spec.label]['train_accuracy']:.0f}%"] = plottable(costs)
-    print(f"  {activation}: measured and trained {len(inits)} initializations ({seconds:.1f} s with compilation)")
+    print(f"  {activation}: measured and trained {len(inits)} initializations ({seconds:.1f} s with compilation)",
+          end="")
     return rows, gradient_curves, cost_curves
 
 
@@ -177,10 +178,12 @@ def main(argv: list[str]) -> None:
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     plots = []
+    clock = common.StudyClock(len(FLAGS.activations))
     for activation in FLAGS.activations:
         rows, gradient_curves, cost_curves = measure_and_train(
             activation, params, inits, layer_sizes, fit_key, train_set, test_set
         )
+        print(clock.done())
         results[activation] = rows
         if common.plots_available():
             with warnings.catch_warnings():  # NaN (left-out) points make nanmean warn

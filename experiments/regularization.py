@@ -219,7 +219,10 @@ def run_study_rows(
         train.HParams(learning_rate=FLAGS.learning_rate, l2=np.array(l2), keep_prob=np.array(keep_prob)), len(l2))
     # The sweep reuses the first seed for every λ, so λ is the only difference between its runs.
     keys = jnp.concatenate([seed_keys] * len(plain) + [seed_keys[:1]] * len(lambdas))
+    stopping_rows = [row for row in rows if row.early_stopping]
+    clock = common.StudyClock([len(l2)] + [num_seeds] * len(stopping_rows))  # weights: runs per call
     result, seconds = fit_runs(config, hps, keys, fit_part, dev_part)
+    print(f"  trained {len(l2)} runs in one vmapped call ({seconds:.1f} s)" + clock.done())
     test_accuracy = accuracies(result.params, test_set)
 
     def runs(start: int, stop: int) -> tuple[train.TrainResult, jax.Array]:
@@ -240,6 +243,7 @@ def run_study_rows(
             summary.update(best_epoch=common.summarize(stopped.best_epoch),
                            stopped_epoch=[int(e) for e in np.asarray(stopped.stopped_epoch)])
             summaries[row.name] = (summary, common.first_run(stopped.params))
+            print(f"  trained {row.name} ({num_seeds} runs, {stopping_seconds:.1f} s)" + clock.done())
     return {row.name: summaries[row.name] for row in rows}, sweep
 
 

@@ -63,13 +63,16 @@ def main_pbt(background_runs):
 def test_the_study_compares_every_method_on_one_budget(quick) -> None:
     output_dir, results = quick
     methods = results["methods"]
-    assert list(methods) == ["random", "halving", "hyperband", "pbt"]
+    assert list(methods) == ["random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt"]
     random_steps = methods["random"]["config_steps"]
     batches = -(-200 // 50)
     assert random_steps == 9 * 9 * batches  # 9 configs × 9 epochs × 4 mini-batches
     assert methods["pbt"]["config_steps"] == random_steps  # PBT at random search's compute
     assert methods["halving"]["config_steps"] < methods["hyperband"]["config_steps"] < random_steps
     assert [b["configs"] for b in methods["hyperband"]["brackets"]] == [9, 5, 3]
+    assert methods["tpe"]["config_steps"] == random_steps  # TPE at random search's budget
+    assert methods["hyperband_tpe"]["config_steps"] == methods["hyperband"]["config_steps"]
+    assert methods["tpe"]["winner"] != methods["random"]["winner"]  # another sampler, other configs
     for method, summary in methods.items():
         assert 0.5 < summary["best_dev_accuracy"] <= 1 and 0.5 < summary["test_accuracy_after_retraining"] <= 1
         curve = results["curves"][method]

@@ -33,7 +33,7 @@ from deepopt import data as data_lib
 from deepopt import perf
 from deepopt import train as train_lib
 from deepopt.sweep import states as states_lib
-from deepopt.sweep.analysis import LOWER_IS_BETTER, Results
+from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, replicate_splits
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
@@ -97,7 +97,7 @@ def rank_trials(
     A config with a diverged seed or no finite metric ranks below every other (accuracies: higher
     is better; costs: lower).
     """
-    sign = 1.0 if metric in LOWER_IS_BETTER or metric.endswith("cost") else -1.0
+    sign = 1.0 if direction(metric) == "minimize" else -1.0
 
     def key(trial: Trial) -> tuple:
         values = [row.get(metric) for row in rows[trial.position]]
@@ -231,8 +231,7 @@ class Search:
             corners, _ = plan_assignments(config, space, _corner_assignments(space), key=key, seeds=seeds,
                                           hparams=hparams, data_digest=digest)
             _check_data(groups(corners), splits, key)
-            direction = "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
-            source = make_sampler(sampler, space, jax.random.split(key)[0], direction=direction)
+            source = make_sampler(sampler, space, jax.random.split(key)[0], direction=direction(metric))
         else:
             runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
                         hparams=hparams, data_digest=digest)
@@ -280,12 +279,10 @@ class Search:
     ) -> None:
         """Tell the sampler each asked config's seed-mean ``metric`` at the last stage it reached (None: failed)."""
         assert self.source is not None
-        values: list[float | None] = []
-        for config_id in config_ids:
-            scores = [row.get(self.metric) for row in last.get(self.trial_of[config_id].position, ())]
-            finite = [float(v) for v in scores if v is not None and math.isfinite(float(v))]
-            values.append(float(np.mean(finite)) if finite and len(finite) == len(scores) else None)
-        self.source.tell(assignments, values)
+        self.source.tell(assignments, [
+            seed_mean([row.get(self.metric) for row in last.get(self.trial_of[config_id].position, ())])
+            for config_id in config_ids
+        ])
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Search]:

@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 LOWER_IS_BETTER = ("final_cost",)  # and any metric named *cost; accuracies: higher is better
 
 
+def direction(metric: str) -> str:
+    """``"minimize"`` for a cost (``LOWER_IS_BETTER`` or a name ending in ``cost``), ``"maximize"`` for the rest."""
+    return "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
+
+
+def seed_mean(values: Sequence[Any]) -> float | None:
+    """The mean of a config's per-seed values, or None when one is missing or not finite (a failed trial)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite and len(finite) == len(values) else None
+
+
 def _stats(values: Sequence[Any]) -> dict[str, float | None]:
     """Mean, sample standard deviation (0 for one value), min and max over seeds, ignoring nulls; None when all are null."""
     array = np.asarray([v for v in values if v is not None], np.float64)
@@ -132,7 +143,7 @@ class Results:
         (rows with ``epochs_trained``), configs trained to the full budget rank ahead of those cut early.
         """
         _check_count("k", k)
-        sign = 1.0 if self.metric in LOWER_IS_BETTER or self.metric.endswith("cost") else -1.0
+        sign = 1.0 if direction(self.metric) == "minimize" else -1.0
         trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
         full_budget = max(trained) if trained else None
 
@@ -224,9 +235,8 @@ class Results:
                     if (e.get(self.metric) or {}).get("mean") is not None and math.isfinite(e[self.metric]["mean"])]
         if len(observed) < 2:
             raise ValueError(f"importance needs at least two configs with a finite {self.metric}, got {len(observed)}")
-        direction = "minimize" if self.metric in LOWER_IS_BETTER or self.metric.endswith("cost") else "maximize"
         with quiet_optuna(optuna):
-            study = optuna.create_study(direction=direction)
+            study = optuna.create_study(direction=direction(self.metric))
             for entry in observed:
                 study.add_trial(optuna.trial.create_trial(
                     params=to_parameters(self.space, entry["choices"]), distributions=distributions,

@@ -34,7 +34,7 @@ from deepopt.sweep.engine import (
     auto_chunk_size,
     compile_count,
 )
-from deepopt.sweep.analysis import LOWER_IS_BETTER
+from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
@@ -407,12 +407,7 @@ def _tell_values(
     metric: str,
 ) -> list[float | None]:
     """Each asked config's seed-mean ``metric`` (None when a seed's value is missing or not finite)."""
-    values: list[float | None] = []
-    for config_id in assignments_ids:
-        scores = [done[run_.id].get(metric) for run_ in runs_by_config[config_id]]
-        finite = [float(v) for v in scores if v is not None and math.isfinite(float(v))]
-        values.append(float(np.mean(finite)) if finite and len(finite) == len(scores) else None)
-    return values
+    return [seed_mean([done[run_.id].get(metric) for run_ in runs_by_config[config_id]]) for config_id in assignments_ids]
 
 
 def _run_model_based(
@@ -451,8 +446,7 @@ def _run_model_based(
     _check_data(corner_groups, splits, key)
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
     sample_key, _ = jax.random.split(key)
-    direction = "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
-    source = make_sampler(sampler, space, sample_key, direction=direction)
+    source = make_sampler(sampler, space, sample_key, direction=direction(metric))
     per_round = ask_size(num_configs, seeds, chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 

@@ -41,7 +41,7 @@ from flax.training import train_state
 
 from deepopt import data as data_lib
 from deepopt import flax_models, init, perf, sweep, train
-from experiments import common
+from experiments import benchmark_peers, common
 
 STUDY = "benchmark"
 FLAGS = flags.FLAGS
@@ -50,6 +50,9 @@ DATASETS = {"moons": data_lib.make_moons, "circles": data_lib.make_circles}
 TARGET_VS_JITTED_CPU, TARGET_VS_JITTED_GPU = 1.5, 50.0
 TARGET_VS_RECOMPILING = 20.0
 TARGET_PEAK_FRACTION = 0.40
+# Issue 17: against the peers (one device = the library default), and the small net's share of the peak.
+TARGET_COLD_VS_JAX_USER, TARGET_WARM_VS_JAX_USER, TARGET_WARM_VS_TORCH, TARGET_DEVICES_VS_JAX_USER = 2.5, 3.0, 5.0, 5.0
+TARGET_SMALL_NET_PEAK_FRACTION = 0.25
 
 common.define_study_flags()
 FLAGS.set_default("compilation_cache", "off")  # cold numbers include compilation: never load it from a cache
@@ -61,8 +64,8 @@ flags.DEFINE_list("hidden", ["20", "10"], "Hidden layer widths of the default ne
 flags.DEFINE_enum("optimizer", "adam", ["gd", "momentum", "rmsprop", "adam"], "Optimizer of every run.")
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
 flags.DEFINE_integer("epochs", 200, "Epochs per run.", lower_bound=1)
-flags.DEFINE_integer("num_configs", 512, "Learning rates (log-spaced over --learning_rate_range).", lower_bound=1)
-flags.DEFINE_integer("num_seeds", 2, "Keys per learning rate.", lower_bound=1)
+flags.DEFINE_integer("num_configs", 256, "Learning rates (log-spaced over --learning_rate_range).", lower_bound=1)
+flags.DEFINE_integer("num_seeds", 1, "Keys per learning rate.", lower_bound=1)
 flags.DEFINE_list("learning_rate_range", ["1e-4", "1e-1"], "Smallest and largest learning rate.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measurement (medians are reported).", lower_bound=3)
 flags.DEFINE_string(
@@ -81,7 +84,11 @@ flags.DEFINE_bool(
     "On a CPU split into several devices, time the two loops in a child process with JAX's default single CPU "
     "device: measured here, a one-device loop runs 15-25% slower in a process that also holds the split devices.",
 )
-flags.DEFINE_string("baselines_to", None, "Internal: only time the two loops and write them as JSON to this path.")
+flags.DEFINE_string("baselines_to", None, "Internal: only time the one-device approaches and write them as JSON here.")
+flags.DEFINE_list("peers", ["jax_user", "torch_func"], "Peers to measure: jax_user (jit(vmap(train)) over optax.adam), "
+                  "torch_func (PyTorch's ensembling recipe; measured when torch is installed).")
+flags.DEFINE_integer("search_configs", 64, "Time to accuracy: configs of random search and PBT members (0: skip).",
+                     lower_bound=0)
 common.define_host_devices_flag()
 
 
@@ -98,6 +105,8 @@ flags.register_validator(
     lambda value: value == sweep.AUTO_CHUNK or value.isdigit(),
     message="--chunk_size must be a non-negative int or 'auto'",
 )
+flags.register_validator("peers", lambda v: set(v) <= {"jax_user", "torch_func"},
+                         message="--peers must be a comma-separated list from jax_user, torch_func")
 flags.register_validator(
     "learning_rate_range", _range_is_valid, message="--learning_rate_range must be two numbers lo,hi with 0 < lo < hi"
 )
@@ -178,14 +187,15 @@ def measure_sweep(
     key: jax.Array,
     repeats: int,
     chunk_size: int | str | None,
+    devices: Any = None,
 ) -> dict[str, Any]:
-    """``sweep.run`` over every device: the first call (compilation + run), then ``repeats`` timed calls."""
+    """``sweep.run`` over ``devices`` (default every one): the first call (compilation + run), then ``repeats`` timed calls."""
     space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
 
     def call() -> sweep.Results:
         return sweep.run(
             config, space, train_set, dev_set, key=key, num_configs=None, seeds=seeds, sampler="grid",
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, devices=devices,
         )
 
     start = time.perf_counter()
@@ -212,6 +222,7 @@ def measure_sweep(
         "repeat_seconds": timed,
         "seconds": seconds,
         "config_steps_per_second": runs * steps / seconds,
+        "cold_config_steps_per_second": runs * steps / first_seconds,
         "end_to_end_seconds": first_seconds,
         "memory": memory,
         "rows": first.rows,
@@ -379,6 +390,20 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:,.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
 
 
+def peer_ratios(sweep_m: dict[str, Any], baselines: dict[str, Any]) -> dict[str, float]:
+    """deepopt against the peers: warm and cold, the one-device sweep (library default) and the sweep on every device."""
+    one = baselines["sweep_one_device"]
+    ratios = {}
+    for peer in ("jax_user", "torch_func"):
+        if peer in baselines:
+            ratios[f"one_device_vs_{peer}_warm"] = one["config_steps_per_second"] / baselines[peer]["config_steps_per_second"]
+            ratios[f"one_device_vs_{peer}_cold"] = (
+                one["cold_config_steps_per_second"] / baselines[peer]["cold_config_steps_per_second"])
+            ratios[f"all_devices_vs_{peer}_warm"] = (
+                sweep_m["config_steps_per_second"] / baselines[peer]["config_steps_per_second"])
+    return ratios
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets against what was measured."""
     gpu = results["machine"]["platform"] == "gpu"
@@ -388,8 +413,80 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("sweep / jitted loop (config-steps/s)", vs_jitted, ratios["sweep_vs_jitted_loop"], "×"),
         ("sweep / recompiling Flax + optax loop (end to end)", TARGET_VS_RECOMPILING, ratios["sweep_vs_recompiling_loop"], "×"),
         ("compute-bound net: share of the matmul peak", TARGET_PEAK_FRACTION, flops["compute_bound"]["peak_fraction"], "%"),
+        ("default net: share of the matmul peak", TARGET_SMALL_NET_PEAK_FRACTION, flops["default"]["peak_fraction"], "%"),
     ]
+    peer_targets = [
+        ("one device, cold: sweep / JAX user's jit(vmap)", TARGET_COLD_VS_JAX_USER, "one_device_vs_jax_user_cold"),
+        ("one device, warm: sweep / JAX user's jit(vmap)", TARGET_WARM_VS_JAX_USER, "one_device_vs_jax_user_warm"),
+        ("one device, warm: sweep / torch.func recipe", TARGET_WARM_VS_TORCH, "one_device_vs_torch_func_warm"),
+    ]
+    if results["machine"]["devices"] > 1:
+        peer_targets.append((f"{results['machine']['devices']} devices, warm: sweep / JAX user's jit(vmap)",
+                             TARGET_DEVICES_VS_JAX_USER, "all_devices_vs_jax_user_warm"))
+    rows += [(name, wanted, ratios[key], "×") for name, wanted, key in peer_targets if key in ratios]
     return [{"target": name, "wanted": wanted, "measured": got, "unit": unit, "met": got >= wanted} for name, wanted, got, unit in rows]
+
+
+def cold_warm_table(results: dict[str, Any]) -> str:
+    """Every approach's warm and cold config-steps per second, its compile seconds, and how far deepopt is ahead."""
+    measured, job = results["measured"], results["job"]
+    total = job["runs"] * job["steps_per_run"]
+    one = measured["sweep_one_device"]
+    rows = []
+
+    def add(name: str, devices: int, warm: float, cold: float | None, compile_seconds: float | None) -> None:
+        rows.append([name, devices, _fmt(warm), "—" if cold is None else _fmt(cold),
+                     "—" if compile_seconds is None else _fmt(compile_seconds),
+                     f"{one['config_steps_per_second'] / warm:.2f}×",
+                     "—" if cold is None else f"{one['cold_config_steps_per_second'] / cold:.2f}×"])
+
+    add("deepopt `sweep.run`, library default (1 device)", 1, one["config_steps_per_second"],
+        one["cold_config_steps_per_second"], one["compile_seconds"])
+    sweep_m = measured["sweep"]
+    if sweep_m["devices"] > 1:
+        add(f"deepopt `sweep.run`, {sweep_m['devices']} host devices", sweep_m["devices"],
+            sweep_m["config_steps_per_second"], sweep_m["cold_config_steps_per_second"], sweep_m["compile_seconds"])
+    if "jax_user" in measured:
+        peer = measured["jax_user"]
+        add("`jax.jit(jax.vmap(train))` over an `optax.adam` loop (JAX user)", 1, peer["config_steps_per_second"],
+            peer["cold_config_steps_per_second"], peer["compile_seconds"])
+    if "torch_func" in measured:
+        peer = measured["torch_func"]
+        add(f"PyTorch `torch.func` ensembling, hand-written Adam ({peer['threads']} threads)", 1,
+            peer["config_steps_per_second"], peer["cold_config_steps_per_second"], None)
+    else:
+        rows.append(["PyTorch `torch.func` ensembling", 1, "not measured (torch not installed)", "", "", "", ""])
+    loop_m, recompile_m = measured["jitted_loop"], measured["recompiling_loop"]
+    loop_cold = total / (loop_m["compile_seconds"] + loop_m["seconds_per_run"] * job["runs"])
+    add("Python loop of one jitted `fit`", 1, loop_m["config_steps_per_second"], loop_cold, loop_m["compile_seconds"])
+    add("Flax + optax loop, recompiling every run", 1, recompile_m["config_steps_per_second"],
+        recompile_m["config_steps_per_second"], recompile_m["compile_seconds_per_run"])
+    return common.markdown_table(
+        ["approach", "devices", "warm config-steps/s", "cold config-steps/s", "compile s per group",
+         "deepopt (1 device) ahead, warm", "cold"], rows)
+
+
+def time_to_accuracy_lines(results: dict[str, Any]) -> list[str]:
+    """The adaptive searches' wall time to random search's best dev accuracy (report lines)."""
+    found = results.get("time_to_accuracy")
+    if not found:
+        return []
+    rows = []
+    for name, entry in found["searches"].items():
+        reached = entry["seconds_to_random_best"]
+        rows.append([name, _fmt(entry["seconds"]), f"{entry['best_dev_accuracy']:.2%}", entry["config_steps"],
+                     "—" if reached is None else _fmt(reached)])
+    return [
+        f"## Time to accuracy: adaptive searches against random search ({found['configs']} configs)",
+        "",
+        common.markdown_table(["search", "wall s (compile included)", "best dev accuracy", "config-steps",
+                               f"s to random's best ({found['target_dev_accuracy']:.2%})"], rows),
+        "",
+        "Same net, data and epochs as above, over the learning rate and L2 λ (log-uniform); Hyperband from "
+        "epochs / 27, eta 3; PBT exploits every epochs / 10. A search reaches the target when any of its rows "
+        "(any rung or generation) has a dev accuracy at least random search's best.",
+        "",
+    ]
 
 
 def report(results: dict[str, Any]) -> str:
@@ -414,6 +511,8 @@ def report(results: dict[str, Any]) -> str:
              f"{results['ratios']['sweep_vs_recompiling_loop']:.1f}× end to end"],
         ],
     )
+    cold_warm = cold_warm_table(results)
+    accuracy_lines = time_to_accuracy_lines(results)
     flops = results["flops"]
     flop_rows = [
         [f"{name.replace('_', ' ')}: {'-'.join(map(str, entry['layer_sizes']))}", entry["runs"], entry["chunk"], entry["epochs"],
@@ -460,6 +559,18 @@ def report(results: dict[str, Any]) -> str:
         f"{results['agreement']['max_final_cost_difference']:.2g}, dev accuracy equal in "
         f"{results['agreement']['dev_accuracy_equal']}/{results['agreement']['runs']} runs.",
         "",
+        "## Cold and warm, against what users write by hand",
+        "",
+        cold_warm,
+        "",
+        "Cold: the first call, compilation included, as a user's first run meets it; warm: the median of the "
+        "repeated calls. The JAX user's program is `jax.jit(jax.vmap(train))` over a `train(learning_rate, key)` "
+        "written with `optax.adam` and `lax.scan` (a fresh permutation per epoch, the last smaller mini-batch kept); "
+        "the torch.func recipe stacks one `nn.Sequential` per config (`stack_module_state`), takes "
+        "`vmap(grad(loss))` through `functional_call` on a shared mini-batch and applies Adam by hand over the "
+        "stacked parameters (eager PyTorch: nothing to compile). Both are in `experiments/benchmark_peers.py`.",
+        "",
+        *accuracy_lines,
         "## Against the matmul peak",
         "",
         f"Float32 matmul peak ({peak['size']}×{peak['size']} `jnp.dot`): one device {peak['single_device'] / 1e9:,.1f} "
@@ -524,10 +635,16 @@ def measure_baselines(
     train_set: data_lib.Dataset,
     dev_set: data_lib.Dataset,
 ) -> dict[str, Any]:
-    """The jitted loop and the recompiling Flax + optax loop, in this process."""
+    """The one-device approaches, in this process: the sweep at its library default, both loops, the peers."""
     runs = FLAGS.num_configs * FLAGS.num_seeds
     loop_runs = runs if FLAGS.loop_runs == 0 else min(FLAGS.loop_runs, runs)
     say = print if FLAGS.baselines_to is None else (lambda *args, **kwargs: None)
+    say("deepopt sweep, one device (the library default) ...", flush=True)
+    one_device = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats,
+                               chunk_size_flag(), devices=jax.devices()[:1])
+    one_device.pop("rows")
+    say(f"  {one_device['config_steps_per_second']:,.0f} config-steps/s")
+    peers = measure_peers(config, learning_rates, model_key, train_set, dev_set)
     say(f"jitted fit loop ({loop_runs} runs) ...", flush=True)
     keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
     loop_m = measure_jitted_loop(config, learning_rates, keys, train_set, dev_set, loop_runs, FLAGS.repeats)
@@ -535,9 +652,91 @@ def measure_baselines(
     say(f"Flax + optax loop, recompiling ({FLAGS.recompile_runs} runs) ...", flush=True)
     recompile_m = measure_recompiling_loop(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, FLAGS.recompile_runs)
     say(f"  {recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s of it compiling")
-    for entry in (loop_m, recompile_m):
+    for entry in (loop_m, recompile_m, one_device, *peers.values()):
         entry["process_devices"] = len(jax.devices())
-    return {"jitted_loop": loop_m, "recompiling_loop": recompile_m}
+    return {"jitted_loop": loop_m, "recompiling_loop": recompile_m, "sweep_one_device": one_device, **peers}
+
+
+def chunk_size_flag() -> int | str | None:
+    """``--chunk_size`` as ``sweep.run`` takes it."""
+    return FLAGS.chunk_size if FLAGS.chunk_size == sweep.AUTO_CHUNK else (int(FLAGS.chunk_size) or None)
+
+
+def measure_peers(
+    config: train.Config, learning_rates: np.ndarray, model_key: jax.Array, train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+) -> dict[str, dict[str, Any]]:
+    """The JAX user's ``jit(vmap(train))`` and the ``torch.func`` recipe on the job (``--peers``), cold and warm."""
+    say = print if FLAGS.baselines_to is None else (lambda *args, **kwargs: None)
+    steps = perf.steps_per_run(config, len(train_set.y))
+    batch = config.batch_size or len(train_set.y)
+    measured: dict[str, dict[str, Any]] = {}
+    if "jax_user" in FLAGS.peers:
+        say("JAX user's jit(vmap(train)) over optax.adam ...", flush=True)
+        keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
+        measured["jax_user"] = benchmark_peers.measure_jax_user(
+            config.layer_sizes, batch, config.epochs, learning_rates, keys, train_set, dev_set, FLAGS.repeats)
+    if "torch_func" in FLAGS.peers:
+        if benchmark_peers.torch_available():
+            say("PyTorch torch.func ensembling recipe ...", flush=True)
+            measured["torch_func"] = benchmark_peers.measure_torch_func(
+                config.layer_sizes, batch, config.epochs, learning_rates, FLAGS.num_seeds, train_set, dev_set,
+                FLAGS.repeats)
+        else:
+            say("PyTorch torch.func: not measured (torch is not installed)")
+    for entry in measured.values():
+        entry["seconds"] = perf.median_seconds(entry["repeat_seconds"])
+        entry["config_steps_per_second"] = entry["runs"] * steps / entry["seconds"]
+        entry["cold_config_steps_per_second"] = entry["runs"] * steps / entry["first_call_seconds"]
+        entry["compile_seconds"] = max(entry["first_call_seconds"] - entry["seconds"], 0.0)
+        say(f"  warm {entry['config_steps_per_second']:,.0f}, cold {entry['cold_config_steps_per_second']:,.0f} "
+            "config-steps/s")
+    return measured
+
+
+def measure_time_to_accuracy(
+    config: train.Config, train_set: data_lib.Dataset, dev_set: data_lib.Dataset, key: jax.Array, num_configs: int
+) -> dict[str, Any]:
+    """Wall time for random search, Hyperband and PBT (the job's net and epochs, learning rate and λ searched).
+
+    Each search writes its rows to a file; after every chunk its progress callback reads them back
+    and records ``(seconds since the call started, best dev accuracy seen in any row)``. The
+    time-to-accuracy of Hyperband and PBT is the first such point at or above random search's
+    final best (compilation included: what a user waits for).
+    """
+    lo, hi = (float(v) for v in FLAGS.learning_rate_range)
+    space = {"learning_rate": sweep.log_uniform(lo, hi), "l2": sweep.log_uniform(1e-4, 1.0)}
+    epochs = config.epochs
+    searches = {
+        "random": lambda path, progress: sweep.run(
+            config, space, train_set, dev_set, key=key, num_configs=num_configs, results_path=path,
+            chunk_size=max(num_configs // 8, 1), progress=progress),
+        "hyperband": lambda path, progress: sweep.hyperband(
+            config, space, train_set, dev_set, key=key, min_epochs=max(epochs // 27, 1), max_epochs=epochs, eta=3,
+            results_path=path, progress=progress),
+        "pbt": lambda path, progress: sweep.pbt(
+            config, space, train_set, dev_set, key=key, population=num_configs, epochs=epochs,
+            interval=max(epochs // 10, 1), results_path=path, progress=progress),
+    }
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, search in searches.items():
+            path = os.path.join(folder, f"{name}.jsonl")
+            points: list[tuple[float, float]] = []
+            start = time.perf_counter()
+
+            def progress(_: Any, path: str = path, points: list = points, start: float = start) -> None:
+                values = [r["dev_accuracy"] for r in sweep.read_rows(path) if r.get("dev_accuracy") is not None]
+                points.append((time.perf_counter() - start, max(values, default=float("nan"))))
+
+            results = search(path, progress)
+            measured[name] = {"seconds": time.perf_counter() - start, "points": points,
+                              "best_dev_accuracy": max(p[1] for p in points), "config_steps": results.config_steps}
+    target = measured["random"]["best_dev_accuracy"]
+    for entry in measured.values():
+        reached = [t for t, best in entry["points"] if best >= target]
+        entry["seconds_to_random_best"] = reached[0] if reached else None
+    return {"configs": num_configs, "target_dev_accuracy": target, "searches": measured}
 
 
 def baselines_in_child_process() -> dict[str, Any]:
@@ -557,8 +756,11 @@ def baselines_in_child_process() -> dict[str, Any]:
         with open(path, encoding="utf-8") as stream:
             measured = json.load(stream)
     loop_m, recompile_m = measured["jitted_loop"], measured["recompiling_loop"]
-    print(f"  jitted loop {loop_m['config_steps_per_second']:,.0f} config-steps/s; Flax + optax "
-          f"{recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s compiling")
+    print(f"  sweep on one device {measured['sweep_one_device']['config_steps_per_second']:,.0f} config-steps/s; "
+          f"jitted loop {loop_m['config_steps_per_second']:,.0f}; Flax + optax "
+          f"{recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s compiling"
+          + "".join(f"; {name} {measured[name]['config_steps_per_second']:,.0f}" for name in ("jax_user", "torch_func")
+                    if name in measured))
     return measured
 
 
@@ -591,7 +793,7 @@ def main(argv: list[str]) -> None:
     learning_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.num_configs)
     runs = FLAGS.num_configs * FLAGS.num_seeds
     steps = perf.steps_per_run(config, m)
-    chunk_size = FLAGS.chunk_size if FLAGS.chunk_size == sweep.AUTO_CHUNK else (int(FLAGS.chunk_size) or None)
+    chunk_size = chunk_size_flag()
     devices = jax.devices()
     if FLAGS.baselines_to is not None:
         common.write_json(pathlib.Path(FLAGS.baselines_to), measure_baselines(config, learning_rates, model_key, train_set, dev_set))
@@ -601,7 +803,7 @@ def main(argv: list[str]) -> None:
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
     )
 
-    clock = common.StudyClock([1, 14, 15, 4])  # the phases' seconds at the defaults, measured here (2-core CPU)
+    clock = common.StudyClock([1, 14, 15, 4, 10])  # the phases' seconds at the defaults, measured here (2-core CPU)
     print("matmul peak ...", flush=True)
     peak = perf.matmul_peak(FLAGS.matmul_size, max(FLAGS.repeats, 5))
     peak["size"] = FLAGS.matmul_size
@@ -625,6 +827,13 @@ def main(argv: list[str]) -> None:
         compute_config, compute_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size
     )
     print(f"  {compute_m['config_steps_per_second']:,.0f} config-steps/s" + clock.done())
+
+    search_m = None
+    if FLAGS.search_configs:
+        print("time to accuracy: random search, Hyperband, PBT ...", flush=True)
+        search_m = measure_time_to_accuracy(config, train_set, dev_set, model_key, FLAGS.search_configs)
+        print("  " + "; ".join(f"{name} {entry['seconds']:.1f} s" for name, entry in search_m["searches"].items())
+              + clock.done())
 
     def flop_entry(cfg: train.Config, measured: dict[str, Any]) -> dict[str, Any]:
         flops_per_run = perf.training_flops(cfg, m)
@@ -681,12 +890,16 @@ def main(argv: list[str]) -> None:
             "seed": FLAGS.seed,
         },
         "matmul_peak": peak,
-        "measured": {"sweep": sweep_m, "jitted_loop": loop_m, "recompiling_loop": recompile_m, "compute_bound_sweep": compute_m},
+        "measured": {"sweep": sweep_m, "jitted_loop": loop_m, "recompiling_loop": recompile_m,
+                     "compute_bound_sweep": compute_m, "sweep_one_device": baselines["sweep_one_device"],
+                     **{name: baselines[name] for name in ("jax_user", "torch_func") if name in baselines}},
+        "time_to_accuracy": search_m,
         "end_to_end": end_to_end,
         "ratios": {
             "sweep_vs_jitted_loop": sweep_m["config_steps_per_second"] / loop_m["config_steps_per_second"],
             "sweep_vs_recompiling_loop": end_to_end["recompiling_loop"] / end_to_end["sweep"],
             "sweep_vs_recompiling_loop_steady": sweep_m["config_steps_per_second"] / recompile_m["config_steps_per_second"],
+            **peer_ratios(sweep_m, baselines),
         },
         "flops": {"default": flop_entry(config, sweep_m), "compute_bound": flop_entry(compute_config, compute_m)},
         "agreement": {

@@ -25,7 +25,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, losses, model, modules, optim, schedules
+from deepopt import batchnorm, losses, model, modules, optim, schedules, xla_options
 from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, validate_hparams  # noqa: F401 (re-exported)
 from deepopt.parameters import Params, normalized_layers
 
@@ -715,14 +715,14 @@ def _advance(
     return state, EpochLog(costs, train_accuracies, dev_accuracies, dev_costs)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@xla_options.jit(static_argnums=(0,))
 def _init_state_compiled(
     config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_params: Params | None
 ) -> TrainState:
     return _init_state(config, hp, key, X, init_params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@xla_options.jit(static_argnums=(0, 1, 2, 3))
 def _advance_compiled(
     config: Config,
     dropout: bool,
@@ -738,7 +738,7 @@ def _advance_compiled(
     return _advance(config, dropout, epochs, log_metrics, log_metrics, hp, state, train, dev)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@xla_options.jit(static_argnums=(0,))
 def _evaluate_compiled(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[str, jax.Array]:
     params, bn_state = result_params(config, state)
     return _evaluate(config, params, bn_state, data)
@@ -789,7 +789,7 @@ def final_metrics(
     }
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@xla_options.jit(static_argnums=(0, 1))
 def _fit_compiled(
     config: Config,
     dropout: bool,
@@ -825,7 +825,7 @@ def fit_with_curves(
     return _fit_with_curves_compiled(config, dropout, hp, key, train, dev)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@xla_options.jit(static_argnums=(0, 1))
 def _fit_with_curves_compiled(
     config: Config, dropout: bool, hp: HParams, key: jax.Array, train: data_lib.Dataset, dev: data_lib.Dataset
 ) -> tuple[TrainResult, EpochLog]:

@@ -75,7 +75,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer("loop_runs", 128, "Runs the jitted loop trains per repeat (0: all; more are extrapolated).", lower_bound=0)
 flags.DEFINE_integer("recompile_runs", 4, "Runs of the recompiling Flax + optax loop (extrapolated).", lower_bound=3)
 flags.DEFINE_list("compute_hidden", ["256", "256"], "Hidden widths of the compute-bound net.")
-flags.DEFINE_integer("compute_configs", 16, "Learning rates of the compute-bound sweep.", lower_bound=1)
+flags.DEFINE_integer("compute_configs", 32, "Learning rates of the compute-bound sweep.", lower_bound=1)
 flags.DEFINE_integer("compute_epochs", 20, "Epochs of the compute-bound sweep.", lower_bound=1)
 flags.DEFINE_integer("matmul_size", 2048, "n of the (n, n) @ (n, n) peak measurement.", lower_bound=16)
 flags.DEFINE_bool(

@@ -4,6 +4,7 @@ import collections
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -121,3 +122,34 @@ def test_sweep_with_auto_chunks(moons_pair):
     with pytest.raises(ValueError, match="chunk_size must be a positive int, None \\(whole groups\\) or 'auto', got 'big'"):
         sweep.run(wide, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid",
                   chunk_size="big")
+
+
+# ------------------------------------------------------------------------------ compiler options
+
+
+def test_cpu_programs_compile_at_llvm_level_1_unless_xla_flags_say_otherwise(monkeypatch) -> None:
+    from deepopt import xla_options
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert xla_options.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+    assert xla_options.compiler_options("gpu") is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
+    assert xla_options.compiler_options("cpu") is None  # the user's level wins
+
+
+def test_the_tuned_jit_works_at_top_level_and_inside_another_trace(monkeypatch) -> None:
+    from deepopt import xla_options
+
+    monkeypatch.setenv("XLA_FLAGS", "")  # the options are passed: a top-level call compiles with them
+
+    @xla_options.jit(static_argnums=(0,))
+    def scaled(factor: int, x: jax.Array) -> jax.Array:
+        return factor * jnp.tanh(x)
+
+    x = jnp.linspace(-1.0, 1.0, 5)
+    top = scaled(2, x)
+    nested = jax.jit(lambda v: scaled(2, v))(x)  # nested jits take no options: the outer program's apply
+    mapped = jax.vmap(lambda v: scaled(2, v))(x[:, None])[:, 0]
+    np.testing.assert_allclose(top, 2 * np.tanh(np.asarray(x)), rtol=1e-6)
+    np.testing.assert_allclose(nested, top, rtol=1e-6)
+    np.testing.assert_allclose(mapped, top, rtol=1e-6)

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import optim
+from deepopt import optim, xla_options
 from deepopt import train as train_lib
 from deepopt.sweep import store
 from deepopt.sweep.planning import Run
@@ -120,7 +120,7 @@ def _compile(
     program = jax.jit(
         _chunk_program(config, key_impl, with_test, dropout, curves), in_shardings=in_shardings, out_shardings=replicated
     )
-    compiled = program.lower(hp, keys, *datasets).compile()
+    compiled = program.lower(hp, keys, *datasets).compile(compiler_options=xla_options.compiler_options(devices[0].platform))
     stats = compiled.memory_analysis()
     size = (
         0

@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt import xla_options
 from deepopt.sweep.engine import RUN_AXIS, _global_array, abstract_inputs
 
 _compilations = 0
@@ -126,7 +127,9 @@ def _compile(
                       *(None if d is None else replicated for d in datasets)),
         out_shardings=(by_run, replicated),
     )
-    return program.lower(hp, state, keys, scalar_bool, scalar_int, *datasets).compile()
+    return program.lower(hp, state, keys, scalar_bool, scalar_int, *datasets).compile(
+        compiler_options=xla_options.compiler_options(devices[0].platform)
+    )
 
 
 class StatePool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -244,10 +245,9 @@ def run(
             curve_data, progress, start, len(runs), sum(run_.id in done for run_ in runs), len(grouped), key,
         )
         compiled_before = compile_count()
-        for number, (config, group_runs) in enumerate(grouped.items(), start=1):
-            label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
-            _run_group(sweep, number, label or "all", config, group_runs)
-            _write_board(tensorboard_dir, sweep, runs, space, metric)
+        _run_groups_compiling_ahead(
+            sweep, grouped, space, lambda: _write_board(tensorboard_dir, sweep, runs, space, metric)
+        )
         stats = _stats(sweep, runs, grouped, seeds, devices, compiled_before)
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         return Results(
@@ -534,24 +534,14 @@ class _Sweep:
         )
 
 
-def _run_group(
+def _group_program(
     sweep: _Sweep,
-    number: int,
-    label: str,
     config: train_lib.Config,
     group_runs: Sequence[Run],
-    *,
     shape_configs: int | None = None,
     dropout: bool | None = None,
-) -> None:
-    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet.
-
-    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
-    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
-    (default: whether a run of the group needs it).
-    """
-    if all(run_.id in sweep.done for run_ in group_runs):
-        return
+) -> tuple[int, Any, int, bool, float]:
+    """The group's compiled chunk program: ``(configs per chunk, program, bytes per device, dropout, seconds)``."""
     dropout = _group_dropout(group_runs) if dropout is None else dropout
     compile_start = time.perf_counter()
     chunk_size = sweep.chunk_size
@@ -566,6 +556,56 @@ def _run_group(
         config, num_configs if shape_configs is None else shape_configs, seeds, chunk_size, sweep.budget,
         sweep.data_bytes, (*sweep.compile_args, dropout, sweep.curves),
     )
+    return configs_per_chunk, compiled, size, dropout, time.perf_counter() - compile_start
+
+
+def _run_groups_compiling_ahead(
+    sweep: _Sweep, grouped: Mapping[train_lib.Config, Sequence[Run]], space: Mapping[str, Any],
+    after_group: Callable[[], None],
+) -> None:
+    """Every group in order; the next group's program compiles in a thread while this group's chunks run.
+
+    XLA compiles outside Python's lock, so on a machine with a core to spare (or an accelerator
+    running the chunks) the compilation of group ``k + 1`` is hidden behind the chunks of group ``k``.
+    """
+    todo = [(number, config, runs) for number, (config, runs) in enumerate(grouped.items(), start=1)
+            if not all(run_.id in sweep.done for run_ in runs)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepopt-compile") as pool:
+        ahead = pool.submit(_group_program, sweep, todo[0][1], todo[0][2]) if todo else None
+        for position, (number, config, group_runs) in enumerate(todo):
+            program = ahead.result()
+            if position + 1 < len(todo):
+                ahead = pool.submit(_group_program, sweep, todo[position + 1][1], todo[position + 1][2])
+            label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
+            _run_group(sweep, number, label or "all", config, group_runs, program=program)
+            after_group()
+
+
+def _run_group(
+    sweep: _Sweep,
+    number: int,
+    label: str,
+    config: train_lib.Config,
+    group_runs: Sequence[Run],
+    *,
+    shape_configs: int | None = None,
+    dropout: bool | None = None,
+    program: tuple | None = None,
+) -> None:
+    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet.
+
+    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
+    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
+    (default: whether a run of the group needs it); ``program``: ``_group_program``'s result, when
+    it was compiled ahead (while the group before ran).
+    """
+    if all(run_.id in sweep.done for run_ in group_runs):
+        return
+    if program is None:
+        program = _group_program(sweep, config, group_runs, shape_configs, dropout)
+    configs_per_chunk, compiled, size, dropout, compile_seconds = program
+    seeds = _seeds_per_config(group_runs)
+    num_configs = len(group_runs) // seeds
     chunk = configs_per_chunk * seeds
     num_chunks = -(-num_configs // configs_per_chunk)
     sweep.layout.append(
@@ -577,7 +617,7 @@ def _run_group(
             "chunks": num_chunks,
             "bytes_per_device": size,
             "dropout": dropout,
-            "compile_seconds": time.perf_counter() - compile_start,  # ~0 when the program was cached
+            "compile_seconds": compile_seconds,  # ~0 when the program was cached
         }
     )
     hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(sweep.compile_args[2]))

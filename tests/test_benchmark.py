@@ -9,6 +9,7 @@ pytestmark = pytest.mark.slow  # every test reads one benchmark run (a child pro
 TINY = [
     "--num_configs=4", "--num_seeds=2", "--epochs=3", "--loop_runs=3", "--recompile_runs=3",
     "--compute_hidden=16", "--compute_configs=2", "--compute_epochs=2", "--matmul_size=64", "--host_devices=2",
+    "--search_configs=4",
 ]
 # Started in the background (background.py), beside the in-process tests; the second invocation on the same
 # output directory starts once the first has finished, and results.json is copied just before it starts.
@@ -50,6 +51,21 @@ def test_measures_every_approach_on_the_same_job(tiny):
     sweep, loop = measured["sweep"], measured["jitted_loop"]
     assert sweep["config_steps_per_second"] == pytest.approx(8 * 15 / sweep["seconds"])
     assert loop["config_steps_per_second"] == pytest.approx(3 * 15 / loop["seconds"])
+    one_device, peer = measured["sweep_one_device"], measured["jax_user"]
+    assert one_device["devices"] == 1 and one_device["process_devices"] == 1  # the library default, in its own process
+    for entry in (one_device, peer):
+        assert entry["runs"] == 8 and entry["config_steps_per_second"] == pytest.approx(8 * 15 / entry["seconds"])
+        assert entry["cold_config_steps_per_second"] == pytest.approx(8 * 15 / entry["first_call_seconds"])
+        assert entry["first_call_seconds"] > entry["seconds"]  # cold includes the compilation
+    # The JAX user's program trains the same job: its dev accuracies are those of real runs.
+    assert len(peer["dev_accuracies"]) == 8 and all(0.3 < a <= 1 for a in peer["dev_accuracies"])
+    if "torch_func" in measured:  # measured where torch is installed
+        assert measured["torch_func"]["runs"] == 8
+    ratios = results["ratios"]
+    assert ratios["one_device_vs_jax_user_warm"] == pytest.approx(
+        one_device["config_steps_per_second"] / peer["config_steps_per_second"])
+    assert ratios["one_device_vs_jax_user_cold"] == pytest.approx(
+        one_device["cold_config_steps_per_second"] / peer["cold_config_steps_per_second"])
     # The idiomatic loop compiles its step for every run (full and last, smaller, mini-batch).
     assert measured["recompiling_loop"]["compilations_per_run"] == 2
     assert not sweep["dropout_compiled"]
@@ -79,10 +95,27 @@ def test_ratios_flops_and_targets_are_computed_from_the_measurements(tiny):
     assert memory["peak_rss_mb"] > 0 and memory["runs_in_flight"] == 8 and memory["xla_kb_per_run"] > 0
 
 
+def test_time_to_accuracy_of_the_adaptive_searches(tiny):
+    _, results, _ = tiny
+    found = results["time_to_accuracy"]
+    searches = found["searches"]
+    assert list(searches) == ["random", "hyperband", "pbt"] and found["configs"] == 4
+    assert found["target_dev_accuracy"] == searches["random"]["best_dev_accuracy"]
+    for entry in searches.values():
+        times = [t for t, _ in entry["points"]]
+        best = [b for _, b in entry["points"]]
+        assert times == sorted(times) and best == sorted(best)  # best so far only grows
+        reached = entry["seconds_to_random_best"]
+        assert reached is None or (reached in times and reached <= entry["seconds"])
+        assert (reached is not None) == (entry["best_dev_accuracy"] >= found["target_dev_accuracy"])
+    assert searches["random"]["seconds_to_random_best"] is not None
+
+
 def test_report_has_the_tables(tiny):
     output_dir, _, completed = tiny
     report = (output_dir / "report.md").read_text()
-    for heading in ("## Throughput", "## Against the matmul peak", "## Memory", "## Targets"):
+    for heading in ("## Throughput", "## Cold and warm", "## Time to accuracy", "## Against the matmul peak",
+                    "## Memory", "## Targets"):
         assert heading in report
     assert "recompiles every run" in report and "(extrapolated)" in report
     assert "## Targets" in completed.stdout

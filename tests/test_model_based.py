@@ -201,3 +201,14 @@ def test_hyperband_asks_each_bracket_after_the_one_before(tmp_path: Any) -> None
     again = sweep.hyperband(config, space, train_set, dev_set, **arguments, resume=True)  # replays every bracket
     assert again.stats["runs_computed"] == 0
     assert without_time(again.history) == without_time(results.history)
+
+
+def test_the_issue_s_example_gp_sampler_where_torch_is_installed() -> None:
+    """``sampler=optuna.samplers.GPSampler(seed=0)``: Optuna's GP needs torch and scipy (not deepopt's extras)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    train_set, dev_set = tiny_data()
+    space = {"learning_rate": sweep.log_uniform(1e-2, 1.0), "optimizer": sweep.choice(["adam", "momentum"])}
+    results = sweep.run(ADAM, space, train_set, dev_set, key=jax.random.key(0), num_configs=4, seeds=1,
+                        sampler=optuna.samplers.GPSampler(seed=0), chunk_size=2)
+    assert results.stats["sampler"] == "GPSampler" and results.stats["rounds"] == 2 and len(results.rows) == 4

@@ -35,10 +35,10 @@ from deepopt import train as train_lib
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, replicate_splits
-from deepopt.sweep.model_based import is_model_based, make_sampler
+from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import _as_dataset, _corner_assignments, _metric_fields
+from deepopt.sweep.search import _as_dataset, _metric_fields, model_based_source
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import _append_rows, data_fingerprint, lock_results, read_rows
@@ -227,11 +227,7 @@ class Search:
                     f"sampler={sampler!r} learns from finished configs between its asks, but {method} asks all its "
                     "configs at once: use it with hyperband (brackets asked one after another) or sweep.run"
                 )
-            plan(config, {}, key=key, num_configs=1, seeds=seeds, hparams=hparams)  # argument types
-            corners, _ = plan_assignments(config, space, _corner_assignments(space), key=key, seeds=seeds,
-                                          hparams=hparams, data_digest=digest)
-            _check_data(groups(corners), splits, key)
-            source = make_sampler(sampler, space, jax.random.split(key)[0], direction=direction(metric))
+            source, _ = model_based_source(config, space, splits, key, seeds, hparams, digest, sampler, metric)
         else:
             runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
                         hparams=hparams, data_digest=digest)

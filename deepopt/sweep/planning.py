@@ -45,6 +45,18 @@ def _typed_key(key: Any) -> jax.Array:
     return key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
+def check_plan_arguments(
+    base_config: Any, hparams: Any, seeds: Any
+) -> tuple[train_lib.HParams, int]:
+    """``plan``'s checks of its arguments (a Config, HParams or None, a positive seed count); the HParams and seeds."""
+    if not isinstance(base_config, train_lib.Config):
+        raise TypeError(f"base_config must be a deepopt.train.Config, got {type(base_config).__name__}")
+    hparams = train_lib.HParams() if hparams is None else hparams
+    if not isinstance(hparams, train_lib.HParams):
+        raise TypeError(f"hparams must be a deepopt.train.HParams, got {type(hparams).__name__}")
+    return hparams, _check_count("seeds", seeds)
+
+
 def plan(
     base_config: train_lib.Config,
     space: Mapping[str, Any],
@@ -68,12 +80,7 @@ def plan(
     ``train.validate_hparams``, whose error names the config index. Ids are v2
     (``store.config_id``, ``store.run_id``: the fields that differ from their defaults).
     """
-    if not isinstance(base_config, train_lib.Config):
-        raise TypeError(f"base_config must be a deepopt.train.Config, got {type(base_config).__name__}")
-    hparams = train_lib.HParams() if hparams is None else hparams
-    if not isinstance(hparams, train_lib.HParams):
-        raise TypeError(f"hparams must be a deepopt.train.HParams, got {type(hparams).__name__}")
-    seeds = _check_count("seeds", seeds)
+    hparams, seeds = check_plan_arguments(base_config, hparams, seeds)
     key = _typed_key(key)
     sample_key, _ = jax.random.split(key)
     assignments = sample(space, sample_key, num_configs, sampler)

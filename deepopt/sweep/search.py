@@ -37,7 +37,7 @@ from deepopt.sweep.engine import (
 )
 from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
-from deepopt.sweep.planning import Run, _typed_key, groups, legacy_ids, plan, plan_assignments
+from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import store, tensorboard_log
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
@@ -297,12 +297,10 @@ def _write_board(
     """Write the TensorBoard run of every config whose seeds are all done and that is not written yet (process 0)."""
     if tensorboard_dir is None or jax.process_index() != 0:
         return
-    finished = [run_ for run_ in runs if run_.id in sweep.done]
-    seeds_done: dict[str, int] = {}
-    for run_ in finished:
-        seeds_done[run_.config_id] = seeds_done.get(run_.config_id, 0) + 1
-    seeds = {run_.config_id: run_.seed + 1 for run_ in runs}
-    complete = [run_ for run_ in finished if seeds_done[run_.config_id] == seeds[run_.config_id]]
+    by_config: dict[str, list[Run]] = {}
+    for run_ in runs:
+        by_config.setdefault(run_.config_id, []).append(run_)
+    complete = [run_ for seeds in by_config.values() if all(r.id in sweep.done for r in seeds) for run_ in seeds]
     if not complete:
         return
     results = Results(
@@ -402,6 +400,34 @@ def _corner_assignments(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     return corners
 
 
+def model_based_source(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    splits: tuple[data_lib.Dataset | None, ...],
+    key: jax.Array,
+    seeds: int,
+    hparams: train_lib.HParams | None,
+    data_digest: str,
+    sampler: Any,
+    metric: str,
+) -> tuple[Any, dict[train_lib.Config, bool]]:
+    """A model-based search's sampler (``make_sampler``, told which way ``metric`` is better) and each group's dropout.
+
+    Its configs are asked later, so every check ``plan`` would make runs first on
+    ``_corner_assignments`` (the arguments, every static combination's Config, both ends of every
+    range, the data against every group): before anything compiles. The sampler draws from the
+    sampling key ``plan`` uses.
+    """
+    check_plan_arguments(base_config, hparams, seeds)
+    corner_runs, _ = plan_assignments(base_config, space, _corner_assignments(space), key=key, seeds=seeds,
+                                      hparams=hparams, data_digest=data_digest)
+    corner_groups = groups(corner_runs)
+    _check_data(corner_groups, splits, key)
+    dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
+    sample_key, _ = jax.random.split(key)
+    return make_sampler(sampler, space, sample_key, direction=direction(metric)), dropout_of
+
+
 def _tell_values(
     assignments_ids: Sequence[str], done: Mapping[str, Mapping[str, Any]], runs_by_config: Mapping[str, Sequence[Run]],
     metric: str,
@@ -437,16 +463,8 @@ def _run_model_based(
     if num_configs is None:
         raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
     num_configs = _check_count("num_configs", num_configs)
-    seeds = _check_count("seeds", seeds)
-    # Every check plan would make, on the corners of the space, before anything compiles.
-    plan(base_config, {}, key=key, num_configs=1, seeds=seeds, hparams=hparams)  # argument types
-    corner_runs, _ = plan_assignments(base_config, space, _corner_assignments(space), key=key, seeds=seeds,
-                                      hparams=hparams, data_digest=data_digest)
-    corner_groups = groups(corner_runs)
-    _check_data(corner_groups, splits, key)
-    dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
-    sample_key, _ = jax.random.split(key)
-    source = make_sampler(sampler, space, sample_key, direction=direction(metric))
+    source, dropout_of = model_based_source(base_config, space, splits, key, seeds, hparams, data_digest, sampler,
+                                            metric)
     per_round = ask_size(num_configs, seeds, chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 
@@ -472,13 +490,13 @@ def _run_model_based(
             for run_ in new_runs:
                 runs_by_config.setdefault(run_.config_id, []).append(run_)
             sweep.resumed += sum(run_.id in done for run_ in new_runs)
-            for config, group_runs in groups(new_runs).items():
-                if config not in dropout_of:  # a static value the corners did not cover (cannot happen for a Choice)
-                    _check_data({config: group_runs}, splits, key)
-                    dropout_of[config] = True
-                label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
+            for config, group_runs in groups(new_runs).items():  # every static combination is a corner's
+                if all(run_.id in done for run_ in group_runs):
+                    continue
+                label = _group_label(config, space)
+                program = _group_program(sweep, config, group_runs, per_round, dropout_of[config])
                 _run_group(sweep, round_number, f"round {round_number}/{rounds}" + (f", {label}" if label else ""),
-                           config, group_runs, shape_configs=per_round, dropout=dropout_of[config])
+                           config, group_runs, program)
             source.tell(assignments, _tell_values(config_ids, done, runs_by_config, metric))
             _write_board(tensorboard_dir, sweep, runs, space, metric)
         stats = _stats(sweep, runs, groups(runs), seeds, devices, compiled_before)
@@ -541,7 +559,12 @@ def _group_program(
     shape_configs: int | None = None,
     dropout: bool | None = None,
 ) -> tuple[int, Any, int, bool, float]:
-    """The group's compiled chunk program: ``(configs per chunk, program, bytes per device, dropout, seconds)``."""
+    """The group's compiled chunk program: ``(configs per chunk, program, bytes per device, dropout, seconds)``.
+
+    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
+    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
+    (default: whether a run of the group needs it).
+    """
     dropout = _group_dropout(group_runs) if dropout is None else dropout
     compile_start = time.perf_counter()
     chunk_size = sweep.chunk_size
@@ -576,33 +599,23 @@ def _run_groups_compiling_ahead(
             program = ahead.result()
             if position + 1 < len(todo):
                 ahead = pool.submit(_group_program, sweep, todo[position + 1][1], todo[position + 1][2])
-            label = ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
-            _run_group(sweep, number, label or "all", config, group_runs, program=program)
+            _run_group(sweep, number, _group_label(config, space) or "all", config, group_runs, program)
             after_group()
 
 
-def _run_group(
-    sweep: _Sweep,
-    number: int,
-    label: str,
-    config: train_lib.Config,
-    group_runs: Sequence[Run],
-    *,
-    shape_configs: int | None = None,
-    dropout: bool | None = None,
-    program: tuple | None = None,
-) -> None:
-    """Compile the group's chunk program once, then run, record and report its chunks that are not done yet.
+def _group_label(config: train_lib.Config, space: Mapping[str, Any]) -> str:
+    """A group's static choices as progress text, e.g. ``optimizer=adam`` (empty without any)."""
+    return ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
 
-    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
-    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
-    (default: whether a run of the group needs it); ``program``: ``_group_program``'s result, when
-    it was compiled ahead (while the group before ran).
+
+def _run_group(
+    sweep: _Sweep, number: int, label: str, config: train_lib.Config, group_runs: Sequence[Run], program: tuple
+) -> None:
+    """Run, record and report the group's chunks that are not done yet with its compiled ``program``.
+
+    ``program``: ``_group_program``'s result (compiled ahead, while the group before ran, by
+    ``_run_groups_compiling_ahead``; at one shape for every round of a model-based sweep).
     """
-    if all(run_.id in sweep.done for run_ in group_runs):
-        return
-    if program is None:
-        program = _group_program(sweep, config, group_runs, shape_configs, dropout)
     configs_per_chunk, compiled, size, dropout, compile_seconds = program
     seeds = _seeds_per_config(group_runs)
     num_configs = len(group_runs) // seeds

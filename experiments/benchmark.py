@@ -188,14 +188,18 @@ def measure_sweep(
     repeats: int,
     chunk_size: int | str | None,
     devices: Any = None,
+    concurrent_chunks: int | None = None,
 ) -> dict[str, Any]:
-    """``sweep.run`` over ``devices`` (default every one): the first call (compilation + run), then ``repeats`` timed calls."""
+    """``sweep.run`` over ``devices`` (default every one): the first call (compilation + run), then ``repeats`` timed calls.
+
+    ``concurrent_chunks``: as ``sweep.run`` takes it (None: the library's choice, the CPU's cores per device).
+    """
     space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
 
     def call() -> sweep.Results:
         return sweep.run(
             config, space, train_set, dev_set, key=key, num_configs=None, seeds=seeds, sampler="grid",
-            chunk_size=chunk_size, devices=devices,
+            chunk_size=chunk_size, devices=devices, concurrent_chunks=concurrent_chunks,
         )
 
     start = time.perf_counter()
@@ -216,6 +220,7 @@ def measure_sweep(
         "runs_measured": runs,
         "devices": first.stats["devices"],
         "chunk": chunk,
+        "concurrent_chunks": max(group["concurrent_chunks"] for group in first.stats["layout"]),
         "dropout_compiled": any(group["dropout"] for group in first.stats["layout"]),
         "compile_seconds": compile_seconds,
         "first_call_seconds": first_seconds,
@@ -440,8 +445,12 @@ def cold_warm_table(results: dict[str, Any]) -> str:
                      f"{one['config_steps_per_second'] / warm:.2f}×",
                      "—" if cold is None else f"{one['cold_config_steps_per_second'] / cold:.2f}×"])
 
-    add("deepopt `sweep.run`, library default (1 device)", 1, one["config_steps_per_second"],
-        one["cold_config_steps_per_second"], one["compile_seconds"])
+    add(f"deepopt `sweep.run`, library default (1 device, {one.get('concurrent_chunks', 1)} chunks at once)", 1,
+        one["config_steps_per_second"], one["cold_config_steps_per_second"], one["compile_seconds"])
+    if "sweep_one_device_serial" in measured:
+        serial = measured["sweep_one_device_serial"]
+        add("deepopt `sweep.run`, 1 device, `concurrent_chunks=1` (one chunk at a time; compiled already)", 1,
+            serial["config_steps_per_second"], None, None)
     sweep_m = measured["sweep"]
     if sweep_m["devices"] > 1:
         add(f"deepopt `sweep.run`, {sweep_m['devices']} host devices", sweep_m["devices"],
@@ -643,7 +652,16 @@ def measure_baselines(
     one_device = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats,
                                chunk_size_flag(), devices=jax.devices()[:1])
     one_device.pop("rows")
-    say(f"  {one_device['config_steps_per_second']:,.0f} config-steps/s")
+    say(f"  {one_device['config_steps_per_second']:,.0f} config-steps/s "
+        f"({one_device['concurrent_chunks']} chunks at once)")
+    serial: dict[str, Any] = {}
+    if one_device["concurrent_chunks"] > 1:  # the engine change measured in the same run: one chunk at a time
+        say("deepopt sweep, one device, one chunk at a time ...", flush=True)
+        serial = {"sweep_one_device_serial": measure_sweep(
+            config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats,
+            chunk_size_flag(), devices=jax.devices()[:1], concurrent_chunks=1)}
+        serial["sweep_one_device_serial"].pop("rows")
+        say(f"  {serial['sweep_one_device_serial']['config_steps_per_second']:,.0f} config-steps/s")
     peers = measure_peers(config, learning_rates, model_key, train_set, dev_set)
     say(f"jitted fit loop ({loop_runs} runs) ...", flush=True)
     keys = sweep.seed_keys(model_key, FLAGS.num_seeds)
@@ -652,9 +670,9 @@ def measure_baselines(
     say(f"Flax + optax loop, recompiling ({FLAGS.recompile_runs} runs) ...", flush=True)
     recompile_m = measure_recompiling_loop(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, FLAGS.recompile_runs)
     say(f"  {recompile_m['seconds_per_run']:.2f} s per run, {recompile_m['compile_seconds_per_run']:.2f} s of it compiling")
-    for entry in (loop_m, recompile_m, one_device, *peers.values()):
+    for entry in (loop_m, recompile_m, one_device, *serial.values(), *peers.values()):
         entry["process_devices"] = len(jax.devices())
-    return {"jitted_loop": loop_m, "recompiling_loop": recompile_m, "sweep_one_device": one_device, **peers}
+    return {"jitted_loop": loop_m, "recompiling_loop": recompile_m, "sweep_one_device": one_device, **serial, **peers}
 
 
 def chunk_size_flag() -> int | str | None:
@@ -892,7 +910,8 @@ def main(argv: list[str]) -> None:
         "matmul_peak": peak,
         "measured": {"sweep": sweep_m, "jitted_loop": loop_m, "recompiling_loop": recompile_m,
                      "compute_bound_sweep": compute_m, "sweep_one_device": baselines["sweep_one_device"],
-                     **{name: baselines[name] for name in ("jax_user", "torch_func") if name in baselines}},
+                     **{name: baselines[name] for name in ("sweep_one_device_serial", "jax_user", "torch_func")
+                        if name in baselines}},
         "time_to_accuracy": search_m,
         "end_to_end": end_to_end,
         "ratios": {

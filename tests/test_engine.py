@@ -153,3 +153,26 @@ def test_the_tuned_jit_works_at_top_level_and_inside_another_trace(monkeypatch) 
     np.testing.assert_allclose(top, 2 * np.tanh(np.asarray(x)), rtol=1e-6)
     np.testing.assert_allclose(nested, top, rtol=1e-6)
     np.testing.assert_allclose(mapped, top, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ concurrent chunks
+
+
+class _Device:
+    """A stand-in device: only its platform matters to ``concurrent_chunks``."""
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+
+
+def test_concurrent_chunks_are_the_cores_per_cpu_device_within_the_budget(monkeypatch):
+    monkeypatch.setattr(sweep.engine, "cpu_cores", lambda: 8)
+    cpu = [_Device("cpu")]
+    assert sweep.concurrent_chunks(cpu) == 8
+    assert sweep.concurrent_chunks(cpu * 2) == 4 and sweep.concurrent_chunks(cpu * 16) == 1
+    assert sweep.concurrent_chunks(cpu, bytes_per_device=1000, budget=3500) == 3  # 3 chunks fit the budget
+    assert sweep.concurrent_chunks(cpu, bytes_per_device=1000, budget=500) == 1
+    assert sweep.concurrent_chunks([_Device("gpu")]) == 1  # an accelerator runs one chunk at a time
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert sweep.concurrent_chunks(cpu) == 1  # collectives across processes must meet in one order
+    assert sweep.cpu_cores() >= 1

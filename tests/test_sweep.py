@@ -135,6 +135,8 @@ BAD_SWEEPS = [  # (space, extra arguments of run, the error message)
     ),
     ({"learning_rate": 0.1}, {"seeds": 0}, r"seeds must be a positive int, got 0"),
     ({"learning_rate": 0.1}, {"memory_budget_bytes": -5}, r"memory_budget_bytes must be a positive int"),
+    ({"learning_rate": 0.1}, {"concurrent_chunks": 0}, r"concurrent_chunks must be a positive int or None .* got 0"),
+    ({"learning_rate": 0.1}, {"concurrent_chunks": True}, r"concurrent_chunks must be a positive int or None"),
 ]
 
 
@@ -305,6 +307,36 @@ def test_resume_skips_finished_runs_and_repairs_a_torn_line(tmp_path):
     assert again.stats["runs_computed"] == 0 and again.stats["chunks"] == 0
     fresh = tiny_sweep(results_path=path, chunk_size=2, resume=False)
     assert fresh.stats["runs_computed"] == 10 and len(path.read_text().splitlines()) == 10
+
+
+def test_concurrent_chunks_record_the_same_rows_in_plan_order(tmp_path):
+    one_at_a_time = tiny_sweep(results_path=tmp_path / "serial.jsonl", chunk_size=2, concurrent_chunks=1)
+    compiled = sweep.compile_count()
+    at_once = tiny_sweep(results_path=tmp_path / "three.jsonl", chunk_size=2, concurrent_chunks=3)
+    assert sweep.compile_count() == compiled  # the same program, dispatched from three threads
+    assert [g["concurrent_chunks"] for g in one_at_a_time.stats["layout"]] == [1]
+    assert [g["concurrent_chunks"] for g in at_once.stats["layout"]] == [3]
+    assert at_once.stats["chunks"] == 5 and without_time(at_once.rows) == without_time(one_at_a_time.rows)  # bit for bit
+    file_ids = lambda name: [json.loads(line)["id"] for line in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    assert file_ids("three.jsonl") == file_ids("serial.jsonl") == [row["id"] for row in one_at_a_time.rows]
+
+
+def test_an_error_between_concurrent_chunks_keeps_the_rows_recorded_before_it(tmp_path):
+    path = tmp_path / "results.jsonl"
+    reference = tiny_sweep(chunk_size=2, concurrent_chunks=1)
+    seen = []
+
+    def fail_at_the_second_chunk(progress: sweep.Progress) -> None:
+        seen.append(progress.chunk)
+        if progress.chunk == 2:
+            raise RuntimeError("stopped by the user")
+
+    with pytest.raises(RuntimeError, match="stopped by the user"):
+        tiny_sweep(results_path=path, chunk_size=2, concurrent_chunks=2, progress=fail_at_the_second_chunk)
+    assert seen == [1, 2] and len(sweep.read_rows(path)) == 4  # the two chunks recorded, in order, nothing torn
+    resumed = tiny_sweep(results_path=path, chunk_size=2, concurrent_chunks=2)
+    assert resumed.stats["runs_resumed"] == 4 and resumed.stats["runs_computed"] == 6
+    assert without_time(resumed.rows) == without_time(reference.rows)
 
 
 def test_a_damaged_line_before_the_last_is_an_error(tmp_path):

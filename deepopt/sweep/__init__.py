@@ -62,6 +62,8 @@ from deepopt.sweep.engine import (
     auto_chunk_size,
     chunk_layout,
     compile_count,
+    concurrent_chunks,
+    cpu_cores,
     working_set_bytes,
 )
 from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
@@ -154,6 +156,8 @@ __all__ = [
     "choice",
     "chunk_layout",
     "compile_count",
+    "concurrent_chunks",
+    "cpu_cores",
     "config_id",
     "config_of",
     "data_fingerprint",

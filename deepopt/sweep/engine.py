@@ -12,6 +12,7 @@ budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -235,6 +236,34 @@ def chunk_layout(group_size: int, chunk_size: int | None, num_devices: int) -> i
     if chunk_size is None:
         return _round_up(group_size, num_devices)
     return _round_up(min(chunk_size, 1 << (group_size - 1).bit_length()), num_devices)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def concurrent_chunks(devices: Sequence[Any], bytes_per_device: int = 0, budget: int | None = None) -> int:
+    r"""How many chunks of one group run at once: :math:`\max(1, \lfloor \text{cores} / D\rfloor)` on the CPU.
+
+    One XLA:CPU execution of a small-net chunk keeps about one core busy (its while loop runs
+    step after step), so with ``D`` CPU devices in the mesh and more cores than devices, as many
+    chunks as there are cores per device are dispatched from threads at once: each is the same
+    compiled program on its own inputs, so every result is the same bit for bit. Measured on the
+    2-core CPU here: two 128-run chunks of the benchmark's 2-20-10-1 net on one device took 0.43 s
+    at once against 0.73 s one after the other. With ``budget`` (bytes per device), at most
+    ``budget // bytes_per_device`` chunks are in flight. Accelerators, and meshes spanning several
+    processes (whose collectives must meet in the same order everywhere), run one chunk at a time.
+    """
+    if jax.process_count() > 1 or any(d.platform != "cpu" for d in devices):
+        return 1
+    streams = max(cpu_cores() // max(len(devices), 1), 1)
+    if budget is not None and bytes_per_device > 0:
+        streams = min(streams, max(budget // bytes_per_device, 1))
+    return streams
 
 
 # ------------------------------------------------------------------------------ groups and chunks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -10,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +35,7 @@ from deepopt.sweep.engine import (
     _seeds_per_config,
     auto_chunk_size,
     compile_count,
+    concurrent_chunks,
 )
 from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
@@ -127,6 +129,7 @@ def run(
     progress: Callable[[Progress], None] | None = None,
     curves: bool | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
+    concurrent_chunks: int | None = None,
 ) -> Results:
     """Train every config of ``space`` × ``seeds`` keys; one compilation per group of static choices.
 
@@ -170,6 +173,10 @@ def run(
         its hyperparameters for the HParams dashboard, its seed-mean final metrics and per-epoch
         curves), each config as soon as all its seeds are done; resumed configs already written are
         not written twice. Open it with ``tensorboard --logdir DIR``. Needs the ``tensorboard`` extra.
+      concurrent_chunks: how many chunks of a group run at once, dispatched from threads (the same
+        compiled program on other inputs: the same results bit for bit; rows are recorded in chunk
+        order). None: ``engine.concurrent_chunks`` (the CPU's cores per device, within
+        ``memory_budget_bytes``; one on accelerators and across processes); 1: one after another.
     Returns:
       ``Results`` with one row per run in plan order (config-major, then seed); ``config_steps``
       counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
@@ -212,6 +219,11 @@ def run(
         raise ValueError(
             f"memory_budget_bytes={memory_budget_bytes} is below the data alone ({data_bytes} bytes on every device)"
         )
+    if concurrent_chunks is not None and (
+        isinstance(concurrent_chunks, bool) or not isinstance(concurrent_chunks, int) or concurrent_chunks < 1
+    ):
+        raise ValueError(f"concurrent_chunks must be a positive int or None (as many as the CPU's cores per device), "
+                         f"got {concurrent_chunks!r}")
     key = _typed_key(key)
     data_digest = data_fingerprint(*splits)
     if is_model_based(sampler):
@@ -244,6 +256,7 @@ def run(
             devices, splits, data_bytes, memory_budget_bytes, chunk_size, results_path, done, curves, curve_file,
             curve_data, progress, start, len(runs), sum(run_.id in done for run_ in runs), len(grouped), key,
         )
+        sweep.concurrent_chunks = concurrent_chunks
         compiled_before = compile_count()
         _run_groups_compiling_ahead(
             sweep, grouped, space, lambda: _write_board(tensorboard_dir, sweep, runs, space, metric)
@@ -528,6 +541,7 @@ class _Sweep:
     resumed: int
     groups: int
     compile_args: tuple
+    concurrent_chunks: int | None = None  # chunks in flight at once; None: engine.concurrent_chunks
     computed: int = 0
     chunks: int = 0
     layout: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -603,6 +617,32 @@ def _run_groups_compiling_ahead(
             after_group()
 
 
+def _in_order(
+    compute: Callable[[int], Any], numbers: Sequence[int], streams: int
+) -> Iterator[Any]:
+    """``compute(n)`` for each of ``numbers``, yielded in order, with up to ``streams`` computing at once (threads).
+
+    ``streams == 1`` computes each in this thread when it is asked for. Otherwise a sliding window:
+    ``streams`` chunks are in flight, and the next one is dispatched as soon as the oldest is taken,
+    so a chunk's rows are recorded (and a kill loses) at most ``streams`` chunks after it ran.
+    """
+    if streams <= 1:
+        for number in numbers:
+            yield compute(number)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepopt-chunk")
+    try:
+        in_flight = collections.deque(pool.submit(compute, n) for n in numbers[:streams])
+        for number in numbers[streams:]:
+            result = in_flight.popleft().result()
+            in_flight.append(pool.submit(compute, number))
+            yield result
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _group_label(config: train_lib.Config, space: Mapping[str, Any]) -> str:
     """A group's static choices as progress text, e.g. ``optimizer=adam`` (empty without any)."""
     return ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
@@ -635,28 +675,45 @@ def _run_group(
     )
     hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(sweep.compile_args[2]))
     key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
-    for chunk_number in range(num_chunks):
-        members = group_runs[chunk_number * chunk : (chunk_number + 1) * chunk]
-        if all(run_.id in sweep.done for run_ in members):
-            continue
+    todo = [n for n in range(num_chunks) if not all(r.id in sweep.done for r in group_runs[n * chunk : (n + 1) * chunk])]
+    device_data = sweep.data_on_devices() if todo else []  # made here, before any thread needs it
+
+    def compute(chunk_number: int) -> tuple[dict[str, np.ndarray], float]:
         first = chunk_number * configs_per_chunk  # pad with the last config
         local = np.minimum(np.arange(configs_per_chunk) + first, num_configs - 1)
         chunk_start = time.perf_counter()
-        outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, sweep.data_on_devices())
-        seconds = (time.perf_counter() - chunk_start) / len(members)
-        curve_outputs = {
-            name[len(CURVE_PREFIX):]: outputs.pop(name) for name in list(outputs) if name.startswith(CURVE_PREFIX)
-        }
-        fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in sweep.done]
-        new_rows = [_row(run_, outputs, i, seconds) for i, run_ in fresh]
-        if curve_outputs:
-            new_curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
-            if sweep.curves_path is not None:  # before the rows: a recorded row always has its curves
-                _append_rows(sweep.curves_path, [curve_row(run_id, c) for run_id, c in new_curves.items()])
-            sweep.curve_data.update(new_curves)
-        if sweep.results_path is not None:
-            _append_rows(sweep.results_path, new_rows)
-        sweep.done.update({row["id"]: row for row in new_rows})
-        sweep.computed += len(new_rows)
-        sweep.chunks += 1
-        sweep.report(number, chunk_number + 1, num_chunks, label)
+        outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, device_data)
+        return outputs, time.perf_counter() - chunk_start
+
+    streams = min(
+        sweep.concurrent_chunks or concurrent_chunks(sweep.mesh.devices.flat, size, sweep.budget), max(len(todo), 1)
+    )
+    sweep.layout[-1]["concurrent_chunks"] = streams
+    with contextlib.closing(_in_order(compute, todo, streams)) as computed:
+        for chunk_number, (outputs, chunk_seconds) in zip(todo, computed):
+            _record_chunk(sweep, number, label, group_runs[chunk_number * chunk : (chunk_number + 1) * chunk],
+                          outputs, chunk_seconds, chunk_number, num_chunks)
+
+
+def _record_chunk(
+    sweep: _Sweep, number: int, label: str, members: Sequence[Run], outputs: dict[str, np.ndarray],
+    chunk_seconds: float, chunk_number: int, num_chunks: int,
+) -> None:
+    """Append one computed chunk's rows (and curves) to the file and the done rows, and report it."""
+    seconds = chunk_seconds / len(members)
+    curve_outputs = {
+        name[len(CURVE_PREFIX):]: outputs.pop(name) for name in list(outputs) if name.startswith(CURVE_PREFIX)
+    }
+    fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in sweep.done]
+    new_rows = [_row(run_, outputs, i, seconds) for i, run_ in fresh]
+    if curve_outputs:
+        new_curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
+        if sweep.curves_path is not None:  # before the rows: a recorded row always has its curves
+            _append_rows(sweep.curves_path, [curve_row(run_id, c) for run_id, c in new_curves.items()])
+        sweep.curve_data.update(new_curves)
+    if sweep.results_path is not None:
+        _append_rows(sweep.results_path, new_rows)
+    sweep.done.update({row["id"]: row for row in new_rows})
+    sweep.computed += len(new_rows)
+    sweep.chunks += 1
+    sweep.report(number, chunk_number + 1, num_chunks, label)

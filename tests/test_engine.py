@@ -131,10 +131,13 @@ def test_cpu_programs_compile_at_llvm_level_1_unless_xla_flags_say_otherwise(mon
     from deepopt import xla_options
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    assert xla_options.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+    assert xla_options.compiler_options("cpu") == {
+        "xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
     assert xla_options.compiler_options("gpu") is None
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
-    assert xla_options.compiler_options("cpu") is None  # the user's level wins
+    assert xla_options.compiler_options("cpu") == {"xla_cpu_use_fusion_emitters": False}  # the user's level wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true")
+    assert xla_options.compiler_options("cpu") is None  # and the user's emitters
 
 
 def test_the_tuned_jit_works_at_top_level_and_inside_another_trace(monkeypatch) -> None:

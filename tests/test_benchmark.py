@@ -53,6 +53,8 @@ def test_measures_every_approach_on_the_same_job(tiny):
     assert loop["config_steps_per_second"] == pytest.approx(3 * 15 / loop["seconds"])
     one_device, peer = measured["sweep_one_device"], measured["jax_user"]
     assert one_device["devices"] == 1 and one_device["process_devices"] == 1  # the library default, in its own process
+    # One chunk holds the 8 runs: nothing to run at once, so no one-chunk-at-a-time measurement beside it.
+    assert one_device["concurrent_chunks"] == 1 and "sweep_one_device_serial" not in measured
     for entry in (one_device, peer):
         assert entry["runs"] == 8 and entry["config_steps_per_second"] == pytest.approx(8 * 15 / entry["seconds"])
         assert entry["cold_config_steps_per_second"] == pytest.approx(8 * 15 / entry["first_call_seconds"])

@@ -347,17 +347,17 @@ def test_a_damaged_line_before_the_last_is_an_error(tmp_path):
 
 
 def test_a_smaller_memory_budget_gives_more_chunks_and_the_same_rows():
-    whole = tiny_sweep()
+    whole = tiny_sweep(chunk_size=None)  # the whole group in one chunk
     (layout,) = whole.stats["layout"]
     assert layout["chunks"] == 1 and layout["chunk"] == 10 and layout["bytes_per_device"] > 0
     budget = layout["bytes_per_device"] * 3 // 4
-    split = tiny_sweep(memory_budget_bytes=budget)
+    split = tiny_sweep(chunk_size=None, memory_budget_bytes=budget)
     (small,) = split.stats["layout"]
     assert small["chunks"] > 1 and small["bytes_per_device"] <= budget
     assert_same_runs(split.rows, whole.rows)
     compiled = sweep.compile_count()
     with pytest.raises(ValueError, match="memory_budget_bytes=100 is below the data alone"):
-        tiny_sweep(memory_budget_bytes=100)
+        tiny_sweep(chunk_size=None, memory_budget_bytes=100)
     assert sweep.compile_count() == compiled
 
 

@@ -125,7 +125,7 @@ def run(
     metric: str = "dev_accuracy",
     hparams: train_lib.HParams | None = None,
     test: data_lib.Dataset | None = None,
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = AUTO_CHUNK,
     progress: Callable[[Progress], None] | None = None,
     curves: bool | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
@@ -158,10 +158,12 @@ def run(
       memory_budget_bytes: per-device bytes a chunk may take (from ``memory_analysis``).
       metric: the row field that ranks configs in ``Results``.
       hparams: base ``train.HParams`` for fields not in ``space``.
-      chunk_size: runs per chunk (the unit of progress lines and of resume); None: the whole
-        group; ``"auto"``: per group, as many runs per device as fit ``CACHE_BYTES_PER_DEVICE``
-        (``auto_chunk_size``: fastest for wide nets). A smaller group is padded to the next power
-        of two (``chunk_layout``) so that groups of similar size share one compiled program.
+      chunk_size: runs per chunk (the unit of progress lines and of resume); ``"auto"`` (the
+        default): per group, as many runs per device as fit ``CACHE_BYTES_PER_DEVICE``
+        (``auto_chunk_size``: fastest measured here, and a group of the benchmark's 2-20-10-1 net
+        splits into chunks of 128 runs that run at once on a CPU's cores); None: the whole group
+        in one chunk. A smaller group is padded to the next power of two (``chunk_layout``) so
+        that groups of similar size share one compiled program.
       progress: called with a ``Progress`` after each chunk (``progress=print`` prints a line).
       curves: also record every run's learning curves (per-epoch training cost, dev accuracy and
         dev cost; needs ``dev``), in ``Results.curves`` and, beside ``results_path``, in

@@ -85,6 +85,9 @@ flags.DEFINE_bool(
     "device: measured here, a one-device loop runs 15-25% slower in a process that also holds the split devices.",
 )
 flags.DEFINE_string("baselines_to", None, "Internal: only time the one-device approaches and write them as JSON here.")
+flags.DEFINE_string("first_call_to", None, "Internal: only time the one-device sweep's first call and write it as JSON here.")
+flags.DEFINE_bool("cached_first_call", True, "Also time the one-device sweep's first call in a new process whose "
+                  "persistent compilation cache an earlier process filled (what the scripts meet from their second run).")
 flags.DEFINE_list("peers", ["jax_user", "torch_func"], "Peers to measure: jax_user (jit(vmap(train)) over optax.adam), "
                   "torch_func (PyTorch's ensembling recipe; measured when torch is installed).")
 flags.DEFINE_integer("search_configs", 64, "Time to accuracy: configs of random search and PBT members (0: skip).",
@@ -447,6 +450,11 @@ def cold_warm_table(results: dict[str, Any]) -> str:
 
     add(f"deepopt `sweep.run`, library default (1 device, {one.get('concurrent_chunks', 1)} chunks at once)", 1,
         one["config_steps_per_second"], one["cold_config_steps_per_second"], one["compile_seconds"])
+    if "first_calls" in measured:
+        filled = measured["first_calls"]["filled_cache"]
+        add("deepopt `sweep.run`, 1 device, a new process whose persistent compilation cache is filled "
+            "(the scripts from their second run)", 1, one["config_steps_per_second"],
+            filled["cold_config_steps_per_second"], filled["compile_seconds"])
     if "sweep_one_device_serial" in measured:
         serial = measured["sweep_one_device_serial"]
         add("deepopt `sweep.run`, 1 device, `concurrent_chunks=1` (one chunk at a time; compiled already)", 1,
@@ -572,8 +580,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         cold_warm,
         "",
-        "Cold: the first call, compilation included, as a user's first run meets it; warm: the median of the "
-        "repeated calls. The JAX user's program is `jax.jit(jax.vmap(train))` over a `train(learning_rate, key)` "
+        "Cold: the first call, compilation included, as a user's first run meets it (the persistent-cache row: "
+        "the first call of a new process loading the program an earlier process compiled; compile s is then the "
+        "load); warm: the median of the repeated calls. The JAX user's program is `jax.jit(jax.vmap(train))` over a `train(learning_rate, key)` "
         "written with `optax.adam` and `lax.scan` (a fresh permutation per epoch, the last smaller mini-batch kept); "
         "the torch.func recipe stacks one `nn.Sequential` per config (`stack_module_state`), takes "
         "`vmap(grad(loss))` through `functional_call` on a shared mini-batch and applies Adam by hand over the "
@@ -757,22 +766,63 @@ def measure_time_to_accuracy(
     return {"configs": num_configs, "target_dev_accuracy": target, "searches": measured}
 
 
+def measure_first_call(
+    config: train.Config, learning_rates: np.ndarray, train_set: data_lib.Dataset, dev_set: data_lib.Dataset,
+    key: jax.Array,
+) -> dict[str, Any]:
+    """The one-device ``sweep.run`` of the job, called once: its wall seconds and its groups' compile seconds."""
+    space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
+    start = time.perf_counter()
+    results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=None, seeds=FLAGS.num_seeds,
+                        sampler="grid", chunk_size=chunk_size_flag(), devices=jax.devices()[:1])
+    seconds = time.perf_counter() - start
+    steps = perf.steps_per_run(config, len(train_set.y))
+    return {"first_call_seconds": seconds, "compile_seconds": sum(g["compile_seconds"] for g in results.stats["layout"]),
+            "cold_config_steps_per_second": len(results.rows) * steps / seconds}
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment for a one-device child: ``XLA_FLAGS`` without the host device count."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        part for part in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in part
+    )
+    return env
+
+
+def _run_child(extra_flags: list[str], path: str, what: str) -> dict[str, Any]:
+    """``python -m experiments.benchmark`` with this run's flags, one CPU device and ``extra_flags``; the JSON it wrote."""
+    command = [sys.executable, "-m", "experiments.benchmark", *sys.argv[1:], "--host_devices=0", *extra_flags]
+    completed = subprocess.run(command, env=_child_env(), capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        last = (completed.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"the {what} process failed (exit {completed.returncode}): {last}")
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def first_calls_with_cache() -> dict[str, Any]:
+    """The one-device sweep's first call in two new processes sharing a fresh persistent compilation cache.
+
+    The first process compiles and fills the cache (``empty_cache``); the second loads the program
+    (``filled_cache``): what a script meets from its second run on, with its default cache.
+    """
+    print("first call in a new process, persistent cache empty then filled ...", flush=True)
+    calls = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cache, path = os.path.join(folder, "jax-cache"), os.path.join(folder, "first_call.json")
+        for name in ("empty_cache", "filled_cache"):
+            calls[name] = _run_child([f"--compilation_cache={cache}", f"--first_call_to={path}"], path, "first-call")
+    print(f"  {calls['empty_cache']['first_call_seconds']:.2f} s, then {calls['filled_cache']['first_call_seconds']:.2f} s")
+    return calls
+
+
 def baselines_in_child_process() -> dict[str, Any]:
     """``measure_baselines`` in ``python -m experiments.benchmark`` with the same flags and one CPU device."""
     print("jitted fit loop and Flax + optax loop, in a one-device process ...", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "baselines.json")
-        env = dict(os.environ)
-        env["XLA_FLAGS"] = " ".join(
-            part for part in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in part
-        )
-        command = [sys.executable, "-m", "experiments.benchmark", *sys.argv[1:], "--host_devices=0", f"--baselines_to={path}"]
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if completed.returncode != 0:
-            last = (completed.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise RuntimeError(f"the baselines' process failed (exit {completed.returncode}): {last}")
-        with open(path, encoding="utf-8") as stream:
-            measured = json.load(stream)
+        measured = _run_child([f"--baselines_to={path}"], path, "baselines'")
     loop_m, recompile_m = measured["jitted_loop"], measured["recompiling_loop"]
     print(f"  sweep on one device {measured['sweep_one_device']['config_steps_per_second']:,.0f} config-steps/s; "
           f"jitted loop {loop_m['config_steps_per_second']:,.0f}; Flax + optax "
@@ -816,6 +866,10 @@ def main(argv: list[str]) -> None:
     if FLAGS.baselines_to is not None:
         common.write_json(pathlib.Path(FLAGS.baselines_to), measure_baselines(config, learning_rates, model_key, train_set, dev_set))
         return
+    if FLAGS.first_call_to is not None:
+        common.write_json(pathlib.Path(FLAGS.first_call_to),
+                          measure_first_call(config, learning_rates, train_set, dev_set, model_key))
+        return
     print(
         f"{STUDY}: {runs} runs × {steps} updates of {'-'.join(map(str, config.layer_sizes))} ({FLAGS.optimizer}) "
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
@@ -838,6 +892,7 @@ def main(argv: list[str]) -> None:
         baselines = measure_baselines(config, learning_rates, model_key, train_set, dev_set)
     loop_m, recompile_m = baselines["jitted_loop"], baselines["recompiling_loop"]
     print("  baselines done" + clock.done())
+    first_calls = first_calls_with_cache() if FLAGS.cached_first_call and devices[0].platform == "cpu" else None
 
     print("compute-bound sweep ...", flush=True)
     compute_rates = np.logspace(np.log10(lo), np.log10(hi), FLAGS.compute_configs)
@@ -911,7 +966,8 @@ def main(argv: list[str]) -> None:
         "measured": {"sweep": sweep_m, "jitted_loop": loop_m, "recompiling_loop": recompile_m,
                      "compute_bound_sweep": compute_m, "sweep_one_device": baselines["sweep_one_device"],
                      **{name: baselines[name] for name in ("sweep_one_device_serial", "jax_user", "torch_func")
-                        if name in baselines}},
+                        if name in baselines},
+                     **({} if first_calls is None else {"first_calls": first_calls})},
         "time_to_accuracy": search_m,
         "end_to_end": end_to_end,
         "ratios": {

@@ -55,6 +55,9 @@ def test_measures_every_approach_on_the_same_job(tiny):
     assert one_device["devices"] == 1 and one_device["process_devices"] == 1  # the library default, in its own process
     # One chunk holds the 8 runs: nothing to run at once, so no one-chunk-at-a-time measurement beside it.
     assert one_device["concurrent_chunks"] == 1 and "sweep_one_device_serial" not in measured
+    # The first call of a new process: compiling into an empty persistent cache, then loading from it.
+    empty, filled = measured["first_calls"]["empty_cache"], measured["first_calls"]["filled_cache"]
+    assert filled["compile_seconds"] < empty["compile_seconds"] and filled["first_call_seconds"] > 0
     for entry in (one_device, peer):
         assert entry["runs"] == 8 and entry["config_steps_per_second"] == pytest.approx(8 * 15 / entry["seconds"])
         assert entry["cold_config_steps_per_second"] == pytest.approx(8 * 15 / entry["first_call_seconds"])

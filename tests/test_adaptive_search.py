@@ -161,6 +161,16 @@ def test_hyperband_runs_and_records_every_bracket(hyperband: sweep.Results) -> N
     assert hyperband.best(1)[0]["epochs_trained"]["min"] == 9
 
 
+def test_a_rung_s_chunks_run_at_once_and_give_the_same_search(hyperband: sweep.Results, monkeypatch) -> None:
+    rungs = sum(len(b["rungs"]) for b in hyperband.stats["brackets"])
+    assert hyperband.stats["chunks"] > rungs  # rungs of several chunks: what runs at once
+    for cores in (1, 3):  # one chunk at a time, then three at once
+        monkeypatch.setattr(sweep.engine, "cpu_cores", lambda cores=cores: cores)
+        again = tiny_hyperband()
+        assert without_time(again.rows) == without_time(hyperband.rows)  # bit for bit, in the same order
+        assert [r["id"] for r in again.history] == [r["id"] for r in hyperband.history]
+
+
 # ------------------------------------------------------------------------------ population-based training
 
 

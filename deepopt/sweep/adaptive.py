@@ -34,7 +34,7 @@ from deepopt import perf
 from deepopt import train as train_lib
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
-from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, replicate_splits
+from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
@@ -395,24 +395,63 @@ class Search:
         results file) and its rows appended. ``hparams`` overrides a member's hyperparameters
         (PBT's explored values) by position.
         """
-        config = members[0].config
-        if any(m.config != config for m in members):
-            raise ValueError("a chunk holds the configs of one group (one static Config)")
-        ids = [f"{run_.id}.{stage}" for m in members for run_ in m.runs]
-        if all(i in self.done for i in ids):
-            return self.recorded(members, stage, label, total)
-        configs = self.configs_per_chunk(config, stages)
-        if len(members) > configs:
-            raise ValueError(f"a chunk holds at most {configs} configs, got {len(members)}")
-        values = self.member_hparams(members, configs, hparams)
-        state_in = None if fresh else self.pool.gather([m.position for m in members], configs)
-        new_state, outputs, seconds = self.execute(members, configs, state_in, epochs, values)
-        positions = [m.position for m in members]
-        host_state = jax.device_get(new_state)
-        self.pool.scatter(positions, host_state)
-        if self.results_path is not None:
-            self.save_states(stage, positions, host_state)
-        return self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total)
+        return self.train_chunks([members], epochs=epochs, fresh=fresh, stage=stage, extra=extra, hparams=hparams,
+                                 stages=stages, label=label, total=total)[0]
+
+    def train_chunks(
+        self,
+        chunks: Sequence[Sequence[Trial]],
+        *,
+        epochs: int,
+        fresh: bool,
+        stage: str,
+        extra: Callable[[Trial], dict[str, Any]],
+        hparams: Mapping[int, Mapping[str, Any]] | None = None,
+        stages: Sequence[tuple[int, int]],
+        label: str,
+        total: int,
+    ) -> list[list[list[dict[str, Any]]]]:
+        """``train_chunk`` of each of ``chunks`` (disjoint members), up to ``engine.concurrent_chunks`` at once.
+
+        Each chunk is prepared here (checked, its states gathered, its program compiled) as it is
+        dispatched, runs in a thread, and is recorded here in order (states scattered and saved,
+        rows appended): the same rows and states bit for bit as one chunk after another.
+        """
+
+        def prepare(members: Sequence[Trial]) -> tuple:
+            config = members[0].config
+            if any(m.config != config for m in members):
+                raise ValueError("a chunk holds the configs of one group (one static Config)")
+            if all(f"{run_.id}.{stage}" in self.done for m in members for run_ in m.runs):
+                return members, None, None, None
+            configs = self.configs_per_chunk(config, stages)
+            if len(members) > configs:
+                raise ValueError(f"a chunk holds at most {configs} configs, got {len(members)}")
+            values = self.member_hparams(members, configs, hparams)
+            state_in = None if fresh else self.pool.gather([m.position for m in members], configs)
+            return members, configs, values, self.chunk_call(members, configs, state_in, epochs, values)
+
+        def compute(prepared: tuple) -> tuple:
+            call = prepared[3]
+            if call is None:
+                return prepared, None
+            new_state, outputs, seconds = call()
+            return prepared, (jax.device_get(new_state), outputs, seconds)
+
+        streams = concurrent_chunks(self.devices) if len(chunks) > 1 else 1
+        rows = []
+        with contextlib.closing(in_order(compute, (prepare(m) for m in chunks), streams)) as computed:
+            for (members, configs, values, _), result in computed:
+                if result is None:
+                    rows.append(self.recorded(members, stage, label, total))
+                    continue
+                host_state, outputs, seconds = result
+                positions = [m.position for m in members]
+                self.pool.scatter(positions, host_state)
+                if self.results_path is not None:
+                    self.save_states(stage, positions, host_state)
+                rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total))
+        return rows
 
     def recorded(self, members: Sequence[Trial], stage: str, label: str, total: int) -> list[list[dict[str, Any]]]:
         """The rows of ``members`` at ``stage`` read back from the file (resume): counted, reported, nothing computed."""
@@ -433,6 +472,12 @@ class Search:
         self, members: Sequence[Trial], configs: int, state_in: Any, epochs: int, values: Sequence[Mapping[str, Any]]
     ) -> tuple[Any, dict[str, np.ndarray], float]:
         """Run the group's program on one chunk: ``state_in`` (None: fresh) for ``epochs``; device states, scalars, s/run."""
+        return self.chunk_call(members, configs, state_in, epochs, values)()
+
+    def chunk_call(
+        self, members: Sequence[Trial], configs: int, state_in: Any, epochs: int, values: Sequence[Mapping[str, Any]]
+    ) -> Callable[[], tuple[Any, dict[str, np.ndarray], float]]:
+        """``execute`` prepared here (program compiled, inputs made) as a call that any thread can make."""
         config = members[0].config
         compiled = self._program(config, configs, self.group_dropout(config))
         mesh = Mesh(np.asarray(self.devices), (RUN_AXIS,))
@@ -442,11 +487,16 @@ class Search:
         if fresh:
             abstract = states_lib.state_shape(config, self.splits[0], key_host[0], str(jax.random.key_impl(self.key)))
             state_in = states_lib.empty_states(abstract, (configs, self.seeds))
-        started = time.perf_counter()
-        new_state, outputs = states_lib.run_chunk(
-            compiled, mesh, hp_host, state_in, key_host, fresh, epochs, self._data_on_devices(mesh)
-        )
-        return new_state, outputs, (time.perf_counter() - started) / (len(members) * self.seeds)
+        device_data = self._data_on_devices(mesh)
+
+        def call() -> tuple[Any, dict[str, np.ndarray], float]:
+            started = time.perf_counter()
+            new_state, outputs = states_lib.run_chunk(
+                compiled, mesh, hp_host, state_in, key_host, fresh, epochs, device_data
+            )
+            return new_state, outputs, (time.perf_counter() - started) / (len(members) * self.seeds)
+
+        return call
 
     def record(
         self,

@@ -11,9 +11,12 @@ budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
+import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -264,6 +267,33 @@ def concurrent_chunks(devices: Sequence[Any], bytes_per_device: int = 0, budget:
     if budget is not None and bytes_per_device > 0:
         streams = min(streams, max(budget // bytes_per_device, 1))
     return streams
+
+
+def in_order(compute: Callable[[Any], Any], items: Iterable[Any], streams: int) -> Iterator[Any]:
+    """``compute(item)`` for each of ``items``, yielded in order, with up to ``streams`` computing at once (threads).
+
+    ``streams == 1`` computes each in this thread when it is asked for. Otherwise a sliding window:
+    ``streams`` items are in flight, and the next one is dispatched as soon as the oldest is taken,
+    so a chunk's rows are recorded (and a kill loses) at most ``streams`` chunks after it ran.
+    ``items`` is read lazily, in the calling thread, as each is dispatched: a generator can prepare
+    an item there (gather its states, say) just before it is computed.
+    """
+    if streams <= 1:
+        for item in items:
+            yield compute(item)
+        return
+    pending = iter(items)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepopt-chunk")
+    try:
+        in_flight = collections.deque(pool.submit(compute, item) for item in itertools.islice(pending, streams))
+        for item in pending:
+            result = in_flight.popleft().result()
+            in_flight.append(pool.submit(compute, item))
+            yield result
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------ groups and chunks

@@ -112,15 +112,15 @@ def _halve(
             by_group.setdefault(trial.config, []).append(trial)
         for config, members in by_group.items():
             configs = search.configs_per_chunk(config, stages)
-            for start in range(0, len(members), configs):
-                chunk = members[start : start + configs]
-                rows = search.train_chunk(
-                    chunk, epochs=added, fresh=rung == 0, stage=stage, stages=stages, total=total,
-                    label=f"bracket {bracket} rung {rung} ({target} epochs)",
-                    extra=lambda trial, rung=rung, target=target: {
-                        "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
-                    },
-                )
+            chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
+            rows_of_chunks = search.train_chunks(  # several at once where the CPU has cores to spare
+                chunks, epochs=added, fresh=rung == 0, stage=stage, stages=stages, total=total,
+                label=f"bracket {bracket} rung {rung} ({target} epochs)",
+                extra=lambda trial, rung=rung, target=target: {
+                    "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
+                },
+            )
+            for chunk, rows in zip(chunks, rows_of_chunks):
                 search.register_saved(stage, chunk, configs)
                 for trial, trial_rows in zip(chunk, rows):
                     last[trial.position] = trial_rows

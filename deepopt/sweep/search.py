@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -11,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -36,6 +35,7 @@ from deepopt.sweep.engine import (
     auto_chunk_size,
     compile_count,
     concurrent_chunks,
+    in_order,
 )
 from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
@@ -619,32 +619,6 @@ def _run_groups_compiling_ahead(
             after_group()
 
 
-def _in_order(
-    compute: Callable[[int], Any], numbers: Sequence[int], streams: int
-) -> Iterator[Any]:
-    """``compute(n)`` for each of ``numbers``, yielded in order, with up to ``streams`` computing at once (threads).
-
-    ``streams == 1`` computes each in this thread when it is asked for. Otherwise a sliding window:
-    ``streams`` chunks are in flight, and the next one is dispatched as soon as the oldest is taken,
-    so a chunk's rows are recorded (and a kill loses) at most ``streams`` chunks after it ran.
-    """
-    if streams <= 1:
-        for number in numbers:
-            yield compute(number)
-        return
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepopt-chunk")
-    try:
-        in_flight = collections.deque(pool.submit(compute, n) for n in numbers[:streams])
-        for number in numbers[streams:]:
-            result = in_flight.popleft().result()
-            in_flight.append(pool.submit(compute, number))
-            yield result
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _group_label(config: train_lib.Config, space: Mapping[str, Any]) -> str:
     """A group's static choices as progress text, e.g. ``optimizer=adam`` (empty without any)."""
     return ", ".join(f"{name}={getattr(config, name)}" for name in space if name in static_fields())
@@ -691,7 +665,7 @@ def _run_group(
         sweep.concurrent_chunks or concurrent_chunks(sweep.mesh.devices.flat, size, sweep.budget), max(len(todo), 1)
     )
     sweep.layout[-1]["concurrent_chunks"] = streams
-    with contextlib.closing(_in_order(compute, todo, streams)) as computed:
+    with contextlib.closing(in_order(compute, todo, streams)) as computed:
         for chunk_number, (outputs, chunk_seconds) in zip(todo, computed):
             _record_chunk(sweep, number, label, group_runs[chunk_number * chunk : (chunk_number + 1) * chunk],
                           outputs, chunk_seconds, chunk_number, num_chunks)

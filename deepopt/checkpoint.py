@@ -31,6 +31,7 @@ Single-process only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -320,6 +321,12 @@ def _metadata_text(metadata: dict[str, Any]) -> str:
 
 
 def _versions() -> dict[str, str]:
+    """The packages that wrote a checkpoint, read once per process (each lookup parses package metadata)."""
+    return dict(_installed_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata as importlib_metadata
 
     versions = {}
@@ -328,7 +335,7 @@ def _versions() -> dict[str, str]:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
             versions[package] = "unknown"
-    return versions
+    return tuple(versions.items())
 
 
 # --- reading and judging a checkpoint directory -----------------------------------------------

@@ -178,7 +178,8 @@ def run(
       concurrent_chunks: how many chunks of a group run at once, dispatched from threads (the same
         compiled program on other inputs: the same results bit for bit; rows are recorded in chunk
         order). None: ``engine.concurrent_chunks`` (the CPU's cores per device, within
-        ``memory_budget_bytes``; one on accelerators and across processes); 1: one after another.
+        ``memory_budget_bytes``; one on accelerators); 1: one after another. Always one when the
+        mesh spans several processes.
     Returns:
       ``Results`` with one row per run in plan order (config-major, then seed); ``config_steps``
       counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
@@ -661,9 +662,10 @@ def _run_group(
         outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, device_data)
         return outputs, time.perf_counter() - chunk_start
 
-    streams = min(
-        sweep.concurrent_chunks or concurrent_chunks(sweep.mesh.devices.flat, size, sweep.budget), max(len(todo), 1)
-    )
+    wanted = sweep.concurrent_chunks or concurrent_chunks(list(sweep.mesh.devices.flat), size, sweep.budget)
+    if jax.process_count() > 1:  # every process must dispatch the chunks' collectives in the same order
+        wanted = 1
+    streams = min(wanted, max(len(todo), 1))
     sweep.layout[-1]["concurrent_chunks"] = streams
     with contextlib.closing(in_order(compute, todo, streams)) as computed:
         for chunk_number, (outputs, chunk_seconds) in zip(todo, computed):

@@ -273,7 +273,7 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
 
 
 CHAIN = ("space", "samplers", "store", "model_based", "planning", "engine", "analysis", "tensorboard_log", "search",
-         "states", "adaptive", "halving", "population")
+         "states", "state_files", "adaptive", "halving", "population")
 
 
 def test_submodules_import_only_earlier_ones() -> None:

@@ -7,8 +7,9 @@ method and every argument that defines its runs; ``resume=True`` refuses a diffe
 what differs), and trains chunks of configs for some epochs from their states (``train_chunk``).
 
 A chunk's rows (one per run: the metrics at that point, ``epochs_trained`` and the method's own
-fields) are appended to the results file after its states are saved (``deepopt.checkpoint``,
-under ``<results>.states/``), so on resume a chunk whose rows are all in the file is skipped and
+fields) are appended to the results file after its states are saved (``state_files``: one
+``.npz`` per chunk under ``<results>.states/``; the ``deepopt.checkpoint`` directories of earlier
+versions are still read), so on resume a chunk whose rows are all in the file is skipped and
 its states are read back only if a later stage continues them: nothing but the chunk in flight is
 computed again, and no row is written twice.
 """
@@ -32,6 +33,7 @@ from jax.sharding import Mesh
 from deepopt import data as data_lib
 from deepopt import perf
 from deepopt import train as train_lib
+from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits
@@ -534,36 +536,48 @@ class Search:
     # ---------------------------------------------------------------- states on disk
 
     def _checkpoint_dir(self, stage: str, positions: Sequence[int]) -> str:
+        """Where earlier versions saved a chunk's states (a ``deepopt.checkpoint`` directory); read on resume."""
         return os.path.join(states_path(self.results_path), f"{stage}-{positions[0]:05d}")
 
-    def save_states(self, stage: str, positions: Sequence[int], chunk_state: Any) -> None:
-        from deepopt import checkpoint
+    def _states_file(self, stage: str, positions: Sequence[int]) -> str:
+        """The chunk's states file: ``<results>.states/<stage>-<first position>.npz`` (``state_files``)."""
+        return self._checkpoint_dir(stage, positions) + state_files.SUFFIX
 
-        tree = {"positions": np.asarray(positions, np.int32), "state": chunk_state}
-        checkpoint.save(self._checkpoint_dir(stage, positions), tree, overwrite=True)
+    def save_states(self, stage: str, positions: Sequence[int], chunk_state: Any) -> None:
+        state_files.save(self._states_file(stage, positions), positions, chunk_state)
 
     def load_states(self, stage: str, members: Sequence[Trial], configs: int) -> Any:
-        """The chunk states ``(C, S, ...)`` (host arrays) saved for ``members`` at ``stage``; a clear error if missing."""
-        positions = [m.position for m in members]
-        path = self._checkpoint_dir(stage, positions)
-        config = members[0].config
-        from deepopt import checkpoint
+        """The chunk states ``(C, S, ...)`` (host arrays) saved for ``members`` at ``stage``; a clear error if missing.
 
+        Read from the chunk's ``.npz`` file, or from the ``deepopt.checkpoint`` directory a search
+        written by an earlier version left.
+        """
+        positions = [m.position for m in members]
+        config = members[0].config
         key_data = np.asarray(members[0].runs[0].key_data, np.uint32)
         abstract = states_lib.state_shape(config, self.splits[0], key_data, str(jax.random.key_impl(self.key)))
         zeros = lambda leaf: np.zeros((configs, self.seeds, *leaf.shape), leaf.dtype)  # noqa: E731
-        like = {"positions": np.zeros(len(positions), np.int32), "state": jax.tree.map(zeros, abstract)}
+        like_state = jax.tree.map(zeros, abstract)
+        path, legacy = self._states_file(stage, positions), self._checkpoint_dir(stage, positions)
         try:
-            restored = checkpoint.restore(path, like=like)
+            if os.path.exists(path) or not os.path.isdir(legacy):
+                saved_positions, state = state_files.load(path, like_state)
+            else:
+                from deepopt import checkpoint
+
+                path = legacy
+                restored = checkpoint.restore(legacy, like={"positions": np.zeros(len(positions), np.int32),
+                                                            "state": like_state})
+                saved_positions, state = restored["positions"], restored["state"]
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"resume: the states of stage {stage} (configs {positions}) are not in {path}; "
                 "the results file and its states directory do not belong together: resume=False starts afresh"
             ) from None
-        if list(np.asarray(restored["positions"])) != positions:
-            raise ValueError(f"resume: checkpoint {path} holds configs {list(restored['positions'])}, "
+        if list(np.asarray(saved_positions)) != positions:
+            raise ValueError(f"resume: checkpoint {path} holds configs {list(np.asarray(saved_positions))}, "
                              f"expected {positions}")
-        return jax.tree.map(np.asarray, restored["state"])
+        return jax.tree.map(np.asarray, state)
 
     def register_saved(self, stage: str, members: Sequence[Trial], configs: int) -> None:
         """Members whose rows of ``stage`` were read back: their states load from that chunk's checkpoint on demand."""
@@ -589,7 +603,12 @@ class Search:
         if os.path.isdir(directory):
             for name in os.listdir(directory):
                 if name.startswith(f"{stage}-"):
-                    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                    entry = os.path.join(directory, name)
+                    if os.path.isdir(entry):  # a deepopt.checkpoint directory of an earlier version
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(entry)
 
     # ---------------------------------------------------------------- reporting
 

@@ -162,7 +162,7 @@ def successive_halving(
 
     ``results_path``: every rung's rows (JSON lines: the metrics at that point, ``epochs_trained``,
     ``rung``, ``bracket``) are appended as each chunk finishes, after its states are saved under
-    ``<results>.states/`` (``deepopt.checkpoint``); ``<results>.search.json`` records the arguments.
+    ``<results>.states/`` (one ``.npz`` per chunk, ``state_files``); ``<results>.search.json`` records the arguments.
     ``resume=True`` continues a killed search with the same arguments: finished chunks are read
     back, their states restored when a later rung needs them; a different search there is refused.
 

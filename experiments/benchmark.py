@@ -875,7 +875,7 @@ def main(argv: list[str]) -> None:
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
     )
 
-    clock = common.StudyClock([1, 5, 50, 5, 10])  # the phases' seconds at the defaults, measured here (2-core CPU)
+    clock = common.StudyClock([1, 5, 50, 15, 10])  # the phases' seconds at the defaults, measured here (2-core CPU)
     print("matmul peak ...", flush=True)
     peak = perf.matmul_peak(FLAGS.matmul_size, max(FLAGS.repeats, 5))
     peak["size"] = FLAGS.matmul_size

@@ -181,6 +181,29 @@ def measure_memory(phase: Callable[[], Any], runs_in_flight: int) -> tuple[Any, 
 # ------------------------------------------------------------------------------ the three approaches
 
 
+def grid_sweep_call(
+    config: train.Config,
+    learning_rates: np.ndarray,
+    seeds: int,
+    train_set: data_lib.Dataset,
+    dev_set: data_lib.Dataset,
+    key: jax.Array,
+    chunk_size: int | str | None,
+    devices: Any = None,
+    concurrent_chunks: int | None = None,
+) -> Callable[[], sweep.Results]:
+    """The job as one ``sweep.run`` over the grid of ``learning_rates`` × ``seeds``, ready to call."""
+    space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
+
+    def call() -> sweep.Results:
+        return sweep.run(
+            config, space, train_set, dev_set, key=key, num_configs=None, seeds=seeds, sampler="grid",
+            chunk_size=chunk_size, devices=devices, concurrent_chunks=concurrent_chunks,
+        )
+
+    return call
+
+
 def measure_sweep(
     config: train.Config,
     learning_rates: np.ndarray,
@@ -197,14 +220,8 @@ def measure_sweep(
 
     ``concurrent_chunks``: as ``sweep.run`` takes it (None: the library's choice, the CPU's cores per device).
     """
-    space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
-
-    def call() -> sweep.Results:
-        return sweep.run(
-            config, space, train_set, dev_set, key=key, num_configs=None, seeds=seeds, sampler="grid",
-            chunk_size=chunk_size, devices=devices, concurrent_chunks=concurrent_chunks,
-        )
-
+    call = grid_sweep_call(config, learning_rates, seeds, train_set, dev_set, key, chunk_size, devices,
+                           concurrent_chunks)
     start = time.perf_counter()
     first, first_memory = measure_memory(call, 0)
     first_seconds = time.perf_counter() - start
@@ -771,10 +788,10 @@ def measure_first_call(
     key: jax.Array,
 ) -> dict[str, Any]:
     """The one-device ``sweep.run`` of the job, called once: its wall seconds and its groups' compile seconds."""
-    space = {"learning_rate": sweep.grid([float(lr) for lr in learning_rates])}
+    call = grid_sweep_call(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, key, chunk_size_flag(),
+                           jax.devices()[:1])
     start = time.perf_counter()
-    results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=None, seeds=FLAGS.num_seeds,
-                        sampler="grid", chunk_size=chunk_size_flag(), devices=jax.devices()[:1])
+    results = call()
     seconds = time.perf_counter() - start
     steps = perf.steps_per_run(config, len(train_set.y))
     return {"first_call_seconds": seconds, "compile_seconds": sum(g["compile_seconds"] for g in results.stats["layout"]),

@@ -4,7 +4,7 @@
 and the space, plans every config × seed (``planning.plan``: the same ids as ``sweep.run``),
 holds the results file's lock, checks the search's manifest (``<results>.search.json``: the
 method and every argument that defines its runs; ``resume=True`` refuses a different one, naming
-what differs), and trains chunks of configs for some epochs from their states (``train_chunk``).
+what differs), and trains chunks of configs for some epochs from their states (``train_chunks``).
 
 A chunk's rows (one per run: the metrics at that point, ``epochs_trained`` and the method's own
 fields) are appended to the results file after its states are saved (``state_files``: one
@@ -377,29 +377,6 @@ class Search:
         varying = "keep_prob" in self.space and not isinstance(self.space["keep_prob"], (int, float))
         return varying or train_lib.resolve_dropout(np.asarray(keep, np.float64))
 
-    def train_chunk(
-        self,
-        members: Sequence[Trial],
-        *,
-        epochs: int,
-        fresh: bool,
-        stage: str,
-        extra: Callable[[Trial], dict[str, Any]],
-        hparams: Mapping[int, Mapping[str, Any]] | None = None,
-        stages: Sequence[tuple[int, int]],
-        label: str,
-        total: int,
-    ) -> list[list[dict[str, Any]]]:
-        """Train ``members`` (one group) for ``epochs`` from their states (``fresh``: from ``init_state``).
-
-        Returns each member's rows (one per seed). Rows already in the file (resume) are returned
-        as they are and nothing is computed; otherwise the chunk runs, its states are saved (with a
-        results file) and its rows appended. ``hparams`` overrides a member's hyperparameters
-        (PBT's explored values) by position.
-        """
-        return self.train_chunks([members], epochs=epochs, fresh=fresh, stage=stage, extra=extra, hparams=hparams,
-                                 stages=stages, label=label, total=total)[0]
-
     def train_chunks(
         self,
         chunks: Sequence[Sequence[Trial]],
@@ -413,9 +390,13 @@ class Search:
         label: str,
         total: int,
     ) -> list[list[list[dict[str, Any]]]]:
-        """``train_chunk`` of each of ``chunks`` (disjoint members), up to ``engine.concurrent_chunks`` at once.
+        """Train each of ``chunks`` (one group each, disjoint members) for ``epochs`` from their states.
 
-        Each chunk is prepared here (checked, its states gathered, its program compiled) as it is
+        ``fresh``: from ``init_state``. Returns each chunk's rows: one list per member, one row per
+        seed. A chunk whose rows are all in the file (resume) is returned as it is and nothing is
+        computed; otherwise it runs, its states are saved (with a results file) and its rows
+        appended. ``hparams`` overrides a member's hyperparameters (PBT's explored values) by
+        position. Up to ``engine.concurrent_chunks`` chunks run at once: each is prepared here (checked, its states gathered, its program compiled) as it is
         dispatched, runs in a thread, and is recorded here in order (states scattered and saved,
         rows appended): the same rows and states bit for bit as one chunk after another.
         """

@@ -662,9 +662,10 @@ def _run_group(
         outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, device_data)
         return outputs, time.perf_counter() - chunk_start
 
-    wanted = sweep.concurrent_chunks or concurrent_chunks(list(sweep.mesh.devices.flat), size, sweep.budget)
     if jax.process_count() > 1:  # every process must dispatch the chunks' collectives in the same order
         wanted = 1
+    else:
+        wanted = sweep.concurrent_chunks or concurrent_chunks(list(sweep.mesh.devices.flat), size, sweep.budget)
     streams = min(wanted, max(len(todo), 1))
     sweep.layout[-1]["concurrent_chunks"] = streams
     with contextlib.closing(in_order(compute, todo, streams)) as computed:

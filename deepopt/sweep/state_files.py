@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepopt.checkpoint import _fsync_dir
+
 FORMAT = "deepopt-chunk-states/1"
 SUFFIX = ".npz"
 
@@ -77,16 +79,3 @@ def load(path: str | os.PathLike, like: Any) -> tuple[np.ndarray, Any]:
                              f"expected {np.dtype(leaf.dtype)}{list(leaf.shape)}")
     return positions, jax.tree.unflatten(treedef, arrays)
 
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (where the platform has directory descriptors)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -7,7 +7,10 @@ r"""Numerical gradient checking: does an analytic gradient match two-sided diffe
 
 and ``difference < threshold`` (course: ``epsilon = 1e-7``, ``threshold = 2e-7``) passes. The same
 relative difference is reported per parameter array, with its worst coordinate, so a failing
-report names the broken array. ``directional`` is the cheap variant along random unit
+report names the broken array. An array whose own gradient is below ``threshold`` times the whole
+one (a batch-normalized layer's bias: true gradient 0, two-sided difference rounding noise) is
+judged by its share of the whole, :math:`\|g - \tilde g\|_{\text{array}} / (\|g\|_2 + \|\tilde g\|_2)`,
+since a relative difference of noise against nothing is 1 whatever the code. ``directional`` is the cheap variant along random unit
 directions ``d``: it compares :math:`\langle g, d\rangle` with
 :math:`(J(\theta+\varepsilon d) - J(\theta-\varepsilon d))/2\varepsilon`.
 
@@ -56,6 +59,12 @@ class ArrayCheck:
         largest ``|g - g_approx|``; None when nothing was checked.
       analytic: the analytic value there (None when nothing was checked).
       numeric: the two-sided difference there (None when nothing was checked).
+      relative_to: ``"array"`` when ``difference`` is relative to the array's own norms;
+        ``"whole gradient"`` when the array's own gradient is too small to judge relatively
+        (``||g|| + ||g_approx||`` below ``threshold`` times that of everything checked, e.g. a
+        batch-normalized layer's bias, whose true gradient is 0 and whose two-sided difference is
+        rounding noise): then ``difference = ||g - g_approx||`` over the array divided by
+        ``||g|| + ||g_approx||`` over everything checked, its share of the whole gradient.
     """
 
     path: str
@@ -66,6 +75,7 @@ class ArrayCheck:
     worst_index: tuple[int, ...] | None
     analytic: float | None
     numeric: float | None
+    relative_to: str = "array"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +137,7 @@ class Report:
                 str(a.shape),
                 str(a.num_checked),
                 f"{a.difference:.3e}",
-                "ok" if a.passed else "WRONG",
+                ("ok" if a.passed else "WRONG") + ("" if a.relative_to == "array" else " (~0 gradient: share of all)"),
                 "-" if a.worst_index is None else str(a.worst_index),
                 "-" if a.analytic is None else f"{a.analytic:+.10e}",
                 "-" if a.numeric is None else f"{a.numeric:+.10e}",
@@ -330,7 +340,12 @@ def _run_in_chunks(
 
 def _array_checks(problem: _Problem, owner: np.ndarray, position_of: Callable[[int], tuple[int, ...]],
                   analytic: np.ndarray, numeric: np.ndarray, threshold: float) -> tuple[ArrayCheck, ...]:
-    """Per-array differences; ``owner[k]`` is the array of item ``k``, ``position_of(k)`` its reported index."""
+    """Per-array differences; ``owner[k]`` is the array of item ``k``, ``position_of(k)`` its reported index.
+
+    Relative to the array's own norms, or (``relative_to="whole gradient"``) to everything
+    checked when the array's norms are below ``threshold`` times those of everything checked.
+    """
+    whole = float(np.linalg.norm(analytic) + np.linalg.norm(numeric))
     arrays = []
     for leaf, (path, shape) in enumerate(zip(problem.paths, problem.shapes)):
         items = np.flatnonzero(owner == leaf)
@@ -338,7 +353,12 @@ def _array_checks(problem: _Problem, owner: np.ndarray, position_of: Callable[[i
             arrays.append(ArrayCheck(path, shape, 0, 0.0, True, None, None, None))
             continue
         a, n = analytic[items], numeric[items]
-        difference = _relative_difference(a, n)
+        own = float(np.linalg.norm(a) + np.linalg.norm(n))
+        relative_to = "whole gradient" if own < threshold * whole else "array"
+        if relative_to == "array":
+            difference = _relative_difference(a, n)
+        else:
+            difference = float(np.linalg.norm(a - n) / whole)
         worst = int(np.argmax(np.abs(a - n)))
         arrays.append(ArrayCheck(
             path=path,
@@ -349,6 +369,7 @@ def _array_checks(problem: _Problem, owner: np.ndarray, position_of: Callable[[i
             worst_index=position_of(int(items[worst])),
             analytic=float(a[worst]),
             numeric=float(n[worst]),
+            relative_to=relative_to,
         ))
     return tuple(arrays)
 

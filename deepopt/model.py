@@ -248,7 +248,17 @@ def predict(
     activation: str = "relu",
     bn_state: tuple[batchnorm.BatchNormState, ...] | None = None,
 ) -> jax.Array:
-    """Predicted class ids ``(m,)`` (no dropout; batch norm with ``bn_state``, e.g. ``TrainResult.bn_state``)."""
+    """Predicted class ids ``(m,)`` (no dropout; batch norm with ``bn_state``, e.g. ``TrainResult.bn_state``).
+
+    A batch-normalized network needs ``bn_state``: predicting with the batch's own statistics
+    would make one example's class depend on the others in ``X`` (a single example would always
+    normalize to ``beta``). ``forward`` without ``bn_state`` is the explicit way to get those.
+    """
+    if bn_state is None and has_batchnorm(params):
+        raise ValueError(
+            "predict: a batch-normalized network needs bn_state (the running statistics, e.g. "
+            "TrainResult.bn_state); got None, which would normalize X with its own batch statistics"
+        )
     return predict_from_logits(forward(params, X, activation=activation, bn_state=bn_state))
 
 

@@ -588,9 +588,16 @@ def summarize_runs(result: train.TrainResult, seconds: float) -> dict[str, Any]:
     }
 
 
-def boundary_panel(title: str, params: Any, activation: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """A ``plot_decision_boundaries`` panel predicting with ``params`` (one model, not a batch)."""
-    return title, lambda grid: np.asarray(model.predict(params, jnp.asarray(grid), activation=activation))
+def boundary_panel(
+    title: str, params: Any, activation: str, bn_state: Any = None
+) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """A ``plot_decision_boundaries`` panel predicting with ``params`` (one model, not a batch).
+
+    ``bn_state``: the running statistics of a batch-normalized net (``model.predict`` needs them).
+    """
+    return title, lambda grid: np.asarray(
+        model.predict(params, jnp.asarray(grid), activation=activation, bn_state=bn_state)
+    )
 
 
 def first_run(tree: Any) -> Any:

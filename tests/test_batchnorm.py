@@ -183,3 +183,15 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="needs bn_state"):
         model.forward_with_state(params, z, train=False)
     assert optim.get("adam").init(params).first_moment[0].keys() == params[0].keys()  # any pytree
+
+
+def test_predict_on_a_batch_normalized_net_needs_the_running_statistics() -> None:
+    """Without bn_state one example's class would depend on the rest of X: refused, not silently computed."""
+    params = init.mlp(jax.random.key(0), (5, 4, 2), batchnorm=True)
+    z, y = features(1), jnp.zeros(16, jnp.int32)
+    for call in (lambda: model.predict(params, z), lambda: model.accuracy(params, z, y)):
+        with pytest.raises(ValueError, match="predict: a batch-normalized network needs bn_state"):
+            call()
+    state = batchnorm.init_states(params)
+    one_at_a_time = jnp.concatenate([model.predict(params, z[i:i + 1], bn_state=state) for i in range(4)])
+    np.testing.assert_array_equal(one_at_a_time, model.predict(params, z[:4], bn_state=state))

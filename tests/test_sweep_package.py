@@ -138,6 +138,19 @@ def test_a_new_field_at_its_default_keeps_every_id(monkeypatch: pytest.MonkeyPat
     )
 
 
+def test_config_id_equals_the_written_out_digest_for_many_configs() -> None:
+    """config_id caches Δ(Config) per Config and the HParams defaults' JSON: the same ids as the formula."""
+    digest, config_defaults = sweep.store._config_digest, sweep.store.config_defaults(train.Config)
+    hparams_defaults = sweep.store.hparams_defaults()
+    configs = (ADAM, dataclasses.replace(ADAM, activation="tanh"), dataclasses.replace(ADAM, batch_size=16), train.Config((2, 3, 1)))
+    for config in configs:
+        for values in (_values(), _values(learning_rate=0.3), _values(l2=0.5, keep_prob=0.75)):
+            expected = digest(train.describe_config(config), config_defaults, values, hparams_defaults)
+            assert sweep.config_id(config, values) == expected
+            assert sweep.config_id(config, values) == expected  # a second call, from the cache
+    assert len({sweep.config_id(c, _values()) for c in configs}) == len(configs)
+
+
 def test_every_non_default_value_changes_the_id() -> None:
     base = sweep.config_id(ADAM, _values())
     ids = {base}

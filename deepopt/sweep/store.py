@@ -27,6 +27,7 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -150,13 +151,28 @@ def _non_default(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _config_delta(config: train_lib.Config) -> dict[str, Any]:
+    """``Δ(Config)``, once per distinct Config (a sweep's hundreds of configs share a few); read-only."""
+    return _non_default(train_lib.describe_config(config), config_defaults(type(config)))
+
+
+@functools.lru_cache(maxsize=8)
+def _hparams_default_texts(hparams_type: type) -> dict[str, str]:
+    """``{field: canonical JSON of its default}`` of an HParams type; read-only."""
+    return {name: _canonical(_plain(value)) for name, value in hparams_type._field_defaults.items()}
+
+
 def _config_digest(
     config: Mapping[str, Any],
     config_default: Mapping[str, Any],
     hparams: Mapping[str, Any],
     hparams_default: Mapping[str, Any],
 ) -> str:
-    """``digest({"version": ID_VERSION, "config": Δconfig, "hparams": Δhparams})`` from field values and defaults."""
+    """``digest({"version": ID_VERSION, "config": Δconfig, "hparams": Δhparams})`` from field values and defaults.
+
+    The formula written out; ``config_id`` computes the same with its parts cached.
+    """
     return _digest(
         {
             "version": ID_VERSION,
@@ -167,8 +183,17 @@ def _config_digest(
 
 
 def config_id(config: train_lib.Config, hparams: Mapping[str, Any]) -> str:
-    """The v2 id of a config: its Config and HParams values (every field, as ``plan`` records them) less defaults."""
-    return _config_digest(train_lib.describe_config(config), config_defaults(type(config)), hparams, hparams_defaults())
+    """The v2 id of a config: its Config and HParams values (every field, as ``plan`` records them) less defaults.
+
+    ``digest({"version": ID_VERSION, "config": Δconfig, "hparams": Δhparams})``.
+    """
+    default_texts = _hparams_default_texts(train_lib.HParams)
+    hparams_delta = {
+        name: value
+        for name, value in hparams.items()
+        if name not in default_texts or _canonical(value) != default_texts[name]
+    }
+    return _digest({"version": ID_VERSION, "config": _config_delta(config), "hparams": hparams_delta})
 
 
 def run_id(config_id: str, seed: int, key_data: Sequence[int], data_digest: str) -> str:

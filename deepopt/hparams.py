@@ -83,10 +83,10 @@ def validate_hparams(hp: HParams) -> None:
 def broadcast_hparams(hp: HParams, num_runs: int) -> HParams:
     """Give every field of ``hp`` a leading axis of ``num_runs`` (scalars are repeated), ready for ``vmap``.
 
-    ``None`` fields stay ``None`` (``fit`` derives them from the Config).
+    ``None`` fields stay ``None`` (``fit`` derives them from the Config). Concrete values are
+    checked first (``validate_hparams``): under ``vmap`` ``fit`` sees them traced and cannot.
     """
-    if not isinstance(hp, HParams):
-        raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
+    validate_hparams(hp)
     if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
         raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
     fields = {}

@@ -91,6 +91,14 @@ def kernel_sum_of_squares(params: Any) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=64)
+def has_kernels(module: Any, example_shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether ``module``'s parameters hold a leaf named ``kernel`` (what L2 penalizes), by an abstract init."""
+    X = jax.ShapeDtypeStruct((2, *example_shape), jnp.dtype(dtype))
+    params, _ = jax.eval_shape(lambda x: init(module, jax.random.key(0), x), X)
+    return any(path and getattr(path[-1], "key", None) == KERNEL for path, _ in jax.tree_util.tree_leaves_with_path(params))
+
+
+@functools.lru_cache(maxsize=64)
 def output_units(module: Any, example_shape: tuple[int, ...], dtype: str) -> int:
     """``n_out`` of ``module`` on examples of ``example_shape``, by one abstract evaluation (nothing is computed).
 

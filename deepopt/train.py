@@ -315,6 +315,50 @@ def _check_init_params(config: Config, init_params: Any, X: Any) -> Params:
     return tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
 
 
+FLOORED_SCHEDULES = ("cosine", "warmup_cosine")  # decay towards HParams.min_learning_rate
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a float64 array, or None when it is None or traced."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value, np.float64)
+
+
+def validate_hparams_for_config(
+    config: Config, hp: HParams, example_shape: tuple[int, ...] | None = None, dtype: str = "float32"
+) -> None:
+    """What ``validate_hparams`` cannot see alone: concrete values that make no sense for this ``config``.
+
+    - ``schedule`` ``cosine`` / ``warmup_cosine``: ``min_learning_rate <= learning_rate`` (a floor
+      above the rate would make the "decay" climb to it).
+    - ``Config.model`` with ``l2 > 0``: the module must have a ``kernel`` leaf (L2 penalizes
+      kernels only; without one it would silently do nothing). Checked when ``example_shape``
+      (the examples' shape, ``X.shape[1:]``) is given.
+    Traced fields are skipped; arrays are checked elementwise. Raises a ``ValueError``.
+    """
+    if config.schedule in FLOORED_SCHEDULES:
+        rate, floor = _concrete(hp.learning_rate), _concrete(hp.min_learning_rate)
+        if rate is not None and floor is not None:
+            rate, floor = np.broadcast_arrays(rate, floor)
+            bad = floor > rate
+            if np.any(bad):
+                where = "" if bad.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
+                raise ValueError(
+                    f"HParams.min_learning_rate must be <= learning_rate with schedule={config.schedule!r} (the floor "
+                    f"the rate decays to), got min_learning_rate={float(floor[bad].flat[0])!r} > "
+                    f"learning_rate={float(rate[bad].flat[0])!r}{where}"
+                )
+    l2 = _concrete(hp.l2)
+    if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
+        if not modules.has_kernels(config.model, tuple(example_shape), dtype):
+            raise ValueError(
+                f"HParams.l2={float(l2.flat[np.argmax(l2 > 0)])!r} but Config.model {modules.describe(config.model)} has "
+                "no parameter named 'kernel' (L2 penalizes kernels only, so it would do nothing): name the weights "
+                "'kernel' (as nn.Dense and nn.Conv do) or keep l2=0"
+            )
+
+
 def _prepare_run(
     config: Any, hp: Any, train: Any, dev: Any, dropout: bool | None, where: str
 ) -> tuple[data_lib.Dataset, data_lib.Dataset | None, bool, HParams]:
@@ -333,6 +377,7 @@ def _prepare_run(
                 f"HParams.keep_prob={hp.keep_prob!r} is the built-in MLP's dropout; Config.model does its own "
                 "(nn.Dropout's rate, fed by deepopt's 'dropout' rng): keep keep_prob=1"
             )
+    validate_hparams_for_config(config, hp, tuple(train.X.shape[1:]), str(dtype))
     dropout = resolve_dropout(hp.keep_prob, dropout) if dropout is not None else True
     hp = prepare_hparams(hp, config, dtype)
     _check_scalar_hparams(hp, where)
@@ -446,6 +491,7 @@ def evaluate(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[
     data = check_split("data", data, config)
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a deepopt.train.TrainState, got {type(state).__name__}")
+    _check_state(config, None, state, data.X)  # another Config's state would be read with the wrong net or loss
     return _evaluate_compiled(config, state, data)
 
 

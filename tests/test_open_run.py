@@ -170,6 +170,8 @@ def test_a_state_of_another_config_is_refused_before_compiling():
         train.advance(config, hp, state, train_set, epochs=0)
     with pytest.raises(TypeError, match="state must be a deepopt.train.TrainState"):
         train.advance(config, hp, tuple(state), train_set, epochs=1)
+    with pytest.raises(ValueError, match=r"state\.params\[0\]\['W'\] has shape \(2, 5\).*expected \(2, 6\)"):
+        train.evaluate(wider, state, train_set)  # read with another net, its metrics would be garbage
     assert train.trace_count() == traced
 
 

@@ -52,6 +52,14 @@ class FixedLength(nn.Module):
         return nn.Dense(3)(x.reshape(x.shape[0], 12))
 
 
+class NoKernel(nn.Module):
+    """A linear classifier whose weights are not named ``kernel``: L2 cannot reach them."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return x @ self.param("w", nn.initializers.normal(1.0), (x.shape[-1], 3))
+
+
 def sequences(key: jax.Array, m: int, length: int = 12, classes: int = 3) -> data.Dataset:
     """Noisy 1-D signals: class c is a bump at position ~ (c + 1) · length / (classes + 1)."""
     position_key, noise_key, label_key = jax.random.split(key, 3)
@@ -158,6 +166,12 @@ def test_bad_inputs_for_a_module_fail_before_compiling(splits):
                   data.Dataset(train_set.X[:, :10], train_set.y))
     with pytest.raises(ValueError, match="HParams.keep_prob=0.5 is the built-in MLP's dropout"):
         train.fit(CNN_CONFIG, train.HParams(keep_prob=0.5), jax.random.key(0), train_set)
+    no_kernel = train.Config(model=NoKernel(), epochs=1)
+    with pytest.raises(ValueError, match=r"HParams.l2=0.5 but Config.model .*NoKernel\(\) has no parameter named 'kernel'"):
+        train.fit(no_kernel, train.HParams(l2=0.5), jax.random.key(0), train_set)
+    with pytest.raises(ValueError, match=r"no parameter named 'kernel'.*\(config index 0\)"):
+        sweep.run(no_kernel, {"l2": sweep.log_uniform(1e-3, 1e-1)}, train_set, train_set, key=jax.random.key(0),
+                  num_configs=2)
     with pytest.raises(ValueError, match=r"Config.layer_sizes=\(12, 3\) is for the built-in MLP"):
         train.Config((12, 3), model=TinyCNN())
     with pytest.raises(TypeError, match="Config.model must be a flax.linen.Module"):

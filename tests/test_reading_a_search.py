@@ -104,3 +104,22 @@ def test_importance_needs_two_observations() -> None:
     one = results_with_best_at({"learning_rate": [0.1], "l2": [0.1], "beta1": [0.9]}, [0.5], SPACE_3)
     with pytest.raises(ValueError, match="at least two configs with a finite dev_accuracy, got 1"):
         one.importance()
+
+
+def test_a_metric_the_rows_do_not_have_is_refused_not_ranked_by_nothing() -> None:
+    values = {"learning_rate": [0.9, 0.01, 0.001], "l2": [1e-2] * 3, "beta1": [0.95] * 3}
+    results = results_with_best_at(values, [0.7, 0.9, 0.8], SPACE_3)
+    assert [e["config_index"] for e in results.best(3)] == [1, 2, 0]
+    typo = sweep.Results(rows=results.rows, space=SPACE_3, metric="dev_acc")
+    for read in (lambda r: r.best(3), lambda r: r.zoom(2), lambda r: r.boundary_warnings(), lambda r: r.bias_variance()):
+        with pytest.raises(ValueError, match=r"Results.metric is 'dev_acc', which the rows do not have; .*'dev_accuracy'"):
+            read(typo)
+    no_test_set = [row | {"test_accuracy": None} for row in results.rows]
+    with pytest.raises(ValueError, match="no row has a value of it"):
+        sweep.Results(rows=no_test_set, space=SPACE_3, metric="test_accuracy").best()
+    # every run diverged: still a leaderboard (of failures), not an error
+    diverged = [row | {"dev_accuracy": None, "diverged": True} for row in results.rows]
+    assert len(sweep.Results(rows=diverged, space=SPACE_3).best()) == 3
+    for margin in (-0.3, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+            results.zoom(2, margin=margin)

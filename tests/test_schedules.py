@@ -11,6 +11,7 @@ inverse_time, scheduled and inverse_sqrt have no optax form; they are checked ag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -227,4 +228,23 @@ def test_fit_rejects_bad_schedule_hparams_before_compiling(field: str, value: fl
     count = train.trace_count()
     with pytest.raises(ValueError, match=rf"HParams\.{field} must be"):
         train.fit(config, HParams(**{field: value}), jax.random.key(0), train_set)
+    assert train.trace_count() == count
+
+
+def test_a_cosine_floor_above_the_rate_is_refused_in_fit_broadcast_and_a_sweep() -> None:
+    """min_learning_rate > learning_rate would make the cosine 'decay' climb: refused, naming both values."""
+    from deepopt import sweep
+
+    config = train.Config(layer_sizes=(2, 3, 1), schedule="cosine", epochs=3)
+    train_set = (np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1], np.int32))
+    count = train.trace_count()
+    match = r"HParams.min_learning_rate must be <= learning_rate with schedule='cosine'.*got min_learning_rate=5.0 > learning_rate=0.01"
+    with pytest.raises(ValueError, match=match):
+        train.fit(config, HParams(learning_rate=0.01, min_learning_rate=5.0), jax.random.key(0), train_set)
+    with pytest.raises(ValueError, match=r"min_learning_rate=0.5 > learning_rate=0.1 at index \[1\]"):
+        train.validate_hparams_for_config(config, HParams(learning_rate=np.array([1.0, 0.1]), min_learning_rate=0.5))
+    train.validate_hparams_for_config(dataclasses.replace(config, schedule="constant"), HParams(min_learning_rate=5.0))
+    with pytest.raises(ValueError, match=r"config index 1\)"):
+        sweep.run(config, {"learning_rate": sweep.grid([0.3, 0.01])}, train_set, train_set, key=jax.random.key(0),
+                  num_configs=None, sampler="grid", hparams=HParams(min_learning_rate=0.1))
     assert train.trace_count() == count

@@ -152,6 +152,14 @@ def test_hparams_validated_before_compiling(moons):
         train.fit(SMALL, train.HParams(learning_rate=jnp.array([0.1, 0.2])), jax.random.key(0), moons)
     with pytest.raises(ValueError, match="index \\[1\\]"):
         train.validate_hparams(train.HParams(learning_rate=np.array([0.1, -1.0])))
+    # the README's vmap recipe: broadcast_hparams sees the concrete values that fit, under vmap, cannot
+    for hp, match in [
+        (train.HParams(learning_rate=jnp.linspace(0.0, 1.0, 4)), r"HParams.learning_rate must be finite and > 0, got 0.0 at index \[0\]"),
+        (train.HParams(keep_prob=0.0), r"HParams.keep_prob must be finite and in \(0, 1\]"),
+        (train.HParams(beta1=1.0), "HParams.beta1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            train.broadcast_hparams(hp, 4)
     assert train.trace_count() == before
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep.model_based import import_optuna, optuna_distributions, parameter_name, quiet_optuna, to_parameters
-from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count
+from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, unread_fields
 from deepopt.sweep.store import _canonical
 
 if TYPE_CHECKING:
@@ -110,6 +110,21 @@ class Results:
             ]
         return names
 
+    def _check_metric(self) -> None:
+        """Refuse a ``metric`` the rows do not have, or have no value of, instead of ranking by nothing."""
+        if not isinstance(self.metric, str):
+            raise TypeError(f"Results.metric must be a row field name (str), got {self.metric!r}")
+        if not self.rows:
+            return
+        names = self.metric_names()
+        if self.metric not in names:
+            raise ValueError(f"Results.metric is {self.metric!r}, which the rows do not have; their metrics: {names}")
+        if all(row.get(self.metric) is None for row in self.rows) and not all(row.get("diverged") for row in self.rows):
+            raise ValueError(
+                f"Results.metric is {self.metric!r}, but no row has a value of it (test_accuracy needs a test set); "
+                f"metrics with values: {[n for n in names if any(r.get(n) is not None for r in self.rows)]}"
+            )
+
     def by_config(self) -> list[dict[str, Any]]:
         r"""Mean and spread over seeds, one entry per config: ``{metric: {mean, std, min, max}}`` plus its choices.
 
@@ -143,6 +158,7 @@ class Results:
         (rows with ``epochs_trained``), configs trained to the full budget rank ahead of those cut early.
         """
         _check_count("k", k)
+        self._check_metric()
         sign = 1.0 if direction(self.metric) == "minimize" else -1.0
         trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
         full_budget = max(trained) if trained else None
@@ -163,10 +179,14 @@ class Results:
         Each continuous range shrinks to the span of the top ``k`` values in its own scale
         (log for ``log_uniform``, ``log(1 - β)`` for ``one_minus_log_uniform``), widened by
         ``margin`` × that span on each side (10% of the old range when the span is 0) and kept
-        inside the old range; a ``choice``/``grid`` keeps the values the top ``k`` use.
+        inside the old range; a ``choice``/``grid`` keeps the values the top ``k`` use. A searched
+        field that no config of the narrowed space reads (``space.unread_fields``: momentum's β
+        once only Adam is left) is left out, as ``sweep.run`` would refuse it.
         """
         if not self.rows:
             raise ValueError("zoom needs rows; the sweep has none")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0 (a fraction of the top configs' span), got {margin!r}")
         top = [e for e in self.best(k) if e["diverged"] == 0] or self.best(k)
         narrowed: dict[str, Any] = {}
         for name, value in self.space.items():
@@ -183,6 +203,8 @@ class Results:
                 narrowed[name] = value.between(lo, hi)
             else:
                 narrowed[name] = value
+        for name in unread_fields(narrowed, top[0]["config"]):  # momentum's β once only Adam is left
+            del narrowed[name]
         return narrowed
 
     def boundary_warnings(self, k: int = 5, margin: float = 0.1) -> list[BoundaryWarning]:
@@ -226,6 +248,7 @@ class Results:
         own); any ``optuna.importance`` evaluator can be given. A field with one value gets 0.
         Needs optuna (``pip install -e '.[optuna]'``) and at least two configs with a finite metric.
         """
+        self._check_metric()
         optuna = import_optuna()
         searched = [name for name, value in self.space.items() if isinstance(value, (Uniform, Choice))]
         if not searched:

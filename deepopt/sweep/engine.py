@@ -311,6 +311,12 @@ def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Seque
         for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
             if split is not None:  # exactly fit's checks, in Python, before anything is traced
                 train_lib.check_split(name, split, config)
+        for run_ in group_runs:  # what fit's own checks would say of each run's concrete values
+            hp = train_lib.HParams(**run_.hparams)
+            try:
+                train_lib.validate_hparams_for_config(config, hp, tuple(train_set.X.shape[1:]), str(dtype))
+            except ValueError as error:
+                raise ValueError(f"space: {error} (config index {run_.config_index})") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         jax.eval_shape(
             lambda h, k, config=config, dropout=dropout: train_lib.fit(

@@ -16,7 +16,7 @@ import numpy as np
 from deepopt import train as train_lib
 from deepopt.sweep import store
 from deepopt.sweep.model_based import sample
-from deepopt.sweep.space import _check_count, static_fields
+from deepopt.sweep.space import _check_count, check_fields_read, static_fields
 from deepopt.sweep.store import _plain, static_text
 
 
@@ -112,6 +112,7 @@ def plan_assignments(
     static = [name for name in space if name in static_fields()]
     traced = [name for name in space if name not in static_fields()]
 
+    check_fields_read(base_config, space)
     configs: dict[tuple, train_lib.Config] = {}
     for assignment in assignments:
         combo = tuple(static_text(name, assignment[name]) for name in static)

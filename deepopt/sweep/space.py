@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from deepopt import hparams_use
 from deepopt import train as train_lib
 
 # ------------------------------------------------------------------------------ distributions
@@ -219,3 +220,41 @@ def check_space(space: Mapping[str, Any]) -> None:
                 f"space[{name!r}] is a static Config field (one compilation per value): give choice([...]), "
                 f"grid([...]) or a fixed value, got {value!r}"
             )
+
+
+def unread_fields(space: Mapping[str, Any], static_values: Mapping[str, Any]) -> list[str]:
+    """The searched HParams fields of ``space`` that no config it can make reads (``hparams_use``).
+
+    ``static_values``: the Config fields the space does not search (a ``Config``'s fields, or a
+    row's ``config`` dict); each static field takes ``space``'s choices where it searches them.
+    """
+    searched = [name for name, value in space.items() if name in traced_fields() and _is_distribution(value)]
+    if not searched:
+        return []
+
+    def possible(field: str) -> list[Any]:
+        value = space.get(field, static_values.get(field))
+        return list(value.values) if isinstance(value, Choice) else [value]
+
+    read = set().union(*(hparams_use.optimizer_fields(name) for name in possible("optimizer")),
+                       *(hparams_use.schedule_fields(name) for name in possible("schedule")),
+                       *(hparams_use.loop_fields(model, init) for model in possible("model") for init in possible("init")))
+    return [name for name in searched if name not in read]
+
+
+def check_fields_read(base_config: train_lib.Config, space: Mapping[str, Any]) -> None:
+    """Every searched HParams field must be read by some config the space can make (``unread_fields``).
+
+    A field no config reads (``beta`` with ``optimizer="gd"``) would train identical runs and rank
+    them by tie-breaking noise: a ``ValueError`` naming it and the optimizers and schedules searched.
+    """
+    static_values = {field.name: getattr(base_config, field.name) for field in dataclasses.fields(base_config)}
+    unread = unread_fields(space, static_values)
+    if unread:
+        optimizers = space.get("optimizer", base_config.optimizer)
+        schedules_ = space.get("schedule", base_config.schedule)
+        raise ValueError(
+            f"space[{unread[0]!r}] searches HParams.{unread[0]}, which no config of this space reads (optimizer "
+            f"{optimizers!r}, schedule {schedules_!r}{', Config.model' if base_config.model is not None else ''}): every "
+            "run would train the same and rank by noise; drop it, or search an optimizer or schedule that uses it"
+        )

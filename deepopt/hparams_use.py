@@ -31,8 +31,8 @@ from deepopt.hparams import HParams
 
 def _inputs_used(fun: Callable[[HParams], Any]) -> frozenset[str]:
     """The ``HParams`` fields some output of ``fun(hp)`` depends on (a backward walk over its jaxpr)."""
-    hp = HParams(*[jnp.float32(0.5)] * len(HParams._fields))
-    closed = jax.make_jaxpr(fun)(hp)
+    hp = HParams(*[jax.ShapeDtypeStruct((), jnp.float32)] * len(HParams._fields))
+    closed = jax.make_jaxpr(fun)(hp)  # abstract: nothing is compiled or computed
     needed = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
     for eqn in reversed(closed.jaxpr.eqns):  # an equation with a needed output needs all its inputs
         if any(v in needed for v in eqn.outvars):
@@ -44,17 +44,19 @@ def _inputs_used(fun: Callable[[HParams], Any]) -> frozenset[str]:
 def optimizer_fields(name: str) -> frozenset[str]:
     """The ``HParams`` fields optimizer ``name``'s update reads (e.g. ``{"learning_rate", "beta"}`` for momentum)."""
     optimizer = optim.get(name)
-    params = ({"W": jnp.zeros((2, 2), jnp.float32), "b": jnp.zeros((2,), jnp.float32)},)
-    state = optimizer.init(params)
-    return _inputs_used(lambda hp: optimizer.update(params, state, params, hp))
+
+    def update(hp: HParams) -> Any:
+        params = ({"W": jnp.zeros((2, 2), jnp.float32), "b": jnp.zeros((2,), jnp.float32)},)
+        return optimizer.update(params, optimizer.init(params), params, hp)
+
+    return _inputs_used(update)
 
 
 @functools.lru_cache(maxsize=None)
 def schedule_fields(name: str) -> frozenset[str]:
     """The ``HParams`` fields schedule ``name`` reads at a traced epoch and step (``learning_rate`` included)."""
     schedule = schedules.get(name)
-    epoch, step = jnp.int32(3), jnp.int32(7)
-    return _inputs_used(lambda hp: schedule(hp, epoch * jnp.int32(1), step))
+    return _inputs_used(lambda hp: schedule(hp, hp.learning_rate.astype(jnp.int32), hp.learning_rate.astype(jnp.int32)))
 
 
 def loop_fields(model: Any, init: str) -> frozenset[str]:

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepopt import batchnorm, losses, model
+from deepopt import batchnorm, data, losses, model
 from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
 
@@ -294,7 +294,8 @@ def output_gradient(logits: jax.Array, y: jax.Array) -> jax.Array:
     r"""``dZ_L = \partial\, \mathrm{cross\_entropy} / \partial Z_L = (\hat Y - Y) / m``.
 
     Sigmoid head (one unit): ``\hat Y = \sigma(Z_L)``, ``Y = y`` as a column; softmax head:
-    ``\hat Y = \mathrm{softmax}(Z_L)``, ``Y = \mathrm{one\_hot}(y)``.
+    ``\hat Y = \mathrm{softmax}(Z_L)``, ``Y = \mathrm{one\_hot}(y)``. Concrete ``y`` must be class ids
+    ``0..n_out-1`` (0/1 for one unit); traced ``y`` is not checked.
     """
     chex.assert_rank(logits, 2, custom_message="logits must be (m, n_out)")
     chex.assert_rank(y, 1, custom_message="y must be (m,) class ids")
@@ -302,6 +303,8 @@ def output_gradient(logits: jax.Array, y: jax.Array) -> jax.Array:
         raise ValueError(f"logits has {logits.shape[0]} rows but y has {y.shape[0]}")
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
+    n_out = logits.shape[1]
+    data.check_labels(y, 2 if n_out == 1 else n_out, "y", losses.head_description(n_out))  # concrete y only
     m = logits.shape[0]
     if logits.shape[1] == 1:
         return (jax.nn.sigmoid(logits) - y[:, None].astype(logits.dtype)) / m

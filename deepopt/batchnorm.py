@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepopt.parameters import is_batch_normalized
 
@@ -43,6 +44,31 @@ def init_states(params: Any) -> tuple[BatchNormState, ...]:
     )
 
 
+def _check_concrete_setting(name: str, value: Any, valid: Any, expected: str) -> None:
+    """A concrete ``value`` (not a tracer) must be numbers with ``valid(values)`` everywhere; the error names ``name``."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not np.all(valid(values)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_mask(mask: Any, m: int, train: bool) -> None:
+    """``mask`` must be ``(m,)`` bool (always: shape and dtype are static); a concrete one in training must select a row."""
+    if jnp.shape(mask) != (m,):
+        raise ValueError(f"mask must have shape (m,) = ({m},) to match z, got shape {jnp.shape(mask)}")
+    dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
+    if dtype != bool:
+        raise TypeError(f"mask must be a bool array (True: the row counts in the batch statistics), got dtype {dtype}")
+    if train and not isinstance(mask, jax.core.Tracer) and not np.any(np.asarray(mask)):
+        raise ValueError(
+            f"mask must select at least one row of z for the batch statistics, got all {m} entries False"
+        )
+
+
 def batch_norm(
     z: jax.Array,
     gamma: jax.Array,
@@ -61,12 +87,15 @@ def batch_norm(
       gamma, beta: ``(n,)`` scale and shift.
       state: running statistics.
       train: batch statistics (and an updated state) if True; the running statistics if False.
-      momentum: weight of the old running statistics.
-      eps: added to the variance.
+      momentum: weight of the old running statistics, in ``[0, 1]``.
+      eps: added to the variance, finite and ``> 0``.
       mask: optional ``(m,)`` bool; only rows where it is True count in the batch statistics
-        (``fit``'s padded last mini-batch).
+        (``fit``'s padded last mini-batch); at least one must be True.
     Returns:
       ``(out, new_state)``; in evaluation ``new_state`` is ``state``.
+    Raises:
+      ValueError / TypeError: a mask not ``(m,)`` bool; for concrete values (tracers are not
+        checked): ``eps`` not finite and positive, ``momentum`` outside ``[0, 1]``, an all-False mask.
     """
     if jnp.ndim(z) != 2:
         raise ValueError(f"z must be (m, num_features), got shape {jnp.shape(z)}")
@@ -74,6 +103,10 @@ def batch_norm(
     for name, value in (("gamma", gamma), ("beta", beta), ("state.mean", state.mean), ("state.var", state.var)):
         if jnp.shape(value) != (n,):
             raise ValueError(f"{name} must have shape ({n},) to match z, got {jnp.shape(value)}")
+    _check_concrete_setting("eps", eps, lambda v: np.isfinite(v) & (v > 0), "finite and > 0")
+    _check_concrete_setting("momentum", momentum, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    if mask is not None:
+        _check_mask(mask, z.shape[0], train)
     if not train:
         mean, var = state.mean, state.var
         new_state = state

@@ -139,19 +139,20 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
     r"""Standardize every feature with the training set's statistics: :math:`(x - \mu_{train}) / \sigma_{train}`.
 
     Constant features (``σ = 0``) are only centred. Returns ``(train, *others)`` standardized.
+    Every split is checked by ``check_dataset``; as there, an integer or bool ``X`` is taken as
+    the default float dtype (labels are returned as given).
     """
-    _check_dataset_shapes(train, "train")
-    X = jnp.asarray(train.X)
+    X = check_dataset(train, "train").X
     mean, std = jnp.mean(X, axis=0), jnp.std(X, axis=0)
     # A feature whose spread is rounding noise (relative to its size) is constant: centre it only.
     constant = std <= 64 * jnp.finfo(X.dtype).eps * (jnp.abs(mean) + 1)
     std = jnp.where(constant, jnp.ones_like(std), std)
-    result = []
-    for i, data in enumerate((train, *others)):
-        _check_dataset_shapes(data, "train" if i == 0 else f"others[{i - 1}]")
-        if np.shape(data.X)[1] != X.shape[1]:
-            raise ValueError(f"others[{i - 1}] has {np.shape(data.X)[1]} features, train has {X.shape[1]}")
-        result.append(Dataset((jnp.asarray(data.X) - mean) / std, data.y))
+    result = [Dataset((X - mean) / std, train.y)]
+    for i, data in enumerate(others):
+        other_X = check_dataset(data, f"others[{i}]").X
+        if other_X.shape[1] != X.shape[1]:
+            raise ValueError(f"others[{i}] has {other_X.shape[1]} features, train has {X.shape[1]}")
+        result.append(Dataset((other_X - mean) / std, data.y))
     return tuple(result)
 
 
@@ -227,7 +228,12 @@ def minibatch_indices(key: jax.Array, m: int, batch_size: int) -> list[jax.Array
 
 
 def one_hot(y: jax.Array, num_classes: int) -> jax.Array:
-    """``(m,)`` class ids to ``(m, num_classes)`` float one-hot rows."""
+    """``(m,)`` class ids to ``(m, num_classes)`` float one-hot rows.
+
+    Concrete ``y`` must hold class ids in ``0..num_classes-1`` (``check_labels``: an id outside
+    would give a row of zeros); traced ``y`` is not checked.
+    """
+    check_labels(y, num_classes, "y", f"one_hot with num_classes={num_classes}")
     return jax.nn.one_hot(y, num_classes)
 
 
@@ -255,7 +261,8 @@ def check_dataset(
     when given) and ``y`` integer of shape ``(m,)``. Concrete values (not
     tracers under ``jit``/``vmap``) are also checked: every :math:`X_{ij}` finite (the error names
     the first offending row and column, counting from 0) and every label in
-    :math:`0..	ext{num\_classes}-1` (or :math:`\ge 0` without ``num_classes``).
+    :math:`0..\text{num\_classes}-1` (without ``num_classes``: :math:`\ge 0` and within int32,
+    so the cast cannot wrap). A complex ``X`` is refused (its imaginary part would be dropped).
 
     Returns the split as JAX arrays: ``X`` cast to ``float_dtype`` (a non-float ``X`` to the default
     float dtype first), ``y`` as int32. Errors name ``{name}.X`` / ``{name}.y`` (or ``x_name`` /
@@ -282,6 +289,8 @@ def check_dataset(
         raise ValueError(f"{name} is empty: {x_name} has shape {X_shape}")
     if num_features is not None and X_shape[1] != num_features:
         raise ValueError(f"{x_name} has {X_shape[1]} features but {features_from} is {num_features}")
+    if jnp.issubdtype(X.dtype, jnp.complexfloating):
+        raise TypeError(f"{x_name} must hold real numbers (float, int or bool), got complex dtype {X.dtype}")
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"{y_name} must hold integer class ids, got dtype {y.dtype}")
     if not _is_traced(X):
@@ -297,6 +306,8 @@ def check_dataset(
                 )
     if num_classes is not None:
         check_labels(y, num_classes, y_name, classes_from)
+    else:
+        _check_label_bounds(y, y_name)
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.zeros(()).dtype)
@@ -305,15 +316,49 @@ def check_dataset(
     return Dataset(X, jnp.asarray(y).astype(jnp.int32))
 
 
-def check_labels(y: Any, num_classes: int, y_name: str = "y", classes_from: str = "the model") -> None:
-    """Concrete labels ``y`` must be class ids in ``0..num_classes-1`` (tracers are not checked); the error names ``y_name``."""
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _first_outside(y: Any, low: int, high: int) -> tuple[np.ndarray, str] | None:
+    """For concrete ``y`` with a value outside ``[low, high]``: ``(labels, "V at index I")`` of the first one; else None.
+
+    Tracers and empty arrays give None (nothing to check on the host).
+    """
     if _is_traced(y):
-        return
+        return None
     labels = np.asarray(y)
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
+    if labels.size == 0:
+        return None
+    outside = (labels < low) | (labels > high)
+    if not outside.any():
+        return None
+    position = tuple(int(i) for i in np.argwhere(outside)[0])
+    where = str(position[0]) if len(position) == 1 else str(position)
+    return labels, f"{labels[position]} at index {where}"
+
+
+def check_labels(y: Any, num_classes: int, y_name: str = "y", classes_from: str = "the model") -> None:
+    """Concrete labels ``y`` must be class ids in ``0..num_classes-1`` (tracers are not checked); the error names ``y_name``.
+
+    The message gives the range of the labels found and the first offending one.
+    """
+    found = _first_outside(y, 0, num_classes - 1)
+    if found is not None:
+        labels, first = found
         raise ValueError(
-            f"{y_name} must be class ids in 0..{num_classes - 1} for {classes_from}, got values in [{low}, {high}]"
+            f"{y_name} must be class ids in 0..{num_classes - 1} for {classes_from}, got values in "
+            f"[{labels.min()}, {labels.max()}] (first offending label: {first})"
+        )
+
+
+def _check_label_bounds(y: Any, y_name: str) -> None:
+    """Concrete labels must be class ids ``>= 0`` that fit the int32 ``check_dataset`` casts them to."""
+    found = _first_outside(y, 0, INT32_MAX)
+    if found is not None:
+        labels, first = found
+        raise ValueError(
+            f"{y_name} must be class ids >= 0 (and <= {INT32_MAX}, int32), got values in "
+            f"[{labels.min()}, {labels.max()}] (first offending label: {first})"
         )
 
 

@@ -43,6 +43,7 @@ CostFn = Callable[[PyTree], jax.Array]
 
 DEFAULT_EPSILON = 1e-7
 DEFAULT_THRESHOLD = 2e-7
+MIN_EPSILON = 1e-12  # below it float64 rounding swamps the step (θ ± ε == θ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,10 +376,19 @@ def _array_checks(problem: _Problem, owner: np.ndarray, position_of: Callable[[i
 
 
 def _check_settings(epsilon: float, threshold: float) -> None:
-    if not (isinstance(epsilon, (int, float)) and epsilon > 0):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if not (isinstance(threshold, (int, float)) and threshold > 0):
-        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    """``epsilon`` finite in ``[1e-12, inf)`` (smaller steps vanish in float64 rounding: ``θ ± ε == θ``
+    gives a 0/0 difference) and ``threshold`` finite and ``> 0`` (``inf`` would pass any gradient)."""
+    min_epsilon = MIN_EPSILON
+    for name, value in (("epsilon", epsilon), ("threshold", threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a float, got {value!r} of type {type(value).__name__}")
+    if not (np.isfinite(epsilon) and epsilon >= min_epsilon):
+        raise ValueError(
+            f"epsilon must be a finite number >= {min_epsilon:g} (float64 rounding swamps smaller steps; "
+            f"the default is {DEFAULT_EPSILON:g}), got {epsilon!r}"
+        )
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite number > 0 (the default is {DEFAULT_THRESHOLD:g}), got {threshold!r}")
 
 
 def check(

@@ -12,24 +12,33 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from deepopt.data import check_labels
 from deepopt.parameters import Params
 
 
+def head_description(n_out: int) -> str:
+    """How label errors name the classifier head of ``n_out`` logits (one: sigmoid, 0/1 labels)."""
+    return "a one-logit (sigmoid) head" if n_out == 1 else f"{n_out} logits (softmax)"
+
 
 def _check_logits_labels(logits: jax.Array, y: jax.Array) -> None:
+    """Shapes and dtype always; concrete ``y`` (not a tracer) must be class ids ``0..n_out-1`` (0/1 for one logit)."""
     chex.assert_rank(logits, 2, custom_message="logits must be (m, n_out)")
     chex.assert_rank(y, 1, custom_message="y must be (m,) class ids")
     if logits.shape[0] != y.shape[0]:
         raise ValueError(f"logits has {logits.shape[0]} rows but y has {y.shape[0]}")
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
+    n_out = logits.shape[1]
+    check_labels(y, 2 if n_out == 1 else n_out, "y", head_description(n_out))
 
 
 def per_example_cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     r"""Cross-entropy of each example, ``(m,)``.
 
     Binary (one logit ``z``): :math:`-[y\log\sigma(z) + (1-y)\log(1-\sigma(z))] = \mathrm{softplus}(z) - yz`.
-    Multi-class: :math:`\mathrm{logsumexp}(z) - z_y`.
+    Multi-class: :math:`\mathrm{logsumexp}(z) - z_y`. Concrete labels outside ``0..n_out-1``
+    (0/1 for one logit) raise a ``ValueError``; traced ones are not checked.
     """
     _check_logits_labels(logits, y)
     if logits.shape[1] == 1:

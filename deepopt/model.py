@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepopt import batchnorm
 from deepopt.parameters import Params, is_batch_normalized, normalized_layers
@@ -73,11 +74,26 @@ def dropout_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: Any, dtype: 
     return (jax.random.uniform(key, shape, dtype=dtype) < keep_prob).astype(dtype)
 
 
+def _check_keep_prob(keep_prob: Any) -> None:
+    """A concrete ``keep_prob`` must be a scalar in ``(0, 1]``; a traced one is not checked (no host sync, no ops)."""
+    if isinstance(keep_prob, jax.core.Tracer):
+        return
+    try:
+        value = np.asarray(keep_prob, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"keep_prob must be a number, got {keep_prob!r}") from None
+    if value.ndim != 0 or not (0 < value <= 1):
+        got = float(value) if value.ndim == 0 else f"an array of shape {value.shape}"
+        raise ValueError(f"keep_prob must be a scalar in (0, 1], got {got}")
+
+
 def dropout(key: jax.Array, a: jax.Array, keep_prob: Any) -> jax.Array:
     r"""Inverted dropout: ``a \cdot mask / keep_prob`` with ``mask = dropout_mask(key, ...)``.
 
-    The expected value of every unit is preserved; ``keep_prob = 1`` is the identity.
+    The expected value of every unit is preserved; ``keep_prob = 1`` is the identity. A concrete
+    ``keep_prob`` must be a scalar in ``(0, 1]`` (``_check_keep_prob``); a traced one is not checked.
     """
+    _check_keep_prob(keep_prob)
     return a * dropout_mask(key, a.shape, keep_prob, a.dtype) / keep_prob
 
 
@@ -122,6 +138,8 @@ def _check_forward(
     _check_input(params, X)
     if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
         raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
+    if key is not None:
+        _check_keep_prob(keep_prob)
     if bn_state is None:
         if has_batchnorm(params) and not train:
             raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")

@@ -48,7 +48,8 @@ flags.DEFINE_float("epsilon", gradcheck.DEFAULT_EPSILON, "Perturbation size of t
 flags.DEFINE_float("threshold", gradcheck.DEFAULT_THRESHOLD, "A check passes when its difference is below this.")
 flags.DEFINE_integer("num_directions", 4, "Random directions per parameter array in the directional check.", lower_bound=1)
 flags.register_validator("keep_prob", lambda value: 0 < value < 1, message="--keep_prob must be in (0, 1)")
-flags.register_validator("epsilon", lambda value: 0 < value < 1, message="--epsilon must be in (0, 1)")
+flags.register_validator("epsilon", lambda value: gradcheck.MIN_EPSILON <= value < 1,
+                         message=f"--epsilon must be in [{gradcheck.MIN_EPSILON:g}, 1)")
 flags.register_validator("threshold", lambda value: value > 0, message="--threshold must be > 0")
 
 THETA_1D, X_1D = 4.0, 2.0  # the course's one-dimensional example

@@ -200,6 +200,45 @@ def test_errors_name_the_problem() -> None:
         backprop.backward(params, {"logits": cache.logits}, y)
 
 
+@pytest.mark.parametrize(
+    "layer_sizes, bad, pattern",
+    [
+        ((3, 4, 1), 2, r"y must be class ids in 0\.\.1 for a one-logit \(sigmoid\) head, got values in \[0, 2\] "
+                       r"\(first offending label: 2 at index 3\)"),
+        ((3, 4, 3), -1, r"y must be class ids in 0\.\.2 for 3 logits \(softmax\), got values in \[-1, \d\] "
+                        r"\(first offending label: -1 at index 3\)"),
+        ((3, 4, 3), 3, r"y must be class ids in 0\.\.2 for 3 logits \(softmax\), .*first offending label: 3 at index 3"),
+    ],
+)
+def test_concrete_labels_out_of_range_are_refused(layer_sizes: tuple[int, ...], bad: int, pattern: str) -> None:
+    """A binary net with y=2 gave a finite cost and gradients; a softmax label -1 wrapped: refused where y enters."""
+    params, X, y = make_problem(layer_sizes, seed=2)
+    y = y.at[3].set(bad)
+    _, cache = backprop.forward_with_cache(params, X)
+    for call in (
+        lambda: backprop.cost_and_gradients(params, X, y),
+        lambda: backprop.cost(params, X, y),
+        lambda: backprop.backward(params, cache, y),
+        lambda: backprop.output_gradient(cache.logits, y),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def test_traced_labels_are_not_checked_in_the_output_gradient() -> None:
+    """Under jit the labels are tracers: not checked, and the output gradient is the bare formula."""
+    params, X, y = make_problem((3, 4, 3), seed=3)
+    logits = backprop.forward_with_cache(params, X)[0]
+
+    def reference(logits: jax.Array, y: jax.Array) -> jax.Array:
+        return (jax.nn.softmax(logits, axis=1) - jax.nn.one_hot(y, 3, dtype=logits.dtype)) / logits.shape[0]
+
+    bad = y.at[0].set(7)
+    assert str(jax.make_jaxpr(backprop.output_gradient)(logits, bad)) == str(jax.make_jaxpr(reference)(logits, bad))
+    np.testing.assert_array_equal(jax.jit(backprop.output_gradient)(logits, bad), jax.jit(reference)(logits, bad))
+    np.testing.assert_array_equal(backprop.output_gradient(logits, y), reference(logits, y))  # valid concrete y
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 

@@ -195,3 +195,64 @@ def test_predict_on_a_batch_normalized_net_needs_the_running_statistics() -> Non
     state = batchnorm.init_states(params)
     one_at_a_time = jnp.concatenate([model.predict(params, z[i:i + 1], bn_state=state) for i in range(4)])
     np.testing.assert_array_equal(one_at_a_time, model.predict(params, z[:4], bn_state=state))
+
+
+# ------------------------------------------------------------------------------ settings and masks
+
+
+@pytest.mark.parametrize(
+    "options, error, pattern",
+    [
+        ({"eps": -100.0}, ValueError, r"eps must be finite and > 0, got -100\.0"),
+        ({"eps": 0.0}, ValueError, r"eps must be finite and > 0, got 0\.0"),
+        ({"eps": float("inf")}, ValueError, r"eps must be finite and > 0, got inf"),
+        ({"eps": float("nan")}, ValueError, r"eps must be finite and > 0, got nan"),
+        ({"eps": "small"}, TypeError, r"eps must be a number, got 'small'"),
+        ({"momentum": 2.0}, ValueError, r"momentum must be in \[0, 1\], got 2\.0"),
+        ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\], got -0\.1"),
+        ({"momentum": float("nan")}, ValueError, r"momentum must be in \[0, 1\], got nan"),
+        ({"mask": jnp.array([True])}, ValueError, r"mask must have shape \(m,\) = \(4,\) to match z, got shape \(1,\)"),
+        ({"mask": jnp.ones((4, 1), bool)}, ValueError, r"mask must have shape \(m,\) = \(4,\) to match z, got shape \(4, 1\)"),
+        ({"mask": jnp.array([2, 0, 0, 0])}, TypeError, r"mask must be a bool array .*, got dtype int32"),
+        ({"mask": np.ones(4)}, TypeError, r"mask must be a bool array .*, got dtype float64"),
+        ({"mask": jnp.zeros(4, bool)}, ValueError, r"mask must select at least one row of z .*, got all 4 entries False"),
+    ],
+)
+def test_bad_settings_and_masks_are_refused(options, error, pattern) -> None:
+    """eps=-100 gave NaN, momentum=2 a negative running variance, a (1,) mask broadcast, an all-False one NaN."""
+    z = jnp.arange(12.0).reshape(4, 3)
+    with pytest.raises(error, match=pattern):
+        batchnorm.batch_norm(z, jnp.ones(3), jnp.zeros(3), batchnorm.init_state(3), train=True, **options)
+
+
+def test_valid_settings_at_the_ends_of_their_ranges_still_work() -> None:
+    z, state = features(5, m=4, n=3), batchnorm.init_state(3)
+    gamma, beta = jnp.ones(3), jnp.zeros(3)
+    _, frozen = batchnorm.batch_norm(z, gamma, beta, state, train=True, momentum=1.0)
+    jax.tree.map(np.testing.assert_array_equal, frozen, state)
+    out, batch = batchnorm.batch_norm(z, gamma, beta, state, train=True, momentum=0.0, eps=1e-12,
+                                      mask=np.array([True, False, False, False]))
+    np.testing.assert_array_equal(batch.mean, z[0])  # one valid row: its own mean, zero variance
+    assert bool(jnp.all(jnp.isfinite(out)))
+    # in evaluation an all-False mask is unused (no batch statistics), so it is not refused
+    batchnorm.batch_norm(z, gamma, beta, state, train=False, mask=jnp.zeros(4, bool))
+
+
+def test_traced_settings_and_mask_are_not_checked() -> None:
+    """Under jit (fit's masks are traced) only the static shape and dtype are checked; the values are not."""
+    z, state = features(6, m=4, n=3), batchnorm.init_state(3)
+
+    @jax.jit
+    def normalize(eps: jax.Array, momentum: jax.Array, mask: jax.Array) -> tuple:
+        return batchnorm.batch_norm(z, jnp.ones(3), jnp.zeros(3), state, train=True, eps=eps, momentum=momentum, mask=mask)
+
+    mask = jnp.array([True, True, False, True])
+    out, new_state = normalize(EPS, MOMENTUM, mask)
+    eager_out, eager_state = batchnorm.batch_norm(z, jnp.ones(3), jnp.zeros(3), state, train=True, mask=mask)
+    np.testing.assert_allclose(out, eager_out, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state, eager_state)
+    assert bool(jnp.all(jnp.isnan(normalize(-100.0, 2.0, mask)[0])))  # traced: unchanged, not checked
+    with pytest.raises(ValueError, match=r"mask must have shape \(m,\) = \(4,\)"):
+        normalize(EPS, MOMENTUM, jnp.array([True]))
+    with pytest.raises(TypeError, match="mask must be a bool array"):
+        normalize(EPS, MOMENTUM, jnp.ones(4, jnp.int32))

@@ -109,6 +109,78 @@ def test_one_hot():
     np.testing.assert_array_equal(data.one_hot(jnp.array([0, 2]), 3), [[1, 0, 0], [0, 0, 1]])
 
 
+def test_one_hot_refuses_concrete_labels_out_of_range():
+    """An id outside 0..num_classes-1 gave a row of zeros: refused when concrete, unchanged when traced."""
+    with pytest.raises(
+        ValueError,
+        match=r"y must be class ids in 0\.\.2 for one_hot with num_classes=3, got values in \[-1, 3\] "
+        r"\(first offending label: 3 at index 0\)",
+    ):
+        data.one_hot(jnp.array([3, -1, 1]), 3)
+    with pytest.raises(ValueError, match=r"first offending label: -1 at index 1"):
+        data.one_hot(np.array([0, -1]), 3)
+    traced = jax.jit(data.one_hot, static_argnums=1)(jnp.array([3, 1]), 3)
+    np.testing.assert_array_equal(traced, [[0, 0, 0], [0, 1, 0]])  # jax.nn.one_hot's behaviour, as before
+
+
+XOR_X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize(
+    "labels, offending",
+    [(np.array([-3, 1, 1, 0]), r"got values in \[-3, 1\] \(first offending label: -3 at index 0\)"),
+     (np.array([0, 1, 2**32 + 1, 0], np.int64), r"got values in \[0, 4294967297\] \(first offending label: 4294967297 at index 2\)")],
+    ids=["negative", "beyond_int32"],
+)
+def test_labels_must_be_non_negative_and_fit_int32(labels, offending):
+    """Without num_classes: a negative label was accepted and 2**32 + 1 wrapped to 1 in the int32 cast."""
+    expected = r"must be class ids >= 0 \(and <= 2147483647, int32\), " + offending
+    with pytest.raises(ValueError, match=r"data\.y " + expected):
+        data.check_dataset(data.Dataset(XOR_X, labels))
+    with pytest.raises(ValueError, match=r"data\.y " + expected):
+        data.train_dev_test_split(jax.random.key(0), data.Dataset(XOR_X, labels), 0.25, 0.0)
+    with pytest.raises(ValueError, match=r"train\.y " + expected):
+        data.standardize(data.Dataset(XOR_X, labels))
+    with pytest.raises(ValueError, match=r"others\[1\]\.y " + expected):
+        data.standardize(data.Dataset(XOR_X, np.zeros(4, int)), data.Dataset(XOR_X, np.zeros(4, int)),
+                         data.Dataset(XOR_X, labels))
+    with pytest.raises(ValueError, match=r"in 0\.\.1 for the model"):  # with num_classes: the classes' range
+        data.check_dataset(data.Dataset(XOR_X, labels), num_classes=2)
+
+
+def test_valid_int64_labels_are_cast_and_traced_labels_not_checked():
+    checked = data.check_dataset(data.Dataset(XOR_X, np.array([0, 1, 2**31 - 1, 0], np.int64)))
+    assert checked.y.dtype == jnp.int32 and checked.y.tolist() == [0, 1, 2**31 - 1, 0]
+    traced = jax.jit(lambda y: data.check_dataset(data.Dataset(XOR_X, y)).y)(jnp.array([-3, 1, 1, 0]))
+    assert traced.tolist() == [-3, 1, 1, 0]
+
+
+def test_complex_X_is_refused_naming_X_and_its_dtype():
+    """The imaginary part was dropped with only a warning."""
+    complex_X = XOR_X.astype(np.complex64) + 1j
+    y = np.array([0, 1, 1, 0])
+    with pytest.raises(TypeError, match=r"data\.X must hold real numbers \(float, int or bool\), got complex dtype complex64"):
+        data.check_dataset(data.Dataset(complex_X, y))
+    with pytest.raises(TypeError, match=r"train\.X must hold real numbers .* complex64"):
+        data.standardize(data.Dataset(jnp.asarray(complex_X), y))
+    with pytest.raises(TypeError, match=r"others\[0\]\.X must hold real numbers .* complex64"):
+        data.standardize(data.Dataset(XOR_X, y), data.Dataset(complex_X, y))
+    with pytest.raises(TypeError, match=r"data\.X must hold real numbers"):
+        data.train_dev_test_split(jax.random.key(0), data.Dataset(complex_X, y), 0.25, 0.0)
+
+
+def test_standardize_takes_int_and_bool_X_as_float_like_check_dataset():
+    """An int X raised "data type int32 not inexact"; it is now the default float dtype, as in check_dataset."""
+    y = np.array([0, 1, 1, 0])
+    as_float = data.standardize(data.Dataset(XOR_X, y), data.Dataset(XOR_X, y))
+    for dtype in (np.int32, bool):
+        as_other = data.standardize(data.Dataset(XOR_X.astype(dtype), y), data.Dataset(XOR_X.astype(dtype), y))
+        for got, expected in zip(as_other, as_float):
+            assert got.X.dtype == data.check_dataset(data.Dataset(XOR_X.astype(dtype), y)).X.dtype
+            np.testing.assert_array_equal(got.X, expected.X)
+            assert got.y is expected.y  # labels come back as given
+
+
 def test_load_csv_and_npz(tmp_path):
     X = np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 0.0]])
     y = np.array([1, 0, 2])

@@ -225,3 +225,33 @@ def test_gradient_checking_study_bad_flag_is_one_line_exit_2(bad_keep_prob: Fini
     completed = bad_keep_prob.completed
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and "--keep_prob must be in (0, 1)" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "options, error, pattern",
+    [
+        ({"threshold": float("inf")}, ValueError, r"threshold must be a finite number > 0 \(the default is 2e-07\), got inf"),
+        ({"threshold": float("nan")}, ValueError, r"threshold must be a finite number > 0 .*, got nan"),
+        ({"threshold": 0.0}, ValueError, r"threshold must be a finite number > 0 .*, got 0\.0"),
+        ({"threshold": "1e-7"}, TypeError, r"threshold must be a float, got '1e-7' of type str"),
+        ({"epsilon": float("inf")}, ValueError, r"epsilon must be a finite number >= 1e-12 .*, got inf"),
+        ({"epsilon": float("nan")}, ValueError, r"epsilon must be a finite number >= 1e-12 .*, got nan"),
+        ({"epsilon": 1e-30}, ValueError, r"epsilon must be a finite number >= 1e-12 \(float64 rounding swamps smaller "
+                                         r"steps; the default is 1e-07\), got 1e-30"),
+        ({"epsilon": -1e-7}, ValueError, r"epsilon must be a finite number >= 1e-12 .*, got -1e-07"),
+        ({"epsilon": True}, TypeError, r"epsilon must be a float, got True of type bool"),
+    ],
+)
+def test_settings_that_cannot_give_a_verdict_are_refused(problem: dict[str, Any], options: dict, error: type,
+                                                         pattern: str) -> None:
+    """threshold=inf passed any gradient; epsilon=inf or 1e-30 gave a nan difference."""
+    wrong = jax.tree.map(lambda a: a * 0 + 123.0, problem["grads"])
+    with pytest.raises(error, match=pattern):
+        gradcheck.check(problem["cost_fn"], problem["params"], wrong, **options)
+    with pytest.raises(error, match=pattern):
+        gradcheck.directional(problem["cost_fn"], problem["params"], wrong, key=jax.random.key(0), **options)
+
+
+def test_smallest_epsilon_and_a_large_finite_threshold_still_work(problem: dict[str, Any]) -> None:
+    report = gradcheck.check(problem["cost_fn"], problem["params"], problem["grads"], epsilon=1e-12, threshold=1.0)
+    assert np.isfinite(report.difference) and report.passed and report.epsilon == 1e-12

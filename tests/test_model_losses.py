@@ -111,3 +111,104 @@ def test_l2_penalty_counts_weights_only(params):
     for g, p in zip(grads, penalized):
         np.testing.assert_allclose(g["W"], 0.7 / 50 * p["W"], rtol=1e-6)
         np.testing.assert_array_equal(g["b"], 0.0)
+
+
+# ------------------------------------------------------------------------------ concrete labels out of range
+
+
+LOGITS_3 = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+LOGITS_1 = jnp.array([[3.0], [1.0]])
+
+
+@pytest.mark.parametrize(
+    "logits, labels, pattern",
+    [
+        (LOGITS_3, [-1, 0], r"y must be class ids in 0\.\.2 for 3 logits \(softmax\), got values in \[-1, 0\] "
+                            r"\(first offending label: -1 at index 0\)"),
+        (LOGITS_3, [0, 5], r"y must be class ids in 0\.\.2 for 3 logits \(softmax\), got values in \[0, 5\] "
+                           r"\(first offending label: 5 at index 1\)"),
+        (LOGITS_1, [2, 0], r"y must be class ids in 0\.\.1 for a one-logit \(sigmoid\) head, got values in \[0, 2\] "
+                           r"\(first offending label: 2 at index 0\)"),
+        (LOGITS_1, [0, -1], r"y must be class ids in 0\.\.1 for a one-logit \(sigmoid\) head, .*-1 at index 1"),
+    ],
+)
+def test_concrete_labels_out_of_range_are_refused(logits, labels, pattern):
+    """A label outside the head's classes wrapped (-1), gave nan (5) or a negative binary loss (2): refused."""
+    y = jnp.array(labels)
+    for loss in (losses.per_example_cross_entropy, losses.cross_entropy):
+        with pytest.raises(ValueError, match=pattern):
+            loss(logits, y)
+    with pytest.raises(ValueError, match=pattern):  # y stays concrete under grad with respect to the logits
+        jax.grad(losses.cross_entropy)(logits, y)
+    with pytest.raises(ValueError, match=pattern):  # numpy labels too
+        losses.cross_entropy(logits, np.asarray(labels))
+
+
+def test_valid_labels_at_the_ends_of_the_range_still_work():
+    assert np.all(np.isfinite(losses.per_example_cross_entropy(LOGITS_3, jnp.array([0, 2]))))
+    binary = losses.per_example_cross_entropy(LOGITS_1, jnp.array([1, 0]))
+    np.testing.assert_allclose(binary, [jax.nn.softplus(3.0) - 3.0, jax.nn.softplus(1.0)], rtol=1e-6)
+    assert losses.per_example_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32)).shape == (0,)
+
+
+def _reference_per_example(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """The loss's formula without any check: what the traced path must compile to."""
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+        return jax.nn.softplus(z) - y.astype(z.dtype) * z
+    log_probs = jax.nn.log_softmax(logits, axis=1)
+    return -jnp.take_along_axis(log_probs, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+@pytest.mark.parametrize("logits", [LOGITS_1, LOGITS_3], ids=["sigmoid", "softmax"])
+def test_traced_labels_are_not_checked_and_add_no_ops(logits):
+    """Under jit/vmap the labels are tracers: no check, no host sync, the very same program as the bare formula."""
+    y = jnp.array([7, -3])  # not checked when traced: the training loop's behaviour is unchanged
+    traced = jax.make_jaxpr(losses.per_example_cross_entropy)(logits, y)
+    assert str(traced) == str(jax.make_jaxpr(_reference_per_example)(logits, y))
+    np.testing.assert_array_equal(
+        jax.jit(losses.per_example_cross_entropy)(logits, y), jax.jit(_reference_per_example)(logits, y)
+    )
+    batched = jax.vmap(losses.cross_entropy, in_axes=(None, 0))(logits, jnp.stack([y, y]))
+    assert batched.shape == (2,)
+
+
+# ------------------------------------------------------------------------------ dropout keep_prob
+
+
+@pytest.mark.parametrize("keep_prob", [0.0, 1.5, -0.5, float("nan"), np.array([0.5, 0.5])])
+def test_dropout_refuses_a_concrete_keep_prob_outside_0_1(params, keep_prob):
+    a = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match=r"keep_prob must be a scalar in \(0, 1\], got"):
+        model.dropout(jax.random.key(0), a, keep_prob)
+    with pytest.raises(ValueError, match=r"keep_prob must be a scalar in \(0, 1\], got"):
+        model.forward(params, jnp.ones((4, 3)), keep_prob=keep_prob, key=jax.random.key(0))
+    linear = init.mlp(jax.random.key(0), (3, 2))  # no hidden layer, no dropout: still a wrong argument
+    with pytest.raises(ValueError, match=r"keep_prob must be a scalar in \(0, 1\], got"):
+        model.forward(linear, jnp.ones((4, 3)), keep_prob=keep_prob, key=jax.random.key(0))
+
+
+def test_dropout_keep_prob_errors_and_valid_values(params):
+    a = jnp.ones((4, 3))
+    with pytest.raises(TypeError, match="keep_prob must be a number, got 'half'"):
+        model.dropout(jax.random.key(0), a, "half")
+    with pytest.raises(ValueError, match=r"keep_prob must be a scalar in \(0, 1\], got 0\.0"):
+        model.dropout(jax.random.key(0), a, jnp.float32(0.0))  # a concrete JAX scalar is checked too
+    np.testing.assert_array_equal(model.dropout(jax.random.key(0), a, 1.0), a)
+    kept = model.dropout(jax.random.key(0), a, np.float32(0.5))
+    assert set(np.unique(np.asarray(kept)).tolist()) <= {0.0, 2.0}
+
+
+def test_traced_keep_prob_is_not_checked_and_adds_no_ops():
+    """A traced keep_prob (fit's HParams) compiles to the bare formula; even 0 is not checked (as before)."""
+    key, a = jax.random.key(0), jnp.ones((4, 3))
+
+    def reference(keep_prob: jax.Array) -> jax.Array:
+        return a * model.dropout_mask(key, a.shape, keep_prob, a.dtype) / keep_prob
+
+    def dropped(keep_prob: jax.Array) -> jax.Array:
+        return model.dropout(key, a, keep_prob)
+
+    assert str(jax.make_jaxpr(dropped)(0.5)) == str(jax.make_jaxpr(reference)(0.5))
+    np.testing.assert_array_equal(jax.jit(dropped)(0.5), jax.jit(reference)(0.5))
+    np.testing.assert_array_equal(jax.jit(dropped)(0.0), jax.jit(reference)(0.0))  # traced: not checked

@@ -673,7 +673,7 @@ def _advance(
             logits, new_bn_state = model.forward_with_state(
                 params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
                 key=key if dropout else None, bn_state=bn_state,
-                train=True, mask=None if full_batch else mask,
+                train=True, mask=None if full_batch else mask, dense_vjp=True,
             )
         per_example = losses.per_example_cross_entropy(logits, y_b)
         if full_batch:

@@ -35,13 +35,13 @@ so :math:`\alpha v_t = \alpha(1-\beta) u_t`; the same holds for the Nesterov ste
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from deepopt.hparams import HParams
+from deepopt.hparams import HParams, validate_hparams
+
 
 PyTree = Any
 
@@ -71,6 +71,23 @@ def _check_grads(grads: PyTree, params: PyTree) -> None:
             raise ValueError(
                 f"grads{jax.tree_util.keystr(path)} has shape {jnp.shape(g)} but the parameter has {jnp.shape(p)}"
             )
+
+
+def _check_update(grads: PyTree, params: PyTree, hp: HParams) -> None:
+    """``_check_grads``, float parameters, and ``hp``'s concrete values in range (``validate_hparams``; traced: skipped).
+
+    Under ``fit`` every value is traced, so this costs nothing there; called eagerly it stops a
+    negative rate (gradient ascent), ``beta1 = 1`` (NaN) or integer parameters (truncated steps).
+    """
+    _check_grads(grads, params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                f"params{jax.tree_util.keystr(path)} must be a float array (the update would be truncated), "
+                f"got dtype {jnp.result_type(leaf)}"
+            )
+    if isinstance(hp, HParams):
+        validate_hparams(hp)
 
 
 def _zeros_like(params: PyTree) -> PyTree:
@@ -105,7 +122,7 @@ def _gd_init(params: PyTree) -> GDState:
 
 
 def _gd_update(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> tuple[PyTree, GDState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     return _step(params, grads, hp.learning_rate), state
 
 
@@ -127,7 +144,7 @@ def _momentum_init(params: PyTree) -> MomentumState:
 
 
 def _momentum_update(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> tuple[PyTree, MomentumState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     velocity = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
     return _step(params, velocity, hp.learning_rate), MomentumState(velocity)
 
@@ -143,7 +160,7 @@ Equals ``optax.sgd(α(1-β), momentum=β)`` (optax's trace :math:`u = \beta u + 
 
 
 def _nesterov_update(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> tuple[PyTree, MomentumState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     velocity = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
     look_ahead = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), velocity, grads)
     return _step(params, look_ahead, hp.learning_rate), MomentumState(velocity)
@@ -176,7 +193,7 @@ def _rmsprop_init(params: PyTree) -> RMSpropState:
 
 
 def _rmsprop_update(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> tuple[PyTree, RMSpropState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     square_average = jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.square_average, grads)
     directions = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + _like(hp.epsilon, s)), grads, square_average)
     return _step(params, directions, hp.learning_rate), RMSpropState(square_average)
@@ -235,7 +252,7 @@ def _adam_directions(grads: PyTree, state: AdamState, hp: HParams) -> tuple[PyTr
 
 
 def _adam_update(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> tuple[PyTree, AdamState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     directions, state = _adam_directions(grads, state, hp)
     return _step(params, directions, hp.learning_rate), state
 
@@ -254,7 +271,7 @@ Equals ``optax.adam(α, b1=β1, b2=β2, eps=ε)``.
 
 
 def _adamw_update(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> tuple[PyTree, AdamState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     directions, state = _adam_directions(grads, state, hp)
     directions = jax.tree.map(lambda d, p: d + _like(hp.weight_decay, p) * p, directions, params)
     return _step(params, directions, hp.learning_rate), state
@@ -287,7 +304,7 @@ def _adagrad_init(params: PyTree) -> AdagradState:
 
 
 def _adagrad_update(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> tuple[PyTree, AdagradState]:
-    _check_grads(grads, params)
+    _check_update(grads, params, hp)
     sum_of_squares = jax.tree.map(lambda s, g: (s + g * g).astype(s.dtype), state.sum_of_squares, grads)
     directions = jax.tree.map(lambda g, s: g / jnp.sqrt(s + _like(hp.epsilon, s)), grads, sum_of_squares)
     return _step(params, directions, hp.learning_rate), AdagradState(sum_of_squares)

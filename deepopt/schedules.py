@@ -27,20 +27,26 @@ Notation: :math:`\alpha_0` ``learning_rate``, :math:`e` ``epoch``, :math:`r` ``d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-if TYPE_CHECKING:
-    from deepopt.hparams import HParams
+from deepopt.hparams import HParams, validate_hparams
+
 
 Schedule = Callable[["HParams", Any, Any], jax.Array]
 
 
 def _initial_rate(hp: HParams) -> jax.Array:
-    """``hp.learning_rate`` as a floating array; the other fields and the epoch take its dtype."""
+    """``hp.learning_rate`` as a floating array; the other fields and the epoch take its dtype.
+
+    Every schedule starts here, so a concrete ``hp`` is checked here (``validate_hparams``;
+    traced fields are skipped): ``decay_rate < 0`` or ``decay_factor > 1`` would grow the rate.
+    """
+    if isinstance(hp, HParams):
+        validate_hparams(hp)
     rate = jnp.asarray(hp.learning_rate)
     return rate if jnp.issubdtype(rate.dtype, jnp.floating) else rate.astype(float)
 

@@ -272,3 +272,29 @@ def test_fit_rejects_bad_hparams_before_compiling(field: str, value: float, blob
     with pytest.raises(ValueError, match=rf"HParams\.{field} must be"):
         train.fit(_config("adam"), HParams(**{field: value}), jax.random.key(0), blobs)
     assert train.trace_count() == count
+
+
+def test_an_eager_update_or_schedule_with_bad_hyperparameters_is_refused() -> None:
+    """Called directly (not through fit), concrete values are checked as fit checks them; traced ones are not."""
+    from deepopt import init, schedules
+
+    params = ({"W": jnp.ones((2, 2)), "b": jnp.zeros(2)},)
+    grads = jax.tree.map(jnp.ones_like, params)
+    adam = optim.get("adam")
+    for hp, match in [(HParams(learning_rate=-1.0), r"HParams.learning_rate must be finite and > 0, got -1.0"),
+                      (HParams(beta1=1.0), r"HParams.beta1 must be finite and in \[0, 1\)")]:
+        with pytest.raises(ValueError, match=match):
+            adam.update(grads, adam.init(params), params, hp)
+    with pytest.raises(ValueError, match=r"HParams.beta must be finite and in \[0, 1\)"):
+        optim.get("momentum").update(grads, optim.get("momentum").init(params), params, HParams(beta=1.5))
+    integers = ({"W": jnp.ones((2, 2), jnp.int32), "b": jnp.zeros(2, jnp.int32)},)
+    with pytest.raises(TypeError, match=r"params\[0\]\['W'\] must be a float array"):
+        optim.get("gd").update(jax.tree.map(jnp.ones_like, integers), optim.get("gd").init(integers), integers, HParams())
+    for name, hp in [("inverse_time", HParams(decay_rate=-0.5)), ("exponential", HParams(decay_factor=2.0))]:
+        with pytest.raises(ValueError, match="HParams.decay_"):
+            schedules.get(name)(hp, 3, 0)
+    with pytest.raises(ValueError, match="scale must be finite and >= 0"):
+        init.mlp(jax.random.key(0), (2, 3, 1), "random", float("nan"))
+    # traced: nothing checked, the update runs as before
+    step = jax.jit(lambda lr: adam.update(grads, adam.init(params), params, HParams(learning_rate=lr))[0])
+    assert jax.tree.structure(step(0.1)) == jax.tree.structure(params)

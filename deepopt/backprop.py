@@ -121,17 +121,6 @@ def _is_concrete_one(value: Any) -> bool:
         return False
 
 
-def _check_keep_prob(keep_prob: Any) -> None:
-    if isinstance(keep_prob, jax.core.Tracer):
-        return
-    try:
-        value = np.asarray(keep_prob, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"keep_prob must be a number, got {keep_prob!r}") from None
-    if value.ndim != 0 or not (0 < value <= 1):
-        raise ValueError(f"keep_prob must be a scalar in (0, 1], got {keep_prob!r}")
-
-
 def make_dropout_masks(
     key: jax.Array, params: Params, num_examples: int, keep_prob: Any, dtype: Any = None
 ) -> tuple[jax.Array, ...]:
@@ -185,7 +174,7 @@ def forward_with_cache(
     n_in = params[0]["W"].shape[0]
     if X.shape[1] != n_in:
         raise ValueError(f"X has {X.shape[1]} features but params[0]['W'] expects {n_in}")
-    _check_keep_prob(keep_prob)
+    model.check_keep_prob(keep_prob)
     hidden = params[:-1]
     if dropout_masks is None:
         if not _is_concrete_one(keep_prob):

@@ -74,7 +74,7 @@ def dropout_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: Any, dtype: 
     return (jax.random.uniform(key, shape, dtype=dtype) < keep_prob).astype(dtype)
 
 
-def _check_keep_prob(keep_prob: Any) -> None:
+def check_keep_prob(keep_prob: Any) -> None:
     """A concrete ``keep_prob`` must be a scalar in ``(0, 1]``; a traced one is not checked (no host sync, no ops)."""
     if isinstance(keep_prob, jax.core.Tracer):
         return
@@ -91,9 +91,9 @@ def dropout(key: jax.Array, a: jax.Array, keep_prob: Any) -> jax.Array:
     r"""Inverted dropout: ``a \cdot mask / keep_prob`` with ``mask = dropout_mask(key, ...)``.
 
     The expected value of every unit is preserved; ``keep_prob = 1`` is the identity. A concrete
-    ``keep_prob`` must be a scalar in ``(0, 1]`` (``_check_keep_prob``); a traced one is not checked.
+    ``keep_prob`` must be a scalar in ``(0, 1]`` (``check_keep_prob``); a traced one is not checked.
     """
-    _check_keep_prob(keep_prob)
+    check_keep_prob(keep_prob)
     return a * dropout_mask(key, a.shape, keep_prob, a.dtype) / keep_prob
 
 
@@ -139,7 +139,7 @@ def _check_forward(
     if key is None and not (isinstance(keep_prob, (int, float)) and keep_prob == 1):
         raise ValueError(f"dropout with keep_prob={keep_prob!r} needs a PRNG key: pass key=...")
     if key is not None:
-        _check_keep_prob(keep_prob)
+        check_keep_prob(keep_prob)
     if bn_state is None:
         if has_batchnorm(params) and not train:
             raise ValueError("a batch-normalized network needs bn_state (the running statistics) when train=False")

@@ -123,3 +123,19 @@ def test_a_metric_the_rows_do_not_have_is_refused_not_ranked_by_nothing() -> Non
     for margin in (-0.3, float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
             results.zoom(2, margin=margin)
+
+
+def test_a_space_the_rows_were_not_sampled_from_is_refused() -> None:
+    values = {"learning_rate": [0.9, 0.01, 0.001], "l2": [1e-2] * 3, "beta1": [0.95] * 3}
+    results = results_with_best_at(values, [0.7, 0.9, 0.8], SPACE_3)
+    assert isinstance(results.zoom(2)["learning_rate"], type(SPACE_3["learning_rate"]))  # its own space: fine
+    elsewhere = sweep.Results(rows=results.rows, space=SPACE_3 | {"learning_rate": sweep.log_uniform(1e-6, 1e-5)})
+    for read in (lambda r: r.boundary_warnings(), lambda r: r.zoom(2)):
+        with pytest.raises(ValueError, match=r"Results.space\['learning_rate'\] is .*but row 'r0' has learning_rate=0.9"):
+            read(elsewhere)
+    other_choice = sweep.Results(rows=results.rows, space=SPACE_3 | {"optimizer": sweep.choice(["gd", "momentum"])})
+    with pytest.raises(ValueError, match=r"row 'r0' has optimizer='adam': the rows were not sampled from this space"):
+        other_choice.zoom(2)
+    unknown = sweep.Results(rows=results.rows, space=SPACE_3 | {"decay_rate": sweep.uniform(0.1, 1.0)})
+    with pytest.raises(ValueError, match=r"Results.space searches 'decay_rate', which row 'r0' does not record"):
+        unknown.boundary_warnings()

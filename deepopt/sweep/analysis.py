@@ -125,6 +125,33 @@ class Results:
                 f"metrics with values: {[n for n in names if any(r.get(n) is not None for r in self.rows)]}"
             )
 
+    def _check_space_fits_rows(self) -> None:
+        """``space`` must be one the rows could be sampled from: every searched field in every row, inside its range.
+
+        ``zoom`` and ``boundary_warnings`` read positions in the space's ranges; rows from another
+        space would give a narrowed space or warnings about ranges that were never searched.
+        """
+        for name, value in self.space.items():
+            if not isinstance(value, (Uniform, Choice)):
+                continue
+            allowed = {_canonical(v) for v in value.values} if isinstance(value, Choice) else None
+            for row in self.rows:
+                fields = row["config"] | row["hparams"]
+                if name not in fields:
+                    raise ValueError(f"Results.space searches {name!r}, which row {row['id']!r} does not record")
+                got = fields[name]
+                if allowed is not None:
+                    inside = _canonical(got) in allowed
+                else:
+                    lo, hi = value.value_bounds
+                    slack = 1e-9 * max(abs(lo), abs(hi))
+                    inside = isinstance(got, (int, float)) and lo - slack <= got <= hi + slack
+                if not inside:
+                    raise ValueError(
+                        f"Results.space[{name!r}] is {value!r}, but row {row['id']!r} has {name}={got!r}: "
+                        "the rows were not sampled from this space (give the space the sweep ran with)"
+                    )
+
     def by_config(self) -> list[dict[str, Any]]:
         r"""Mean and spread over seeds, one entry per config: ``{metric: {mean, std, min, max}}`` plus its choices.
 
@@ -187,6 +214,7 @@ class Results:
             raise ValueError("zoom needs rows; the sweep has none")
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0 (a fraction of the top configs' span), got {margin!r}")
+        self._check_space_fits_rows()
         top = [e for e in self.best(k) if e["diverged"] == 0] or self.best(k)
         narrowed: dict[str, Any] = {}
         for name, value in self.space.items():
@@ -219,6 +247,7 @@ class Results:
         _check_count("k", k)
         if not 0 < margin < 0.5:
             raise ValueError(f"margin must be in (0, 0.5), got {margin!r}")
+        self._check_space_fits_rows()
         top = [e for e in self.best(k) if e["diverged"] == 0]
         warnings = []
         for name, value in self.space.items():

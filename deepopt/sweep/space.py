@@ -236,6 +236,8 @@ def unread_fields(space: Mapping[str, Any], static_values: Mapping[str, Any]) ->
         value = space.get(field, static_values.get(field))
         return list(value.values) if isinstance(value, Choice) else [value]
 
+    if None in possible("optimizer") or None in possible("schedule"):
+        return []  # rows that do not record them (written by hand): nothing can be said
     read = set().union(*(hparams_use.optimizer_fields(name) for name in possible("optimizer")),
                        *(hparams_use.schedule_fields(name) for name in possible("schedule")),
                        *(hparams_use.loop_fields(model, init) for model in possible("model") for init in possible("init")))

@@ -352,10 +352,12 @@ def validate_hparams_for_config(
     l2 = _concrete(hp.l2)
     if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
         if not modules.has_kernels(config.model, tuple(example_shape), dtype):
+            first = int(np.argmax(l2.reshape(-1) > 0))
+            where = "" if l2.ndim == 0 else f" at index [{first}]"
             raise ValueError(
-                f"HParams.l2={float(l2.flat[np.argmax(l2 > 0)])!r} but Config.model {modules.describe(config.model)} has "
+                f"HParams.l2={float(l2.flat[first])!r} but Config.model {modules.describe(config.model)} has "
                 "no parameter named 'kernel' (L2 penalizes kernels only, so it would do nothing): name the weights "
-                "'kernel' (as nn.Dense and nn.Conv do) or keep l2=0"
+                f"'kernel' (as nn.Dense and nn.Conv do) or keep l2=0{where}"
             )
 
 

@@ -16,6 +16,7 @@ import concurrent.futures
 import functools
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -311,12 +312,20 @@ def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Seque
         for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
             if split is not None:  # exactly fit's checks, in Python, before anything is traced
                 train_lib.check_split(name, split, config)
-        for run_ in group_runs:  # what fit's own checks would say of each run's concrete values
-            hp = train_lib.HParams(**run_.hparams)
-            try:
-                train_lib.validate_hparams_for_config(config, hp, tuple(train_set.X.shape[1:]), str(dtype))
-            except ValueError as error:
-                raise ValueError(f"space: {error} (config index {run_.config_index})") from None
+        columns = {  # what fit's own checks would say of the runs' concrete values, one column per field
+            name: None if any(run_.hparams[name] is None for run_ in group_runs)
+            else np.asarray([run_.hparams[name] for run_ in group_runs], np.float64)
+            for name in train_lib.HParams._fields
+        }
+        try:
+            train_lib.validate_hparams_for_config(
+                config, train_lib.HParams(**columns), tuple(train_set.X.shape[1:]), str(dtype)
+            )
+        except ValueError as error:
+            index = re.search(r" at index \[(\d+)\]$", str(error))
+            message = str(error)[: index.start()] if index else str(error)
+            where = f" (config index {group_runs[int(index.group(1))].config_index})" if index else ""
+            raise ValueError(f"space: {message}{where}") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         jax.eval_shape(
             lambda h, k, config=config, dropout=dropout: train_lib.fit(

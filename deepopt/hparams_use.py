@@ -29,10 +29,14 @@ from deepopt import optim, schedules
 from deepopt.hparams import HParams
 
 
-def _inputs_used(fun: Callable[[HParams], Any]) -> frozenset[str]:
-    """The ``HParams`` fields some output of ``fun(hp)`` depends on (a backward walk over its jaxpr)."""
+def _inputs_used(fun: Callable[..., Any], *other_inputs: jax.ShapeDtypeStruct) -> frozenset[str]:
+    """The ``HParams`` fields some output of ``fun(hp, *other_inputs)`` depends on (a backward walk over its jaxpr).
+
+    An equation inside a nested call counts as a whole: a field reaching it counts as read, so the
+    answer can only err towards "read".
+    """
     hp = HParams(*[jax.ShapeDtypeStruct((), jnp.float32)] * len(HParams._fields))
-    closed = jax.make_jaxpr(fun)(hp)  # abstract: nothing is compiled or computed
+    closed = jax.make_jaxpr(fun)(hp, *other_inputs)  # abstract: nothing is compiled or computed
     needed = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
     for eqn in reversed(closed.jaxpr.eqns):  # an equation with a needed output needs all its inputs
         if any(v in needed for v in eqn.outvars):
@@ -56,7 +60,8 @@ def optimizer_fields(name: str) -> frozenset[str]:
 def schedule_fields(name: str) -> frozenset[str]:
     """The ``HParams`` fields schedule ``name`` reads at a traced epoch and step (``learning_rate`` included)."""
     schedule = schedules.get(name)
-    return _inputs_used(lambda hp: schedule(hp, hp.learning_rate.astype(jnp.int32), hp.learning_rate.astype(jnp.int32)))
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    return _inputs_used(schedule, step, step)  # schedule(hp, epoch, step), both traced
 
 
 def loop_fields(model: Any, init: str) -> frozenset[str]:

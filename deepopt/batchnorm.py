@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepopt.hparams import concrete_array
 from deepopt.parameters import is_batch_normalized
 
 DEFAULT_MOMENTUM = 0.9
@@ -46,12 +47,9 @@ def init_states(params: Any) -> tuple[BatchNormState, ...]:
 
 def _check_concrete_setting(name: str, value: Any, valid: Any, expected: str) -> None:
     """A concrete ``value`` (not a tracer) must be numbers with ``valid(values)`` everywhere; the error names ``name``."""
-    if isinstance(value, jax.core.Tracer):
+    values = concrete_array(name, value)
+    if values is None:
         return
-    try:
-        values = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not np.all(valid(values)):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 

@@ -378,13 +378,12 @@ def _array_checks(problem: _Problem, owner: np.ndarray, position_of: Callable[[i
 def _check_settings(epsilon: float, threshold: float) -> None:
     """``epsilon`` finite in ``[1e-12, inf)`` (smaller steps vanish in float64 rounding: ``θ ± ε == θ``
     gives a 0/0 difference) and ``threshold`` finite and ``> 0`` (``inf`` would pass any gradient)."""
-    min_epsilon = MIN_EPSILON
     for name, value in (("epsilon", epsilon), ("threshold", threshold)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a float, got {value!r} of type {type(value).__name__}")
-    if not (np.isfinite(epsilon) and epsilon >= min_epsilon):
+    if not (np.isfinite(epsilon) and epsilon >= MIN_EPSILON):
         raise ValueError(
-            f"epsilon must be a finite number >= {min_epsilon:g} (float64 rounding swamps smaller steps; "
+            f"epsilon must be a finite number >= {MIN_EPSILON:g} (float64 rounding swamps smaller steps; "
             f"the default is {DEFAULT_EPSILON:g}), got {epsilon!r}"
         )
     if not (np.isfinite(threshold) and threshold > 0):

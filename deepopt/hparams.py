@@ -58,6 +58,19 @@ _HPARAM_RULES: dict[str, tuple[str, Any]] = {
 }
 
 
+def concrete_array(name: str, value: Any, expected: str = "a number") -> np.ndarray | None:
+    """``value`` as a float64 array for a host-side check; None when it is None or traced (nothing to check).
+
+    A value that is not numbers raises a ``TypeError``: ``"{name} must be {expected}, got {value!r}"``.
+    """
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+
+
 def validate_hparams(hp: HParams) -> None:
     """Check every concrete field of ``hp`` (scalars or arrays) against its range; traced fields are skipped.
 
@@ -66,12 +79,9 @@ def validate_hparams(hp: HParams) -> None:
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
     for name, value in hp._asdict().items():
-        if value is None or isinstance(value, jax.core.Tracer):
+        values = concrete_array(f"HParams.{name}", value, "a number or an array of numbers")
+        if values is None:
             continue
-        try:
-            values = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"HParams.{name} must be a number or an array of numbers, got {value!r}") from None
         rule, is_valid = _HPARAM_RULES[name]
         bad = ~(np.isfinite(values) & is_valid(values))
         if np.any(bad):

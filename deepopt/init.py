@@ -24,8 +24,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from deepopt.hparams import concrete_array
 from deepopt.parameters import Params
 
 
@@ -96,11 +96,13 @@ def mlp(
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a float dtype, got {dtype}")
-    if scale is not None and not isinstance(scale, jax.core.Tracer):
+    expected = "a number (or None for the scheme's default)"
+    values = concrete_array("scale", scale, expected)
+    if values is not None:
         try:
-            value = float(np.asarray(scale, np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(f"scale must be a number (or None for the scheme's default), got {scale!r}") from None
+            value = float(values)
+        except TypeError:
+            raise TypeError(f"scale must be {expected}, got {scale!r}") from None
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"scale must be finite and >= 0 (or None for the scheme's default), got {value!r}")
     multiplier = default_scale(scheme) if scale is None else scale

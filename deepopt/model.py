@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deepopt import batchnorm
+from deepopt.hparams import concrete_array
 from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
 
@@ -76,12 +76,9 @@ def dropout_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: Any, dtype: 
 
 def check_keep_prob(keep_prob: Any) -> None:
     """A concrete ``keep_prob`` must be a scalar in ``(0, 1]``; a traced one is not checked (no host sync, no ops)."""
-    if isinstance(keep_prob, jax.core.Tracer):
+    value = concrete_array("keep_prob", keep_prob)
+    if value is None:
         return
-    try:
-        value = np.asarray(keep_prob, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"keep_prob must be a number, got {keep_prob!r}") from None
     if value.ndim != 0 or not (0 < value <= 1):
         got = float(value) if value.ndim == 0 else f"an array of shape {value.shape}"
         raise ValueError(f"keep_prob must be a scalar in (0, 1], got {got}")

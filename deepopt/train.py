@@ -26,7 +26,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt import batchnorm, losses, model, modules, optim, schedules, xla_options
-from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, validate_hparams  # noqa: F401 (re-exported)
+from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, concrete_array, validate_hparams  # noqa: F401 (re-exported)
 from deepopt.parameters import Params, normalized_layers
 
 
@@ -318,13 +318,6 @@ def _check_init_params(config: Config, init_params: Any, X: Any) -> Params:
 FLOORED_SCHEDULES = ("cosine", "warmup_cosine")  # decay towards HParams.min_learning_rate
 
 
-def _concrete(value: Any) -> np.ndarray | None:
-    """``value`` as a float64 array, or None when it is None or traced."""
-    if value is None or isinstance(value, jax.core.Tracer):
-        return None
-    return np.asarray(value, np.float64)
-
-
 def validate_hparams_for_config(
     config: Config, hp: HParams, example_shape: tuple[int, ...] | None = None, dtype: str = "float32"
 ) -> None:
@@ -338,7 +331,8 @@ def validate_hparams_for_config(
     Traced fields are skipped; arrays are checked elementwise. Raises a ``ValueError``.
     """
     if config.schedule in FLOORED_SCHEDULES:
-        rate, floor = _concrete(hp.learning_rate), _concrete(hp.min_learning_rate)
+        rate = concrete_array("HParams.learning_rate", hp.learning_rate)
+        floor = concrete_array("HParams.min_learning_rate", hp.min_learning_rate)
         if rate is not None and floor is not None:
             rate, floor = np.broadcast_arrays(rate, floor)
             bad = floor > rate
@@ -349,7 +343,7 @@ def validate_hparams_for_config(
                     f"the rate decays to), got min_learning_rate={float(floor[bad].flat[0])!r} > "
                     f"learning_rate={float(rate[bad].flat[0])!r}{where}"
                 )
-    l2 = _concrete(hp.l2)
+    l2 = concrete_array("HParams.l2", hp.l2)
     if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
         if not modules.has_kernels(config.model, tuple(example_shape), dtype):
             first = int(np.argmax(l2.reshape(-1) > 0))

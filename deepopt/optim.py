@@ -4,6 +4,9 @@ Each optimizer is an ``Optimizer(init, update)``:
 ``init(params) -> state`` (a NamedTuple) and
 ``update(grads, state, params, hp) -> (new_params, new_state)``, reading its hyperparameters
 from the traced ``train.HParams`` ``hp`` (``hp.learning_rate`` is the already-scheduled rate).
+The built-in ones also give ``update`` in its two halves, ``next_state(grads, state, params, hp)
+-> new_state`` and ``next_params(grads, new_state, params, hp) -> new_params`` (the parameters'
+step read from the already-updated state); ``update`` is the one after the other, bit for bit.
 State leaves have the dtype of their parameters (float64 parameters, float64 state); step
 counters are int32 scalars. New parameters keep their dtype whatever the dtype of ``hp``.
 
@@ -47,10 +50,33 @@ PyTree = Any
 
 
 class Optimizer(NamedTuple):
-    """An optimizer: ``init(params) -> state``, ``update(grads, state, params, hp) -> (params, state)``."""
+    """An optimizer: ``init(params) -> state``, ``update(grads, state, params, hp) -> (params, state)``.
+
+    ``next_state`` and ``next_params``, when given, are ``update``'s two halves:
+    ``update(g, s, p, hp) == (next_params(g, s2, p, hp), s2)`` with ``s2 = next_state(g, s, p, hp)``.
+    ``train.fit`` uses them to choose, per run, between the old and the new state before the
+    parameters' step reads it (so XLA reads each moment once per step); an optimizer without them
+    trains the same, through ``update``.
+    """
 
     init: Callable[[PyTree], NamedTuple]
     update: Callable[[PyTree, NamedTuple, PyTree, HParams], tuple[PyTree, NamedTuple]]
+    next_state: Callable[[PyTree, NamedTuple, PyTree, HParams], NamedTuple] | None = None
+    next_params: Callable[[PyTree, NamedTuple, PyTree, HParams], PyTree] | None = None
+
+
+def _from_halves(
+    init: Callable[[PyTree], NamedTuple],
+    next_state: Callable[[PyTree, NamedTuple, PyTree, HParams], NamedTuple],
+    next_params: Callable[[PyTree, NamedTuple, PyTree, HParams], PyTree],
+) -> Optimizer:
+    """The ``Optimizer`` whose ``update`` is ``next_state`` then ``next_params``."""
+
+    def update(grads: PyTree, state: NamedTuple, params: PyTree, hp: HParams) -> tuple[PyTree, NamedTuple]:
+        new_state = next_state(grads, state, params, hp)
+        return next_params(grads, new_state, params, hp), new_state
+
+    return Optimizer(init, update, next_state, next_params)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -121,12 +147,17 @@ def _gd_init(params: PyTree) -> GDState:
     return GDState()
 
 
-def _gd_update(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> tuple[PyTree, GDState]:
+def _gd_next_state(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> GDState:
     _check_update(grads, params, hp)
-    return _step(params, grads, hp.learning_rate), state
+    return state
 
 
-gd = Optimizer(_gd_init, _gd_update)
+def _gd_next_params(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> PyTree:
+    _check_update(grads, params, hp)
+    return _step(params, grads, hp.learning_rate)
+
+
+gd = _from_halves(_gd_init, _gd_next_state, _gd_next_params)
 r"""Gradient descent: :math:`\theta \leftarrow \theta - \alpha g`."""
 
 
@@ -143,13 +174,17 @@ def _momentum_init(params: PyTree) -> MomentumState:
     return MomentumState(velocity=_zeros_like(params))
 
 
-def _momentum_update(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> tuple[PyTree, MomentumState]:
+def _momentum_next_state(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> MomentumState:
     _check_update(grads, params, hp)
-    velocity = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
-    return _step(params, velocity, hp.learning_rate), MomentumState(velocity)
+    return MomentumState(jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads))
 
 
-momentum = Optimizer(_momentum_init, _momentum_update)
+def _momentum_next_params(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> PyTree:
+    _check_update(grads, params, hp)
+    return _step(params, state.velocity, hp.learning_rate)
+
+
+momentum = _from_halves(_momentum_init, _momentum_next_state, _momentum_next_params)
 r"""Momentum, the course's form (an exponentially weighted average of gradients):
 
 .. math::
@@ -159,14 +194,13 @@ Equals ``optax.sgd(α(1-β), momentum=β)`` (optax's trace :math:`u = \beta u + 
 """
 
 
-def _nesterov_update(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> tuple[PyTree, MomentumState]:
+def _nesterov_next_params(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> PyTree:
     _check_update(grads, params, hp)
-    velocity = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
-    look_ahead = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), velocity, grads)
-    return _step(params, look_ahead, hp.learning_rate), MomentumState(velocity)
+    look_ahead = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
+    return _step(params, look_ahead, hp.learning_rate)
 
 
-nesterov = Optimizer(_momentum_init, _nesterov_update)
+nesterov = _from_halves(_momentum_init, _momentum_next_state, _nesterov_next_params)
 r"""Nesterov momentum in the look-ahead form (Sutskever et al., 2013), on the course's averaged velocity:
 
 .. math::
@@ -192,14 +226,20 @@ def _rmsprop_init(params: PyTree) -> RMSpropState:
     return RMSpropState(square_average=_zeros_like(params))
 
 
-def _rmsprop_update(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> tuple[PyTree, RMSpropState]:
+def _rmsprop_next_state(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> RMSpropState:
     _check_update(grads, params, hp)
-    square_average = jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.square_average, grads)
-    directions = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + _like(hp.epsilon, s)), grads, square_average)
-    return _step(params, directions, hp.learning_rate), RMSpropState(square_average)
+    return RMSpropState(
+        jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.square_average, grads)
+    )
 
 
-rmsprop = Optimizer(_rmsprop_init, _rmsprop_update)
+def _rmsprop_next_params(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> PyTree:
+    _check_update(grads, params, hp)
+    directions = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + _like(hp.epsilon, s)), grads, state.square_average)
+    return _step(params, directions, hp.learning_rate)
+
+
+rmsprop = _from_halves(_rmsprop_init, _rmsprop_next_state, _rmsprop_next_params)
 r"""RMSprop, the course's form (``epsilon`` outside the square root, :math:`s_0 = 0`):
 
 .. math::
@@ -236,28 +276,32 @@ def _bias_corrected(moment: jax.Array, decay: Any, t: jax.Array) -> jax.Array:
     return moment / (1 - _like(decay, moment) ** t)
 
 
-def _adam_directions(grads: PyTree, state: AdamState, hp: HParams) -> tuple[PyTree, AdamState]:
-    r"""Adam's step directions :math:`\hat m / (\sqrt{\hat s} + \varepsilon)` and its new state."""
-    t = _increment(state.count)
+def _adam_next_state(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> AdamState:
+    r"""Adam's new state: ``t = count + 1`` and the moments :math:`m, s` after ``grads``."""
+    _check_update(grads, params, hp)
     first_moment = jax.tree.map(lambda m, g: _moving_average(m, g, hp.beta1), state.first_moment, grads)
     second_moment = jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.second_moment, grads)
+    return AdamState(_increment(state.count), first_moment, second_moment)
+
+
+def _adam_directions(state: AdamState, hp: HParams) -> PyTree:
+    r"""Adam's step directions :math:`\hat m / (\sqrt{\hat s} + \varepsilon)` from its new state (``t = count``)."""
+    t = state.count
 
     def direction(m: jax.Array, s: jax.Array) -> jax.Array:
         m_hat = _bias_corrected(m, hp.beta1, t)
         s_hat = _bias_corrected(s, hp.beta2, t)
         return m_hat / (jnp.sqrt(s_hat) + _like(hp.epsilon, s))
 
-    directions = jax.tree.map(direction, first_moment, second_moment)
-    return directions, AdamState(t, first_moment, second_moment)
+    return jax.tree.map(direction, state.first_moment, state.second_moment)
 
 
-def _adam_update(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> tuple[PyTree, AdamState]:
+def _adam_next_params(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> PyTree:
     _check_update(grads, params, hp)
-    directions, state = _adam_directions(grads, state, hp)
-    return _step(params, directions, hp.learning_rate), state
+    return _step(params, _adam_directions(state, hp), hp.learning_rate)
 
 
-adam = Optimizer(_adam_init, _adam_update)
+adam = _from_halves(_adam_init, _adam_next_state, _adam_next_params)
 r"""Adam (Kingma & Ba, 2015), the course's form; ``t`` counts update steps from 1:
 
 .. math::
@@ -270,14 +314,13 @@ Equals ``optax.adam(α, b1=β1, b2=β2, eps=ε)``.
 """
 
 
-def _adamw_update(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> tuple[PyTree, AdamState]:
+def _adamw_next_params(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> PyTree:
     _check_update(grads, params, hp)
-    directions, state = _adam_directions(grads, state, hp)
-    directions = jax.tree.map(lambda d, p: d + _like(hp.weight_decay, p) * p, directions, params)
-    return _step(params, directions, hp.learning_rate), state
+    directions = jax.tree.map(lambda d, p: d + _like(hp.weight_decay, p) * p, _adam_directions(state, hp), params)
+    return _step(params, directions, hp.learning_rate)
 
 
-adamw = Optimizer(_adam_init, _adamw_update)
+adamw = _from_halves(_adam_init, _adam_next_state, _adamw_next_params)
 r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019), the decay scaled by the rate:
 
 .. math::
@@ -303,14 +346,18 @@ def _adagrad_init(params: PyTree) -> AdagradState:
     return AdagradState(sum_of_squares=_zeros_like(params))
 
 
-def _adagrad_update(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> tuple[PyTree, AdagradState]:
+def _adagrad_next_state(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> AdagradState:
     _check_update(grads, params, hp)
-    sum_of_squares = jax.tree.map(lambda s, g: (s + g * g).astype(s.dtype), state.sum_of_squares, grads)
-    directions = jax.tree.map(lambda g, s: g / jnp.sqrt(s + _like(hp.epsilon, s)), grads, sum_of_squares)
-    return _step(params, directions, hp.learning_rate), AdagradState(sum_of_squares)
+    return AdagradState(jax.tree.map(lambda s, g: (s + g * g).astype(s.dtype), state.sum_of_squares, grads))
 
 
-adagrad = Optimizer(_adagrad_init, _adagrad_update)
+def _adagrad_next_params(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> PyTree:
+    _check_update(grads, params, hp)
+    directions = jax.tree.map(lambda g, s: g / jnp.sqrt(s + _like(hp.epsilon, s)), grads, state.sum_of_squares)
+    return _step(params, directions, hp.learning_rate)
+
+
+adagrad = _from_halves(_adagrad_init, _adagrad_next_state, _adagrad_next_params)
 r"""Adagrad (Duchi et al., 2011), accumulator from 0 and ``epsilon`` inside the square root:
 
 .. math::

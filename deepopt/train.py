@@ -692,27 +692,57 @@ def _advance(
         else:
             index, mask = data_lib.padded_minibatch_indices(jax.random.fold_in(shuffle_key, epoch), m, batch_size)
 
-        def run_step(step_carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
-            params, bn_state, opt_state, step, halted = step_carry
+        def run_step(steps_to_take: jax.Array, step_carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
+            params, bn_state, opt_state, step, first_bad = step_carry
             batch_number, batch_index, batch_mask = batch
             X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
             step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
             (cost, new_bn_state), grads = jax.value_and_grad(batch_cost, has_aux=True)(
                 params, bn_state, X_b, y_b, batch_mask, step_key
             )
-            learning_rate = jnp.asarray(schedule(hp, epoch, step), dtype)
-            new_params, new_state = optimizer.update(grads, opt_state, params, hp._replace(learning_rate=learning_rate))
-            halted_now = halted | ~(jnp.isfinite(cost) & _tree_all_finite(new_params))
-            params = _tree_select(halted_now, params, new_params)
-            bn_state = _tree_select(halted_now, bn_state, new_bn_state)
-            opt_state = _tree_select(halted_now, opt_state, new_state)
-            step = step + jnp.where(halted_now, 0, 1).astype(step.dtype)
-            return (params, bn_state, opt_state, step, halted_now), cost * jnp.sum(batch_mask).astype(dtype)
+            step_hp = hp._replace(learning_rate=jnp.asarray(schedule(hp, epoch, step), dtype))
+            # Whether this step applies is known before it is taken, so the selects below fuse
+            # into the update; a non-finite cost or new parameters only mark it (``first_bad``).
+            applied = batch_number < steps_to_take
+            if optimizer.next_state is not None and optimizer.next_params is not None:
+                # The parameters' step reads the chosen state: the new one where the step applies
+                # (the same values), the old one where it does not (and the select discards it),
+                # so no fusion recomputes the new moments from the old ones.
+                opt_state = _tree_select(applied, optimizer.next_state(grads, opt_state, params, step_hp), opt_state)
+                params = _tree_select(applied, optimizer.next_params(grads, opt_state, params, step_hp), params)
+            else:
+                new_params, new_state = optimizer.update(grads, opt_state, params, step_hp)
+                params = _tree_select(applied, new_params, params)
+                opt_state = _tree_select(applied, new_state, opt_state)
+            bn_state = _tree_select(applied, new_bn_state, bn_state)
+            bad = applied & ~(jnp.isfinite(cost) & _tree_all_finite(params))
+            first_bad = jnp.where(bad & (first_bad == num_batches), batch_number, first_bad)
+            step = step + applied.astype(step.dtype)
+            return (params, bn_state, opt_state, step, first_bad), cost * jnp.sum(batch_mask).astype(dtype)
 
-        batches = (jnp.arange(num_batches), index, mask)
-        (params, bn_state, opt_state, step, halted), weighted_costs = jax.lax.scan(
-            run_step, (carry.params, carry.model_state, carry.opt_state, carry.step, frozen), batches
+        # An epoch is a pass over its mini-batches that takes every step of a live run (none of a
+        # frozen one) and marks the first whose cost or new parameters are non-finite. A run that
+        # has one passes the epoch again from its start, taking only the steps before it: it halts
+        # at its last finite parameters, exactly where a check-and-select after every step would
+        # leave it, for one more pass per diverging run and epoch. Under ``vmap`` the loop runs
+        # while any run asks for another pass (the others keep their state).
+        batch_numbers = jnp.arange(num_batches)
+        batches = (batch_numbers, index, mask)
+        start = (carry.params, carry.model_state, carry.opt_state, carry.step, jnp.asarray(num_batches, batch_numbers.dtype))
+
+        def run_pass(pass_carry: tuple) -> tuple:
+            steps_to_take = pass_carry[1]
+            end, weighted_costs = jax.lax.scan(functools.partial(run_step, steps_to_take), start, batches)
+            first_bad = end[4]
+            return first_bad < num_batches, jnp.minimum(steps_to_take, first_bad), end[:4], weighted_costs
+
+        steps_to_take = jnp.where(frozen, 0, num_batches).astype(batch_numbers.dtype)
+        _, steps_to_take, (params, bn_state, opt_state, step), weighted_costs = jax.lax.while_loop(
+            lambda pass_carry: pass_carry[0],
+            run_pass,
+            (jnp.array(True), steps_to_take, start[:4], jnp.zeros((num_batches,), dtype)),
         )
+        halted = steps_to_take < num_batches
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
         diverged_now = halted & ~frozen
         carry = carry._replace(

@@ -52,11 +52,12 @@ PyTree = Any
 class Optimizer(NamedTuple):
     """An optimizer: ``init(params) -> state``, ``update(grads, state, params, hp) -> (params, state)``.
 
-    ``next_state`` and ``next_params``, when given, are ``update``'s two halves:
+    ``next_state`` and ``next_params`` are ``update``'s two halves:
     ``update(g, s, p, hp) == (next_params(g, s2, p, hp), s2)`` with ``s2 = next_state(g, s, p, hp)``.
     ``train.fit`` uses them to choose, per run, between the old and the new state before the
-    parameters' step reads it (so XLA reads each moment once per step); an optimizer without them
-    trains the same, through ``update``.
+    parameters' step reads it (so XLA reads each moment once per step): every registered optimizer
+    has them. They default to None so that ``Optimizer(init, update)`` still builds a pair for a
+    loop of one's own.
     """
 
     init: Callable[[PyTree], NamedTuple]

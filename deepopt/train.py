@@ -704,16 +704,11 @@ def _advance(
             # Whether this step applies is known before it is taken, so the selects below fuse
             # into the update; a non-finite cost or new parameters only mark it (``first_bad``).
             applied = batch_number < steps_to_take
-            if optimizer.next_state is not None and optimizer.next_params is not None:
-                # The parameters' step reads the chosen state: the new one where the step applies
-                # (the same values), the old one where it does not (and the select discards it),
-                # so no fusion recomputes the new moments from the old ones.
-                opt_state = _tree_select(applied, optimizer.next_state(grads, opt_state, params, step_hp), opt_state)
-                params = _tree_select(applied, optimizer.next_params(grads, opt_state, params, step_hp), params)
-            else:
-                new_params, new_state = optimizer.update(grads, opt_state, params, step_hp)
-                params = _tree_select(applied, new_params, params)
-                opt_state = _tree_select(applied, new_state, opt_state)
+            # ``update`` in its two halves, the parameters' step reading the chosen state: the new
+            # one where the step applies (the same values), the old one where it does not (and the
+            # select discards that step), so no fusion recomputes the new moments from the old ones.
+            opt_state = _tree_select(applied, optimizer.next_state(grads, opt_state, params, step_hp), opt_state)
+            params = _tree_select(applied, optimizer.next_params(grads, opt_state, params, step_hp), params)
             bn_state = _tree_select(applied, new_bn_state, bn_state)
             bad = applied & ~(jnp.isfinite(cost) & _tree_all_finite(params))
             first_bad = jnp.where(bad & (first_bad == num_batches), batch_number, first_bad)

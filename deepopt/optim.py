@@ -71,13 +71,26 @@ def _from_halves(
     next_state: Callable[[PyTree, NamedTuple, PyTree, HParams], NamedTuple],
     next_params: Callable[[PyTree, NamedTuple, PyTree, HParams], PyTree],
 ) -> Optimizer:
-    """The ``Optimizer`` whose ``update`` is ``next_state`` then ``next_params``."""
+    """The ``Optimizer`` whose ``update`` is ``next_state`` then ``next_params``; each entry checks its inputs once.
+
+    The halves given here do not check: ``_check_update`` runs once per call of ``update``,
+    ``next_state`` or ``next_params`` (at trace time under ``jit``).
+    """
+
+    def checked_next_state(grads: PyTree, state: NamedTuple, params: PyTree, hp: HParams) -> NamedTuple:
+        _check_update(grads, params, hp)
+        return next_state(grads, state, params, hp)
+
+    def checked_next_params(grads: PyTree, state: NamedTuple, params: PyTree, hp: HParams) -> PyTree:
+        _check_update(grads, params, hp)
+        return next_params(grads, state, params, hp)
 
     def update(grads: PyTree, state: NamedTuple, params: PyTree, hp: HParams) -> tuple[PyTree, NamedTuple]:
+        _check_update(grads, params, hp)
         new_state = next_state(grads, state, params, hp)
         return next_params(grads, new_state, params, hp), new_state
 
-    return Optimizer(init, update, next_state, next_params)
+    return Optimizer(init, update, checked_next_state, checked_next_params)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -149,12 +162,10 @@ def _gd_init(params: PyTree) -> GDState:
 
 
 def _gd_next_state(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> GDState:
-    _check_update(grads, params, hp)
     return state
 
 
 def _gd_next_params(grads: PyTree, state: GDState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     return _step(params, grads, hp.learning_rate)
 
 
@@ -176,12 +187,10 @@ def _momentum_init(params: PyTree) -> MomentumState:
 
 
 def _momentum_next_state(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> MomentumState:
-    _check_update(grads, params, hp)
     return MomentumState(jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads))
 
 
 def _momentum_next_params(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     return _step(params, state.velocity, hp.learning_rate)
 
 
@@ -196,7 +205,6 @@ Equals ``optax.sgd(α(1-β), momentum=β)`` (optax's trace :math:`u = \beta u + 
 
 
 def _nesterov_next_params(grads: PyTree, state: MomentumState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     look_ahead = jax.tree.map(lambda v, g: _moving_average(v, g, hp.beta), state.velocity, grads)
     return _step(params, look_ahead, hp.learning_rate)
 
@@ -228,14 +236,12 @@ def _rmsprop_init(params: PyTree) -> RMSpropState:
 
 
 def _rmsprop_next_state(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> RMSpropState:
-    _check_update(grads, params, hp)
     return RMSpropState(
         jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.square_average, grads)
     )
 
 
 def _rmsprop_next_params(grads: PyTree, state: RMSpropState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     directions = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + _like(hp.epsilon, s)), grads, state.square_average)
     return _step(params, directions, hp.learning_rate)
 
@@ -279,7 +285,6 @@ def _bias_corrected(moment: jax.Array, decay: Any, t: jax.Array) -> jax.Array:
 
 def _adam_next_state(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> AdamState:
     r"""Adam's new state: ``t = count + 1`` and the moments :math:`m, s` after ``grads``."""
-    _check_update(grads, params, hp)
     first_moment = jax.tree.map(lambda m, g: _moving_average(m, g, hp.beta1), state.first_moment, grads)
     second_moment = jax.tree.map(lambda s, g: _moving_average(s, g * g, hp.beta2), state.second_moment, grads)
     return AdamState(_increment(state.count), first_moment, second_moment)
@@ -298,7 +303,6 @@ def _adam_directions(state: AdamState, hp: HParams) -> PyTree:
 
 
 def _adam_next_params(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     return _step(params, _adam_directions(state, hp), hp.learning_rate)
 
 
@@ -316,7 +320,6 @@ Equals ``optax.adam(α, b1=β1, b2=β2, eps=ε)``.
 
 
 def _adamw_next_params(grads: PyTree, state: AdamState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     directions = jax.tree.map(lambda d, p: d + _like(hp.weight_decay, p) * p, _adam_directions(state, hp), params)
     return _step(params, directions, hp.learning_rate)
 
@@ -348,12 +351,10 @@ def _adagrad_init(params: PyTree) -> AdagradState:
 
 
 def _adagrad_next_state(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> AdagradState:
-    _check_update(grads, params, hp)
     return AdagradState(jax.tree.map(lambda s, g: (s + g * g).astype(s.dtype), state.sum_of_squares, grads))
 
 
 def _adagrad_next_params(grads: PyTree, state: AdagradState, params: PyTree, hp: HParams) -> PyTree:
-    _check_update(grads, params, hp)
     directions = jax.tree.map(lambda g, s: g / jnp.sqrt(s + _like(hp.epsilon, s)), grads, state.sum_of_squares)
     return _step(params, directions, hp.learning_rate)
 

@@ -787,15 +787,19 @@ def measure_first_call(
     config: train.Config, learning_rates: np.ndarray, train_set: data_lib.Dataset, dev_set: data_lib.Dataset,
     key: jax.Array,
 ) -> dict[str, Any]:
-    """The one-device ``sweep.run`` of the job, called once: its wall seconds and its groups' compile seconds."""
+    """The one-device ``sweep.run`` of the job, called once: its wall seconds, its groups' compile seconds and
+    how many programs it loaded from the persistent compilation cache (JAX's ``cache_hits`` events)."""
     call = grid_sweep_call(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, key, chunk_size_flag(),
                            jax.devices()[:1])
+    events: list[str] = []
+    jax.monitoring.register_event_listener(lambda event, **_: events.append(event))
     start = time.perf_counter()
     results = call()
     seconds = time.perf_counter() - start
     steps = perf.steps_per_run(config, len(train_set.y))
     return {"first_call_seconds": seconds, "compile_seconds": sum(g["compile_seconds"] for g in results.stats["layout"]),
-            "cold_config_steps_per_second": len(results.rows) * steps / seconds}
+            "cold_config_steps_per_second": len(results.rows) * steps / seconds,
+            "persistent_cache_hits": events.count("/jax/compilation_cache/cache_hits")}
 
 
 def _child_env() -> dict[str, str]:

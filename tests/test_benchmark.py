@@ -13,7 +13,10 @@ TINY = [
 ]
 # Started in the background (background.py), beside the in-process tests; the second invocation on the same
 # output directory starts once the first has finished, and results.json is copied just before it starts.
-TINY_RUN = study("benchmark", "--output_dir={dir}/out", *TINY)
+# Every program goes into the first-call children's persistent cache, however fast this machine compiles it
+# (the scripts' threshold of 0.25 s would leave the tiny chunk program out on a fast one).
+CACHE_ALL = (("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),)
+TINY_RUN = study("benchmark", "--output_dir={dir}/out", *TINY, env=CACHE_ALL)
 AGAIN = study("benchmark", "--output_dir={dir}/out", *TINY, after=TINY_RUN, snapshot=("out/results.json",))
 BAD_FLAGS = [
     (["--repeats=2"], "--repeats"),
@@ -57,7 +60,9 @@ def test_measures_every_approach_on_the_same_job(tiny):
     assert one_device["concurrent_chunks"] == 1 and "sweep_one_device_serial" not in measured
     # The first call of a new process: compiling into an empty persistent cache, then loading from it.
     empty, filled = measured["first_calls"]["empty_cache"], measured["first_calls"]["filled_cache"]
-    assert filled["compile_seconds"] < empty["compile_seconds"] and filled["first_call_seconds"] > 0
+    # The second process loads what the first compiled (a structural check: timings are too noisy to compare).
+    assert empty["persistent_cache_hits"] == 0 and filled["persistent_cache_hits"] >= 1
+    assert filled["first_call_seconds"] > 0 and filled["compile_seconds"] >= 0
     for entry in (one_device, peer):
         assert entry["runs"] == 8 and entry["config_steps_per_second"] == pytest.approx(8 * 15 / entry["seconds"])
         assert entry["cold_config_steps_per_second"] == pytest.approx(8 * 15 / entry["first_call_seconds"])

@@ -71,10 +71,29 @@ def concrete_array(name: str, value: Any, expected: str = "a number") -> np.ndar
         raise TypeError(f"{name} must be {expected}, got {value!r}") from None
 
 
+class HParamsValueError(ValueError):
+    """A concrete ``HParams`` value out of range: ``reason`` says which and why, ``index`` where.
+
+    ``str(error)`` is ``reason`` followed by ``" at index [i, ...]"`` when the field is an array;
+    ``index`` is that position as a tuple (None for a scalar), so a caller that maps positions to
+    its own names (a sweep's config indices) need not parse the message.
+    """
+
+    def __init__(self, reason: str, index: tuple[int, ...] | None = None) -> None:
+        self.reason, self.index = reason, index
+        super().__init__(reason if index is None else f"{reason} at index {list(index)}")
+
+
+def first_index(bad: np.ndarray) -> tuple[int, ...] | None:
+    """The position of ``bad``'s first True element as a tuple; None for a 0-d ``bad``."""
+    return None if bad.ndim == 0 else tuple(int(i) for i in np.argwhere(bad)[0])
+
+
 def validate_hparams(hp: HParams) -> None:
     """Check every concrete field of ``hp`` (scalars or arrays) against its range; traced fields are skipped.
 
-    Raises a ``ValueError`` naming the field, the offending value and the allowed range.
+    Raises an ``HParamsValueError`` (a ``ValueError``) naming the field, the offending value and the
+    allowed range, and for an array the index of the first offending element.
     """
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
@@ -85,8 +104,9 @@ def validate_hparams(hp: HParams) -> None:
         rule, is_valid = _HPARAM_RULES[name]
         bad = ~(np.isfinite(values) & is_valid(values))
         if np.any(bad):
-            where = "" if values.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
-            raise ValueError(f"HParams.{name} must be finite and {rule}, got {float(values[bad].flat[0])!r}{where}")
+            raise HParamsValueError(
+                f"HParams.{name} must be finite and {rule}, got {float(values[bad].flat[0])!r}", first_index(bad)
+            )
 
 
 

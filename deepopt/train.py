@@ -26,7 +26,9 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt import batchnorm, losses, model, modules, optim, schedules, xla_options
-from deepopt.hparams import _HPARAM_RULES, HParams, broadcast_hparams, concrete_array, validate_hparams  # noqa: F401 (re-exported)
+from deepopt.hparams import (  # noqa: F401 (re-exported)
+    _HPARAM_RULES, HParams, HParamsValueError, broadcast_hparams, concrete_array, first_index, validate_hparams,
+)
 from deepopt.parameters import Params, normalized_layers
 
 
@@ -328,7 +330,8 @@ def validate_hparams_for_config(
     - ``Config.model`` with ``l2 > 0``: the module must have a ``kernel`` leaf (L2 penalizes
       kernels only; without one it would silently do nothing). Checked when ``example_shape``
       (the examples' shape, ``X.shape[1:]``) is given.
-    Traced fields are skipped; arrays are checked elementwise. Raises a ``ValueError``.
+    Traced fields are skipped; arrays are checked elementwise. Raises an ``HParamsValueError`` (a
+    ``ValueError`` whose ``index`` is the first offending element's position, None for scalars).
     """
     if config.schedule in FLOORED_SCHEDULES:
         rate = concrete_array("HParams.learning_rate", hp.learning_rate)
@@ -337,21 +340,21 @@ def validate_hparams_for_config(
             rate, floor = np.broadcast_arrays(rate, floor)
             bad = floor > rate
             if np.any(bad):
-                where = "" if bad.ndim == 0 else f" at index {np.argwhere(bad)[0].tolist()}"
-                raise ValueError(
+                raise HParamsValueError(
                     f"HParams.min_learning_rate must be <= learning_rate with schedule={config.schedule!r} (the floor "
                     f"the rate decays to), got min_learning_rate={float(floor[bad].flat[0])!r} > "
-                    f"learning_rate={float(rate[bad].flat[0])!r}{where}"
+                    f"learning_rate={float(rate[bad].flat[0])!r}",
+                    first_index(bad),
                 )
     l2 = concrete_array("HParams.l2", hp.l2)
     if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
         if not modules.has_kernels(config.model, tuple(example_shape), dtype):
-            first = int(np.argmax(l2.reshape(-1) > 0))
-            where = "" if l2.ndim == 0 else f" at index [{first}]"
-            raise ValueError(
-                f"HParams.l2={float(l2.flat[first])!r} but Config.model {modules.describe(config.model)} has "
+            where = first_index(l2 > 0)
+            raise HParamsValueError(
+                f"HParams.l2={float(l2[where or ()])!r} but Config.model {modules.describe(config.model)} has "
                 "no parameter named 'kernel' (L2 penalizes kernels only, so it would do nothing): name the weights "
-                f"'kernel' (as nn.Dense and nn.Conv do) or keep l2=0{where}"
+                "'kernel' (as nn.Dense and nn.Conv do) or keep l2=0",
+                where,
             )
 
 

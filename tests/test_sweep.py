@@ -120,7 +120,7 @@ BAD_SWEEPS = [  # (space, extra arguments of run, the error message)
     (
         {"keep_prob": sweep.uniform(0.5, 1.5)},
         {},
-        r"HParams.keep_prob must be finite and in \(0, 1\], got .* at index \[\d+\]",
+        r"space: HParams.keep_prob must be finite and in \(0, 1\], got .* \(config index \d+\)$",
     ),
     ({"learning_rate": 0.1}, {"metric": "test_accuracy"}, r"metric must be one of .* got 'test_accuracy'"),
     (
@@ -138,6 +138,19 @@ BAD_SWEEPS = [  # (space, extra arguments of run, the error message)
     ({"learning_rate": 0.1}, {"concurrent_chunks": 0}, r"concurrent_chunks must be a positive int or None .* got 0"),
     ({"learning_rate": 0.1}, {"concurrent_chunks": True}, r"concurrent_chunks must be a positive int or None"),
 ]
+
+
+def test_a_bad_value_names_its_config_index():
+    """The planner's check and the per-group check both say which config: the grid's second, here."""
+    train_set, dev_set = tiny_data()
+    space = {"keep_prob": sweep.grid([0.5, 1.5])}
+    with pytest.raises(ValueError, match=r"^space: HParams.keep_prob must be finite .* got 1.5 \(config index 1\)$"):
+        sweep.run(TINY, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid")
+    cosine = dataclasses.replace(TINY, schedule="cosine")
+    space = {"learning_rate": sweep.grid([0.3, 0.2, 0.01])}
+    with pytest.raises(ValueError, match=r"^space: HParams.min_learning_rate .* > learning_rate=0.01 \(config index 2\)$"):
+        sweep.run(cosine, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid",
+                  hparams=train.HParams(min_learning_rate=0.1))
 
 
 @pytest.mark.parametrize("space, kwargs, message", BAD_SWEEPS)

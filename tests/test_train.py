@@ -150,8 +150,17 @@ def test_hparams_validated_before_compiling(moons):
             train.fit(SMALL, hp, jax.random.key(0), moons)
     with pytest.raises(ValueError, match="must be a scalar inside fit.*vmap"):
         train.fit(SMALL, train.HParams(learning_rate=jnp.array([0.1, 0.2])), jax.random.key(0), moons)
-    with pytest.raises(ValueError, match="index \\[1\\]"):
+    with pytest.raises(ValueError, match="index \\[1\\]") as caught:
         train.validate_hparams(train.HParams(learning_rate=np.array([0.1, -1.0])))
+    # The position and the reason, for a caller that maps positions to its own names (a sweep's configs).
+    assert isinstance(caught.value, train.HParamsValueError) and caught.value.index == (1,)
+    assert caught.value.reason == "HParams.learning_rate must be finite and > 0, got -1.0"
+    with pytest.raises(train.HParamsValueError) as caught:
+        train.validate_hparams(train.HParams(l2=np.array([[0.0, 0.1], [0.2, -3.0]])))
+    assert caught.value.index == (1, 1) and str(caught.value).endswith("got -3.0 at index [1, 1]")
+    with pytest.raises(train.HParamsValueError) as caught:
+        train.validate_hparams(train.HParams(l2=-1.0))
+    assert caught.value.index is None and str(caught.value) == caught.value.reason
     # the README's vmap recipe: broadcast_hparams sees the concrete values that fit, under vmap, cannot
     for hp, match in [
         (train.HParams(learning_rate=jnp.linspace(0.0, 1.0, 4)), r"HParams.learning_rate must be finite and > 0, got 0.0 at index \[0\]"),

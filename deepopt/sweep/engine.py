@@ -16,7 +16,6 @@ import concurrent.futures
 import functools
 import itertools
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -321,11 +320,10 @@ def _check_data(grouped: Mapping[train_lib.Config, Sequence[Run]], splits: Seque
             train_lib.validate_hparams_for_config(
                 config, train_lib.HParams(**columns), tuple(train_set.X.shape[1:]), str(dtype)
             )
-        except ValueError as error:
-            index = re.search(r" at index \[(\d+)\]$", str(error))
-            message = str(error)[: index.start()] if index else str(error)
-            where = f" (config index {group_runs[int(index.group(1))].config_index})" if index else ""
-            raise ValueError(f"space: {message}{where}") from None
+        except ValueError as error:  # the columns hold one value per run: an index is (run,)
+            index = getattr(error, "index", None)
+            where = "" if index is None else f" (config index {group_runs[index[0]].config_index})"
+            raise ValueError(f"space: {getattr(error, 'reason', error)}{where}") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         jax.eval_shape(
             lambda h, k, config=config, dropout=dropout: train_lib.fit(

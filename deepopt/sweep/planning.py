@@ -128,8 +128,11 @@ def plan_assignments(
     }
     try:
         train_lib.validate_hparams(hparams._replace(**columns))
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"space: {error} (config index into the sampled configs)") from None
+    except train_lib.HParamsValueError as error:  # the columns hold one value per sampled config: an index is (position,)
+        where = "" if error.index is None else f" (config index {first_config_index + error.index[0]})"
+        raise ValueError(f"space: {error.reason}{where}") from None
+    except TypeError as error:
+        raise TypeError(f"space: {error}") from None
 
     keys = seed_keys(key, seeds)
     key_data = [tuple(int(v) for v in np.asarray(jax.random.key_data(k)).reshape(-1)) for k in keys]

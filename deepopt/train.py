@@ -349,12 +349,12 @@ def validate_hparams_for_config(
     l2 = concrete_array("HParams.l2", hp.l2)
     if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
         if not modules.has_kernels(config.model, tuple(example_shape), dtype):
-            where = first_index(l2 > 0)
+            positive = l2 > 0
             raise HParamsValueError(
-                f"HParams.l2={float(l2[where or ()])!r} but Config.model {modules.describe(config.model)} has "
+                f"HParams.l2={float(l2[positive].flat[0])!r} but Config.model {modules.describe(config.model)} has "
                 "no parameter named 'kernel' (L2 penalizes kernels only, so it would do nothing): name the weights "
                 "'kernel' (as nn.Dense and nn.Conv do) or keep l2=0",
-                where,
+                first_index(positive),
             )
 
 

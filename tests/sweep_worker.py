@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ import jax
 import pytest
 
 from deepopt import data, sweep, train
+from deepopt.sweep import engine
 
 
 def tiny_data() -> tuple[data.Dataset, data.Dataset]:
@@ -61,6 +63,24 @@ def compilation_cache(base: pathlib.Path) -> dict[str, str]:
     return {"JAX_COMPILATION_CACHE_DIR": str(base / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
+def chunk_program_collectives(results: sweep.Results) -> dict[str, int]:
+    """The collective ops (``all-reduce``, ``all-gather``, ...) in the tiny sweep's compiled chunk program, by kind.
+
+    The program is ``engine._compile``'s, for the chunk shape the sweep ran (cached: not compiled again).
+    """
+    train_set, dev_set = tiny_data()
+    key = jax.random.key(3)
+    configs = results.stats["layout"][0]["chunk"] // 2  # 2 seeds per config
+    compiled, _ = engine._compile(
+        ADAM, configs, 2, str(jax.random.key_impl(key)), tuple(jax.random.key_data(key).shape), "float32",
+        ((train_set.X.shape, train_set.y.shape), (dev_set.X.shape, dev_set.y.shape), None), tuple(jax.devices()),
+        False, False,
+    )
+    kinds = re.findall(r"= \S+ (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
+                       compiled.as_text())
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -81,7 +101,8 @@ def main() -> None:
     results = tiny_sweep(
         results_path=results_path, chunk_size=args.chunk_size, progress=lambda _: time.sleep(args.sleep)
     )
-    record = {"rows": results.rows, "stats": results.stats, "trace_count": train.trace_count()}
+    record = {"rows": results.rows, "stats": results.stats, "trace_count": train.trace_count(),
+              "collectives": chunk_program_collectives(results)}
     (out_dir / f"rows-{jax.process_index()}.json").write_text(json.dumps(record))
     if args.coordinator:
         jax.distributed.shutdown()

@@ -229,11 +229,12 @@ class Search:
                     f"sampler={sampler!r} learns from finished configs between its asks, but {method} asks all its "
                     "configs at once: use it with hyperband (brackets asked one after another) or sweep.run"
                 )
-            source, _ = model_based_source(config, space, splits, key, seeds, hparams, digest, sampler, metric)
+            source, _ = model_based_source(config, space, splits, key, seeds, hparams, digest, sampler, metric,
+                                           devices)
         else:
             runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
                         hparams=hparams, data_digest=digest)
-            _check_data(groups(runs), splits, key)
+            _check_data(groups(runs), splits, key, devices)
             trials = _trials(runs, seeds, 0)
         description = {
             "method": method,

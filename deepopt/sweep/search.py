@@ -247,7 +247,7 @@ def run(
         data_digest=data_digest,
     )
     grouped = groups(runs)
-    _check_data(grouped, splits, key)
+    _check_data(grouped, splits, key, devices)
 
     writer = results_path is not None and jax.process_index() == 0
     with lock_results(results_path) if writer else contextlib.nullcontext():  # one writer per file, from here on
@@ -426,19 +426,20 @@ def model_based_source(
     data_digest: str,
     sampler: Any,
     metric: str,
+    devices: Sequence[Any] | None = None,
 ) -> tuple[Any, dict[train_lib.Config, bool]]:
     """A model-based search's sampler (``make_sampler``, told which way ``metric`` is better) and each group's dropout.
 
     Its configs are asked later, so every check ``plan`` would make runs first on
     ``_corner_assignments`` (the arguments, every static combination's Config, both ends of every
-    range, the data against every group): before anything compiles. The sampler draws from the
-    sampling key ``plan`` uses.
+    range, the data against every group, traced over ``devices`` as the chunk programs will be):
+    before anything compiles. The sampler draws from the sampling key ``plan`` uses.
     """
     check_plan_arguments(base_config, hparams, seeds)
     corner_runs, _ = plan_assignments(base_config, space, _corner_assignments(space), key=key, seeds=seeds,
                                       hparams=hparams, data_digest=data_digest)
     corner_groups = groups(corner_runs)
-    _check_data(corner_groups, splits, key)
+    _check_data(corner_groups, splits, key, devices)
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
     sample_key, _ = jax.random.split(key)
     return make_sampler(sampler, space, sample_key, direction=direction(metric)), dropout_of
@@ -480,7 +481,7 @@ def _run_model_based(
         raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
     num_configs = _check_count("num_configs", num_configs)
     source, dropout_of = model_based_source(base_config, space, splits, key, seeds, hparams, data_digest, sampler,
-                                            metric)
+                                            metric, devices)
     per_round = ask_size(num_configs, seeds, chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 

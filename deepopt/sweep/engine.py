@@ -119,6 +119,24 @@ def per_device(program: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, gat
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
+def runs_per_device(config: train_lib.Config) -> bool:
+    """Whether ``config``'s programs run through ``per_device``: the built-in MLP's do.
+
+    A ``Config.model``'s stay one sharded ``jit`` over the mesh: under ``shard_map``, JAX 0.10's
+    batching rule of a convolution whose kernel is batched (a vmapped CNN's backward pass) raises
+    ``NotImplementedError`` once its output carries the manual mesh's sharding.
+    """
+    return config.model is None
+
+
+def sharded_program(
+    config: train_lib.Config, program: Callable, mesh: Mesh, in_specs: Any, out_specs: Any,
+    gather: Callable[[Any], Any],
+) -> Callable:
+    """``per_device(program, ...)`` where ``runs_per_device(config)``, else ``program`` (jit it with shardings)."""
+    return per_device(program, mesh, in_specs, out_specs, gather) if runs_per_device(config) else program
+
+
 @functools.lru_cache(maxsize=32)
 def _compile(
     config: train_lib.Config,
@@ -145,8 +163,8 @@ def _compile(
     keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
     in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
     program = jax.jit(
-        per_device(
-            _chunk_program(config, key_impl, with_test, dropout, curves), mesh,
+        sharded_program(
+            config, _chunk_program(config, key_impl, with_test, dropout, curves), mesh,
             (P(RUN_AXIS), P(), *(P() for _ in datasets)), P(), gather_runs,
         ),
         in_shardings=in_shardings, out_shardings=replicated,
@@ -335,9 +353,9 @@ def _check_data(
     """``fit``'s own checks (``train.check_split``) of train, dev and test against every group.
 
     Then ``eval_shape`` traces ``fit`` once per group (what is left: the config against the data's
-    shapes), one run per device under ``per_device`` over ``devices`` (default ``jax.devices()``)
-    as the chunk program calls it: the trace is cached and reused by the group's compilation, so
-    it costs no second trace.
+    shapes), as the chunk program calls it (one run per device under ``per_device`` over
+    ``devices``, default ``jax.devices()``, where ``runs_per_device``): the trace is cached and
+    reused by the group's compilation, so it costs no second trace.
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
@@ -367,13 +385,22 @@ def _check_data(
             return jax.tree.map(lambda leaf: leaf[None], result)
 
         hp = train_lib.prepare_hparams(train_lib.HParams(), config, dtype)
-        jax.eval_shape(
-            per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda outputs: outputs),
-            jax.tree.map(lambda v: jax.ShapeDtypeStruct((mesh.size, *jnp.shape(v)), jnp.result_type(v)), hp),
-            key,
-            train_set,
-            dev_set,
-        )
+        if runs_per_device(config):
+            jax.eval_shape(
+                per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out),
+                jax.tree.map(lambda v: jax.ShapeDtypeStruct((mesh.size, *jnp.shape(v)), jnp.result_type(v)), hp),
+                key,
+                train_set,
+                dev_set,
+            )
+        else:
+            jax.eval_shape(
+                lambda h, k, config=config, dropout=dropout: train_lib.fit(
+                    config, h, k, train_set, dev_set, dropout=dropout
+                ),
+                hp,
+                key,
+            )
 
 
 def _group_dropout(group_runs: Sequence[Run]) -> bool:

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt import xla_options
-from deepopt.sweep.engine import RUN_AXIS, _global_array, abstract_inputs, gather_runs, per_device
+from deepopt.sweep.engine import RUN_AXIS, _global_array, abstract_inputs, gather_runs, sharded_program
 
 _compilations = 0
 
@@ -122,8 +122,8 @@ def _compile(
     keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
     scalar_bool, scalar_int = jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32)
     program = jax.jit(
-        per_device(  # each device its own runs, no collective inside; the scalars gathered at the end
-            _state_program(config, key_impl, with_test, dropout), mesh,
+        sharded_program(  # each device its own runs, no collective inside; the scalars gathered at the end
+            config, _state_program(config, key_impl, with_test, dropout), mesh,
             (P(RUN_AXIS), P(RUN_AXIS), P(), P(), P(), *(P() for _ in datasets)), (P(RUN_AXIS), P()),
             lambda outputs: (outputs[0], gather_runs(outputs[1])),
         ),

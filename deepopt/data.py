@@ -253,6 +253,7 @@ def check_dataset(
     x_name: str | None = None,
     y_name: str | None = None,
     any_rank: bool = False,
+    on_host: bool = False,
 ) -> Dataset:
     r"""The one validation of a data split, shared by ``train.fit``, ``sweep.run`` and ``load``.
 
@@ -265,7 +266,8 @@ def check_dataset(
     so the cast cannot wrap). A complex ``X`` is refused (its imaginary part would be dropped).
 
     Returns the split as JAX arrays: ``X`` cast to ``float_dtype`` (a non-float ``X`` to the default
-    float dtype first), ``y`` as int32. Errors name ``{name}.X`` / ``{name}.y`` (or ``x_name`` /
+    float dtype first), ``y`` as int32; with ``on_host=True``, as numpy arrays of the same dtypes
+    and values, converted in numpy (``sweep.run`` keeps its splits on the host). Errors name ``{name}.X`` / ``{name}.y`` (or ``x_name`` /
     ``y_name``), what they got and what was expected.
     """
     x_name = f"{name}.X" if x_name is None else x_name
@@ -308,12 +310,31 @@ def check_dataset(
         check_labels(y, num_classes, y_name, classes_from)
     else:
         _check_label_bounds(y, y_name)
+    if on_host and not _is_traced(X) and not _is_traced(y):
+        return _host_arrays(X, y, float_dtype)
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.zeros(()).dtype)
     if float_dtype is not None:
         X = X.astype(float_dtype)
     return Dataset(X, jnp.asarray(y).astype(jnp.int32))
+
+
+def _host_arrays(X: Any, y: Any, float_dtype: Any) -> Dataset:
+    """``check_dataset``'s conversions done in numpy, step for step as ``jnp.asarray`` / ``astype`` do them.
+
+    ``X`` to its canonical dtype (float64 to float32 without x64), a non-float ``X`` then to the
+    default float dtype, then to ``float_dtype``; ``y`` to int32. Each cast rounds to nearest as
+    XLA's convert does, so the values are the same bits; no XLA program is compiled for them.
+    """
+    X = np.asarray(X)
+    X = X.astype(jax.dtypes.canonicalize_dtype(X.dtype), copy=False)
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jax.dtypes.canonicalize_dtype(jnp.result_type(float)))
+    if float_dtype is not None:
+        X = X.astype(jax.dtypes.canonicalize_dtype(float_dtype), copy=False)
+    y = np.asarray(y)
+    return Dataset(X, y.astype(jax.dtypes.canonicalize_dtype(y.dtype), copy=False).astype(np.int32))
 
 
 INT32_MAX = int(np.iinfo(np.int32).max)

@@ -179,8 +179,10 @@ def check_key(key: Any) -> None:
 _check_key = check_key  # the name the training functions use
 
 
-def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> data_lib.Dataset:
+def check_split(name: str, split: Any, config: Config, dtype: Any = None, on_host: bool = False) -> data_lib.Dataset:
     """Validate a split against ``config`` as ``fit`` does (``data.check_dataset``); return it as arrays (X float, y int32).
+
+    ``on_host=True``: numpy arrays (``check_dataset``'s host conversion), no XLA program dispatched.
 
     The MLP needs ``X`` of shape ``(m, layer_sizes[0])``; a ``Config.model`` takes ``(m, ...)``,
     checked by one abstract evaluation of the module (``modules.output_units``). Values must be
@@ -196,8 +198,9 @@ def check_split(name: str, split: Any, config: Config, dtype: Any = None) -> dat
             num_classes=2 if n_out == 1 else n_out,
             classes_from=f"n_out={n_out}",
             float_dtype=dtype,
+            on_host=on_host,
         )
-    checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True)
+    checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True, on_host=on_host)
     n_out = modules.output_units(config.model, tuple(checked.X.shape[1:]), str(checked.X.dtype))
     data_lib.check_labels(
         split[1],  # as given: concrete unless traced
@@ -215,11 +218,16 @@ def describe_config(config: Config) -> dict[str, Any]:
     return record
 
 
+def hparam_defaults(config: Config) -> dict[str, float]:
+    """The HParams fields whose default depends on ``config``: ``init_scale`` (the init's) and ``decay_epochs`` (epochs)."""
+    return {"init_scale": init_lib.default_scale(config.init), "decay_epochs": float(config.epochs)}
+
+
 def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
-    """Fill the Config-derived ``None`` fields and cast every field to a ``dtype`` array (scalar or batched)."""
+    """Fill the Config-derived ``None`` fields (``hparam_defaults``) and cast every field to a ``dtype`` array."""
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be a deepopt.train.HParams, got {type(hp).__name__}")
-    defaults = {"init_scale": init_lib.default_scale(config.init), "decay_epochs": float(config.epochs)}
+    defaults = hparam_defaults(config)
     filled = {name: defaults[name] if value is None else value for name, value in hp._asdict().items()}
     return HParams(**{name: jnp.asarray(value, dtype) for name, value in filled.items()})
 

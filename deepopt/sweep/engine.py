@@ -363,7 +363,7 @@ def _check_data(
     for config, group_runs in grouped.items():
         for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
             if split is not None:  # exactly fit's checks, in Python, before anything is traced
-                train_lib.check_split(name, split, config)
+                train_lib.check_split(name, split, config, on_host=True)
         columns = {  # what fit's own checks would say of the runs' concrete values, one column per field
             name: None if any(run_.hparams[name] is None for run_ in group_runs)
             else np.asarray([run_.hparams[name] for run_ in group_runs], np.float64)
@@ -384,11 +384,12 @@ def _check_data(
             result = train_lib.fit(config, jax.tree.map(lambda v: v[0], h), k, train, dev, dropout=dropout)
             return jax.tree.map(lambda leaf: leaf[None], result)
 
-        hp = train_lib.prepare_hparams(train_lib.HParams(), config, dtype)
+        # every field a dtype scalar, as prepare_hparams makes them (abstract: nothing to compute)
+        hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((), dtype) for name in train_lib.HParams._fields})
         if runs_per_device(config):
             jax.eval_shape(
                 per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out),
-                jax.tree.map(lambda v: jax.ShapeDtypeStruct((mesh.size, *jnp.shape(v)), jnp.result_type(v)), hp),
+                jax.tree.map(lambda v: jax.ShapeDtypeStruct((mesh.size,), v.dtype), hp),
                 key,
                 train_set,
                 dev_set,
@@ -457,16 +458,19 @@ def _group_hparams(
 ) -> dict[str, np.ndarray]:
     """Every HParams field of ``values`` (one ``{field: value}`` per config) as a host array ``(n,)`` of the run dtype.
 
-    ``None`` fields are derived from ``config`` (``train.prepare_hparams``).
+    ``None`` fields are derived from ``config`` (``train.hparam_defaults``), as
+    ``train.prepare_hparams`` and ``broadcast_hparams`` would, in numpy (casting a float64 column
+    rounds to nearest as XLA's convert does): a sweep's first call compiles no program for it.
     """
+    defaults = train_lib.hparam_defaults(config)
     columns = {}
     for name in train_lib.HParams._fields:
         column = [hparams[name] for hparams in values]
-        columns[name] = None if all(v is None for v in column) else np.asarray(column, np.float64)
-    prepared = train_lib.broadcast_hparams(
-        train_lib.prepare_hparams(train_lib.HParams(**columns), config, dtype), len(values)
-    )
-    return {name: np.asarray(value) for name, value in prepared._asdict().items()}
+        if all(v is None for v in column):
+            column = [defaults[name]] * len(values)
+        columns[name] = np.asarray(column, np.float64).astype(dtype)
+    train_lib.validate_hparams(train_lib.HParams(**columns))
+    return columns
 
 
 def _execute(

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from deepopt import train as train_lib
-from deepopt.sweep import store
+from deepopt.sweep import host_keys, store
 from deepopt.sweep.model_based import sample
 from deepopt.sweep.space import _check_count, check_fields_read, static_fields
 from deepopt.sweep.store import _plain, static_text
@@ -37,6 +37,19 @@ def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
     """The ``seeds`` model keys of a sweep run with ``key``: seed ``s`` of every config trains with key ``s``."""
     _, model_key = jax.random.split(_typed_key(key))
     return jax.random.split(model_key, seeds)
+
+
+def seed_key_data(key: jax.Array, seeds: int) -> np.ndarray:
+    """``jax.random.key_data(seed_keys(key, seeds))`` on the host: ``(seeds, *key data shape)`` uint32.
+
+    For a Threefry key it is computed in numpy (``host_keys``: the same words, no XLA program to
+    compile in a sweep's first call); other keys go through ``seed_keys``.
+    """
+    typed = _typed_key(key)
+    if not host_keys.computes_on_host(typed):
+        return np.asarray(jax.random.key_data(seed_keys(typed, seeds)))
+    model_key_words = host_keys.split_key_data(typed, 2)[1]
+    return host_keys.split_words(model_key_words, seeds)
 
 
 def _typed_key(key: Any) -> jax.Array:
@@ -82,7 +95,7 @@ def plan(
     """
     hparams, seeds = check_plan_arguments(base_config, hparams, seeds)
     key = _typed_key(key)
-    sample_key, _ = jax.random.split(key)
+    sample_key = host_keys.split_key(key, 2, 0)  # jax.random.split(key)[0]
     assignments = sample(space, sample_key, num_configs, sampler)
     runs, _ = plan_assignments(base_config, space, assignments, key=key, seeds=seeds, hparams=hparams,
                                data_digest=data_digest)
@@ -134,8 +147,7 @@ def plan_assignments(
     except TypeError as error:
         raise TypeError(f"space: {error}") from None
 
-    keys = seed_keys(key, seeds)
-    key_data = [tuple(int(v) for v in np.asarray(jax.random.key_data(k)).reshape(-1)) for k in keys]
+    key_data = [tuple(int(v) for v in words.reshape(-1)) for words in seed_key_data(key, seeds)]
     runs: list[Run] = []
     config_ids: list[str] = []
     seen = set() if seen is None else seen

@@ -41,7 +41,7 @@ from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
-from deepopt.sweep import store, tensorboard_log
+from deepopt.sweep import host_keys, store, tensorboard_log
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
 
 
@@ -84,7 +84,7 @@ def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
     """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
     if split is None:
         return None
-    checked = data_lib.check_dataset(split, name)
+    checked = data_lib.check_dataset(split, name, on_host=True)
     return data_lib.Dataset(np.asarray(checked.X), np.asarray(checked.y))
 
 
@@ -441,7 +441,7 @@ def model_based_source(
     corner_groups = groups(corner_runs)
     _check_data(corner_groups, splits, key, devices)
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
-    sample_key, _ = jax.random.split(key)
+    sample_key = host_keys.split_key(key, 2, 0)  # jax.random.split(key)[0], as plan samples with
     return make_sampler(sampler, space, sample_key, direction=direction(metric)), dropout_of
 
 

@@ -1,0 +1,119 @@
+"""A sweep's first call compiles its chunk program and nothing else; the host conversions behind it are exact.
+
+The seed keys (``host_keys``), the data check's conversions (``data.check_dataset(on_host=True)``)
+and the chunk's hyperparameter columns (``engine._group_hparams``) are computed in numpy instead
+of through small XLA programs, each of which a fresh process compiled; each must give the same
+bits as the JAX computation it replaces.
+"""
+
+import logging
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepopt import data, sweep, train
+from deepopt.sweep import engine, host_keys, planning
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2**31 - 1])
+@pytest.mark.parametrize("num", [1, 2, 7, 300])
+def test_host_split_is_jax_random_split(seed, num):
+    key = jax.random.key(seed)
+    expected = np.asarray(jax.random.key_data(jax.random.split(key, num)))
+    got = host_keys.split_key_data(key, num)
+    assert got.dtype == expected.dtype == np.uint32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("impl", [None, "rbg"])
+def test_seed_key_data_is_the_seed_keys_data(impl):
+    key = jax.random.key(11) if impl is None else jax.random.key(11, impl=impl)
+    assert host_keys.computes_on_host(key) == (impl is None)  # rbg keys go through jax.random.split
+    expected = np.asarray(jax.random.key_data(planning.seed_keys(key, 5)))
+    np.testing.assert_array_equal(planning.seed_key_data(key, 5), expected)
+
+
+def test_the_host_threefry_is_the_published_one():
+    # the Threefry-2x32 known-answer vector of Salmon et al. (Random123): key and counter all ones
+    ones = np.full(1, 0xFFFFFFFF, np.uint32)
+    x0, x1 = host_keys.threefry2x32(np.uint32(0xFFFFFFFF), np.uint32(0xFFFFFFFF), ones, ones)
+    assert (int(x0[0]), int(x1[0])) == (0x1CB996FC, 0xBB002BE7)
+
+
+def _splits():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 9)
+    return {
+        "float64": (rng.normal(size=(9, 3)) * 1e3 + 1e-9, y),
+        "float32": (rng.normal(size=(9, 3)).astype(np.float32), y.astype(np.uint8)),
+        "int64": (rng.integers(-(2**40), 2**40, (9, 3)), y),
+        "bool": (rng.random((9, 3)) > 0.5, y.astype(np.int32)),
+        "jax bfloat16": (jnp.asarray(rng.normal(size=(9, 3)), jnp.bfloat16), jnp.asarray(y)),
+    }
+
+
+@pytest.mark.parametrize("float_dtype", [None, np.float16, np.float64])
+@pytest.mark.parametrize("kind", list(_splits()))
+def test_the_host_data_check_converts_as_jax_does(kind, float_dtype):
+    X, y = _splits()[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # int64 values past int32 wrap (and warn) in both
+        on_device = data.check_dataset(data.Dataset(X, y), float_dtype=float_dtype)
+        on_host = data.check_dataset(data.Dataset(X, y), float_dtype=float_dtype, on_host=True)
+    assert isinstance(on_host.X, np.ndarray) and isinstance(on_host.y, np.ndarray)
+    for host, device in ((on_host.X, on_device.X), (on_host.y, on_device.y)):
+        assert host.dtype == np.asarray(device).dtype
+        np.testing.assert_array_equal(host, np.asarray(device))
+
+
+def test_the_host_data_check_raises_the_same_errors():
+    bad = data.Dataset(np.array([[0.0, np.inf]]), np.array([0]))
+    with pytest.raises(ValueError, match=r"data.X has a non-finite value \(inf\) at row 0, column 1"):
+        data.check_dataset(bad, on_host=True)
+
+
+def test_group_hparams_equal_prepare_then_broadcast():
+    config = train.Config((2, 4, 1), optimizer="momentum", init="xavier", schedule="cosine", epochs=37)
+    rng = np.random.default_rng(2)
+    values = [
+        {**train.HParams()._asdict(), "learning_rate": float(10 ** rng.uniform(-4, 0)), "beta": float(rng.uniform(0.5, 1))}
+        for _ in range(6)
+    ]
+    got = engine._group_hparams(values, config, np.dtype(np.float32))
+    columns = {
+        name: None if all(v[name] is None for v in values) else np.asarray([v[name] for v in values], np.float64)
+        for name in train.HParams._fields
+    }
+    expected = train.broadcast_hparams(train.prepare_hparams(train.HParams(**columns), config, np.float32), 6)
+    assert set(got) == set(train.HParams._fields)
+    for name, value in expected._asdict().items():
+        assert got[name].dtype == np.float32 and got[name].shape == (6,)
+        np.testing.assert_array_equal(got[name], np.asarray(value))
+
+
+EAGER_PROGRAMS = {"stage", "_threefry_split", "unstack", "convert_element_type", "broadcast_in_dim"}
+
+
+def test_a_first_sweep_compiles_its_chunk_program_only(caplog):
+    # shapes no other test uses, so that nothing this call needs is compiled already
+    rng = np.random.default_rng(3)
+    train_set = data.Dataset(rng.normal(size=(37, 3)).astype(np.float32), rng.integers(0, 2, 37))
+    dev_set = data.Dataset(rng.normal(size=(23, 3)).astype(np.float32), rng.integers(0, 2, 23))
+    config = train.Config((3, 5, 1), optimizer="adam", batch_size=16, epochs=3)
+    space = {"learning_rate": sweep.grid([1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.7])}
+    key = jax.random.key(5)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=None, seeds=3,
+                                sampler="grid")
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    assert len(results.rows) == 21 and compiled  # the chunk program was compiled here ...
+    assert not compiled & EAGER_PROGRAMS, compiled  # ... and no eager one beside it

@@ -267,8 +267,8 @@ def check_dataset(
 
     Returns the split as JAX arrays: ``X`` cast to ``float_dtype`` (a non-float ``X`` to the default
     float dtype first), ``y`` as int32; with ``on_host=True``, as numpy arrays of the same dtypes
-    and values, converted in numpy (``sweep.run`` keeps its splits on the host). Errors name ``{name}.X`` / ``{name}.y`` (or ``x_name`` /
-    ``y_name``), what they got and what was expected.
+    and values, converted in numpy (``sweep.run`` keeps its splits on the host). Errors name
+    ``{name}.X`` / ``{name}.y`` (or ``x_name`` / ``y_name``), what they got and what was expected.
     """
     x_name = f"{name}.X" if x_name is None else x_name
     y_name = f"{name}.y" if y_name is None else y_name

@@ -33,8 +33,12 @@ def test_host_split_is_jax_random_split(seed, num):
 def test_seed_key_data_is_the_seed_keys_data(impl):
     key = jax.random.key(11) if impl is None else jax.random.key(11, impl=impl)
     assert host_keys.computes_on_host(key) == (impl is None)  # rbg keys go through jax.random.split
-    expected = np.asarray(jax.random.key_data(planning.seed_keys(key, 5)))
+    _, model_key = jax.random.split(key)  # what seed_keys computed before host_keys
+    expected = np.asarray(jax.random.key_data(jax.random.split(model_key, 5)))
     np.testing.assert_array_equal(planning.seed_key_data(key, 5), expected)
+    seed_keys = planning.seed_keys(key, 5)
+    assert seed_keys.shape == (5,) and jax.random.key_impl(seed_keys) == jax.random.key_impl(key)
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(seed_keys)), expected)
 
 
 def test_the_host_threefry_is_the_published_one():

@@ -45,8 +45,8 @@ bracket (or generation, parent and schedule); their states are checkpointed besi
 file, so a killed search resumes where it was (``adaptive``).
 
 Modules, each importing only from those before it:
-``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) -> ``samplers`` (ask/tell, Halton) -> ``store`` (rows,
-ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
+``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) ->
+``samplers`` (ask/tell, Halton) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``engine`` (chunk sizes, compiled programs, the mesh, one chunk's execution) -> ``analysis``
 (``Results``, a row's Config / HParams / key) -> ``search`` (``run``, ``Progress``) -> ``states``
 (the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)

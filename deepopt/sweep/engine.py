@@ -6,8 +6,8 @@ A group (one static Config) is trained as fixed-shape chunks of ``C`` configs ×
 unbatched along the configs: ``_chunk_program``), compiled once per shape (``_compile``, counted
 by ``compile_count``) with the configs sharded over ``Mesh(devices, (RUN_AXIS,))`` and the seed
 keys and data replicated, each device running its own configs with no collective until the
-outputs are gathered (``per_device``); ``_choose_chunk`` shrinks ``C`` until ``memory_analysis`` fits the
-budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
+outputs are gathered (``per_device``); ``_choose_chunk`` shrinks ``C`` until ``memory_analysis``
+fits the budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -184,11 +184,16 @@ def _compile(
     return compiled, int(size)
 
 
+def abstract_hparams(shape: tuple[int, ...], dtype: Any) -> train_lib.HParams:
+    """``HParams`` with every field abstract, of ``shape`` and ``dtype`` (as ``train.prepare_hparams`` casts them)."""
+    return train_lib.HParams(**{name: jax.ShapeDtypeStruct(shape, dtype) for name in train_lib.HParams._fields})
+
+
 def abstract_inputs(
     configs: int, dtype: str, data_shapes: tuple
 ) -> tuple[train_lib.HParams, list[data_lib.Dataset | None]]:
     """A chunk program's abstract ``HParams`` (``(configs,)`` per field) and splits (``None`` kept), for ``lower``."""
-    hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((configs,), dtype) for name in train_lib.HParams._fields})
+    hp = abstract_hparams((configs,), dtype)
     datasets = [
         None
         if shapes is None
@@ -353,9 +358,9 @@ def _check_data(
     """``fit``'s own checks (``train.check_split``) of train, dev and test against every group.
 
     Then ``eval_shape`` traces ``fit`` once per group (what is left: the config against the data's
-    shapes), as the chunk program calls it (one run per device under ``per_device`` over
-    ``devices``, default ``jax.devices()``, where ``runs_per_device``): the trace is cached and
-    reused by the group's compilation, so it costs no second trace.
+    shapes), on abstract hyperparameters, as the chunk program calls it (one run per device under
+    ``per_device`` over ``devices``, default ``jax.devices()``, where ``runs_per_device``): the
+    trace is cached and reused by the group's compilation, so it costs no second trace.
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
@@ -379,29 +384,17 @@ def _check_data(
             raise ValueError(f"space: {getattr(error, 'reason', error)}{where}") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
 
-        def one_run_per_device(h: train_lib.HParams, k: jax.Array, train: Any, dev: Any, config=config,
-                               dropout=dropout) -> Any:
-            result = train_lib.fit(config, jax.tree.map(lambda v: v[0], h), k, train, dev, dropout=dropout)
-            return jax.tree.map(lambda leaf: leaf[None], result)
+        def one_run(h: train_lib.HParams, k: jax.Array, train: Any, dev: Any, config=config, dropout=dropout) -> Any:
+            return train_lib.fit(config, h, k, train, dev, dropout=dropout)
 
-        # every field a dtype scalar, as prepare_hparams makes them (abstract: nothing to compute)
-        hp = train_lib.HParams(**{name: jax.ShapeDtypeStruct((), dtype) for name in train_lib.HParams._fields})
-        if runs_per_device(config):
-            jax.eval_shape(
-                per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out),
-                jax.tree.map(lambda v: jax.ShapeDtypeStruct((mesh.size,), v.dtype), hp),
-                key,
-                train_set,
-                dev_set,
-            )
+        if runs_per_device(config):  # one run per device, its hparams the device's row
+            def one_run_per_device(h: train_lib.HParams, *args: Any) -> Any:
+                return jax.tree.map(lambda leaf: leaf[None], one_run(jax.tree.map(lambda v: v[0], h), *args))
+
+            program = per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out)
+            jax.eval_shape(program, abstract_hparams((mesh.size,), dtype), key, train_set, dev_set)
         else:
-            jax.eval_shape(
-                lambda h, k, config=config, dropout=dropout: train_lib.fit(
-                    config, h, k, train_set, dev_set, dropout=dropout
-                ),
-                hp,
-                key,
-            )
+            jax.eval_shape(one_run, abstract_hparams((), dtype), key, train_set, dev_set)
 
 
 def _group_dropout(group_runs: Sequence[Run]) -> bool:

@@ -35,21 +35,18 @@ class Run(NamedTuple):
 
 def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
     """The ``seeds`` model keys of a sweep run with ``key``: seed ``s`` of every config trains with key ``s``."""
-    _, model_key = jax.random.split(_typed_key(key))
-    return jax.random.split(model_key, seeds)
+    typed = _typed_key(key)
+    return jax.random.wrap_key_data(seed_key_data(typed, seeds), impl=jax.random.key_impl(typed))
 
 
 def seed_key_data(key: jax.Array, seeds: int) -> np.ndarray:
-    """``jax.random.key_data(seed_keys(key, seeds))`` on the host: ``(seeds, *key data shape)`` uint32.
+    """The words of ``seed_keys(key, seeds)`` on the host: ``(seeds, *key data shape)`` uint32.
 
-    For a Threefry key it is computed in numpy (``host_keys``: the same words, no XLA program to
-    compile in a sweep's first call); other keys go through ``seed_keys``.
+    ``split(split(key)[1], seeds)``, through ``host_keys``: for a Threefry key in numpy (the same
+    words, no XLA program to compile in a sweep's first call), for other keys by ``jax.random.split``.
     """
-    typed = _typed_key(key)
-    if not host_keys.computes_on_host(typed):
-        return np.asarray(jax.random.key_data(seed_keys(typed, seeds)))
-    model_key_words = host_keys.split_key_data(typed, 2)[1]
-    return host_keys.split_words(model_key_words, seeds)
+    model_key = host_keys.split_key(_typed_key(key), 2, 1)
+    return host_keys.split_key_data(model_key, seeds)
 
 
 def _typed_key(key: Any) -> jax.Array:

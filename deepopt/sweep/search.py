@@ -84,8 +84,7 @@ def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
     """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
     if split is None:
         return None
-    checked = data_lib.check_dataset(split, name, on_host=True)
-    return data_lib.Dataset(np.asarray(checked.X), np.asarray(checked.y))
+    return data_lib.check_dataset(split, name, on_host=True)
 
 
 def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float) -> dict[str, Any]:

@@ -101,14 +101,12 @@ class Results:
         """The numeric per-run fields (accuracies, costs, epochs), in row order."""
         skip = {"id", "config_id", "config_index", "seed", "key", "config", "hparams", "diverged", "seconds",
                 "run_id", "stage", "method", "parent", "schedule"}
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered, with O(1) membership
         for row in self.rows:
-            names += [
-                n
-                for n, v in row.items()
-                if n not in skip and n not in names and (v is None or isinstance(v, (int, float)))
-            ]
-        return names
+            for n, v in row.items():
+                if n not in skip and n not in names and (v is None or isinstance(v, (int, float))):
+                    names[n] = None
+        return list(names)
 
     def _check_metric(self) -> None:
         """Refuse a ``metric`` the rows do not have, or have no value of, instead of ranking by nothing."""
@@ -161,6 +159,7 @@ class Results:
         grouped: dict[str, list[dict[str, Any]]] = {}
         for row in self.rows:
             grouped.setdefault(row["config_id"], []).append(row)
+        metrics = self.metric_names()  # once: it reads every row
         entries = []
         for config_id, rows in grouped.items():
             first = rows[0]
@@ -174,7 +173,7 @@ class Results:
                 "seeds": len(rows),
                 "diverged": sum(bool(r["diverged"]) for r in rows),
             }
-            entry.update({name: _stats([r.get(name) for r in rows]) for name in self.metric_names()})
+            entry.update({name: _stats([r.get(name) for r in rows]) for name in metrics})
             entries.append(entry)
         return entries
 

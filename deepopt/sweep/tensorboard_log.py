@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 import types
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -182,16 +182,26 @@ def _epochs(entry: Mapping[str, Any]) -> int:
     return int(epochs) if _is_number(epochs) else 0
 
 
-def _mean_curves(results: Results, config_id: str) -> dict[str, np.ndarray]:
-    """The seed mean of each recorded learning curve of a config (``{}`` when none were recorded)."""
-    try:
-        curves = results.curves_of(config_id)
-    except KeyError:
+def _curve_ids(results: Results) -> dict[str, list[str]]:
+    """``{config id: [run id, ...]}`` of the runs with recorded curves, in row order (what ``curves_of`` stacks), in one pass."""
+    ids: dict[str, list[str]] = {}
+    for row in results.rows:
+        if row["id"] in results.curves:
+            ids.setdefault(row["config_id"], []).append(row["id"])
+    return ids
+
+
+def _mean_curves(results: Results, run_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The seed mean of each recorded learning curve of a config's runs ``run_ids`` (``{}`` when none were recorded)."""
+    if not run_ids:
         return {}
-    return {name: np.mean(np.asarray(values, np.float64), axis=0) for name, values in curves.items()}
+    return {name: np.mean(np.asarray(np.stack([results.curves[i][name] for i in run_ids]), np.float64), axis=0)
+            for name in results.curves[run_ids[0]]}
 
 
-def _run_events(tb: types.SimpleNamespace, results: Results, entry: Mapping[str, Any], metrics: list[str]) -> list[Any]:
+def _run_events(
+    tb: types.SimpleNamespace, results: Results, entry: Mapping[str, Any], metrics: list[str], curve_ids: Sequence[str]
+) -> list[Any]:
     """The events of one config's run: session start, curves per epoch, final metrics, session end."""
     start = tb.plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, spec in results.space.items():
@@ -200,7 +210,7 @@ def _run_events(tb: types.SimpleNamespace, results: Results, entry: Mapping[str,
     events = [_event(tb, 0, [_hparams_value(tb, tb.metadata.SESSION_START_INFO_TAG, session_start_info=start)])]
 
     steps: dict[int, list[Any]] = {}
-    for name, curve in _mean_curves(results, entry["config_id"]).items():
+    for name, curve in _mean_curves(results, curve_ids).items():
         for epoch, value in enumerate(curve, start=1):
             if math.isfinite(value):
                 steps.setdefault(epoch, []).append(_scalar(tb, CURVES_PREFIX + name, float(value)))
@@ -399,6 +409,7 @@ def write_runs(
         metrics.remove(results.metric)
         metrics.insert(0, results.metric)
 
+    curve_ids = _curve_ids(results)  # one pass: curves_of per config would read every row each time
     written = []
     for entry in entries:
         if wanted is not None and entry["config_id"] not in wanted:
@@ -409,7 +420,7 @@ def write_runs(
             raise ValueError(f"directory {root!r} holds a file {name!r} where the run of config {entry['config_id']} goes")
         if _has_event_file(target):
             continue
-        _write_events(tb, root, target, name, _run_events(tb, results, entry, metrics))
+        _write_events(tb, root, target, name, _run_events(tb, results, entry, metrics, curve_ids.get(entry["config_id"], [])))
         written.append(target)
 
     old_files = _experiment_files(root)

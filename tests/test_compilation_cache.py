@@ -37,8 +37,21 @@ def three_runs(directory: pathlib.Path) -> dict[str, Any]:
     return outcomes
 
 
+def twice_with_the_scripts_threshold(directory: pathlib.Path) -> list[tuple[Any, list[str]]]:
+    """The tiny main job twice in new processes at the scripts' own threshold; the cache's file names after each."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": "", "XDG_CACHE_HOME": str(directory / "xdg")}
+    env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # the test session's own setting
+    outcomes = []
+    for run in ("first", "second"):
+        completed = subprocess.run([sys.executable, *TINY, f"--output_dir={directory / run}"], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=300)
+        outcomes.append((completed, sorted(p.name for p in cache_files(directory / "xdg" / "deepopt" / "jax"))))
+    return outcomes
+
+
 THREE_RUNS = Run(task=three_runs, name="compilation-cache")
-BACKGROUND = {"runs": [THREE_RUNS]}
+TWICE = Run(task=twice_with_the_scripts_threshold, name="compilation-cache-threshold")
+BACKGROUND = {"runs": [THREE_RUNS], "twice": [TWICE]}
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +79,19 @@ def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert common.default_cache_dir() == str(tmp_path / "home" / ".cache" / "deepopt" / "jax")
+
+
+@pytest.fixture(scope="module")
+def twice(background_runs):
+    return background_runs.result(TWICE).value
+
+
+def test_the_scripts_cache_the_data_generators_small_programs_and_a_second_run_compiles_nothing(twice) -> None:
+    (first, after_first), (second, after_second) = twice
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    # make_moons's eager programs compile in milliseconds: a threshold above 0 (0.25 s until issue 17's
+    # seventh session) left them out, and every run compiled them again (about 1 s per new split size)
+    for program in ("jit_cos-", "jit_sin-", "jit_concatenate-"):
+        assert any(name.startswith(program) for name in after_first), (program, after_first)
+    assert after_second == after_first  # the second run loaded every program: nothing new to write

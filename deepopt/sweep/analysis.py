@@ -50,6 +50,11 @@ def _stats(values: Sequence[Any]) -> dict[str, float | None]:
     }
 
 
+def stack_curves(curves: Mapping[str, Mapping[str, np.ndarray]], run_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The curves of runs ``run_ids`` (at least one) stacked along a first axis: ``{metric: (runs, epochs)}``."""
+    return {name: np.stack([curves[i][name] for i in run_ids]) for name in curves[run_ids[0]]}
+
+
 @dataclasses.dataclass
 class Results:
     """A sweep's rows (one per run, in plan order) and what to read from them.
@@ -92,10 +97,18 @@ class Results:
         Metrics: ``cost`` (training cost per epoch), ``dev_accuracy``, ``dev_cost``. Seeds without
         recorded curves are left out; a config with none raises a ``KeyError``.
         """
-        ids = [row["id"] for row in self.rows if row["config_id"] == config_id and row["id"] in self.curves]
+        ids = self.curve_run_ids().get(config_id)
         if not ids:
             raise KeyError(f"no learning curves recorded for config {config_id!r}: run the sweep with curves=True")
-        return {name: np.stack([self.curves[i][name] for i in ids]) for name in self.curves[ids[0]]}
+        return stack_curves(self.curves, ids)
+
+    def curve_run_ids(self) -> dict[str, list[str]]:
+        """``{config id: [run id, ...]}`` of the runs with recorded curves, in row order, in one pass over the rows."""
+        ids: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row["id"] in self.curves:
+                ids.setdefault(row["config_id"], []).append(row["id"])
+        return ids
 
     def metric_names(self) -> list[str]:
         """The numeric per-run fields (accuracies, costs, epochs), in row order."""

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from deepopt.sweep.analysis import Results
+from deepopt.sweep.analysis import Results, stack_curves
 from deepopt.sweep.space import Choice, Uniform
 
 EXPERIMENT_SUFFIX = ".deepopt-hparams"  # the file name ending of the experiment-level event file
@@ -182,21 +182,12 @@ def _epochs(entry: Mapping[str, Any]) -> int:
     return int(epochs) if _is_number(epochs) else 0
 
 
-def _curve_ids(results: Results) -> dict[str, list[str]]:
-    """``{config id: [run id, ...]}`` of the runs with recorded curves, in row order (what ``curves_of`` stacks), in one pass."""
-    ids: dict[str, list[str]] = {}
-    for row in results.rows:
-        if row["id"] in results.curves:
-            ids.setdefault(row["config_id"], []).append(row["id"])
-    return ids
-
-
 def _mean_curves(results: Results, run_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """The seed mean of each recorded learning curve of a config's runs ``run_ids`` (``{}`` when none were recorded)."""
     if not run_ids:
         return {}
-    return {name: np.mean(np.asarray(np.stack([results.curves[i][name] for i in run_ids]), np.float64), axis=0)
-            for name in results.curves[run_ids[0]]}
+    stacked = stack_curves(results.curves, run_ids)
+    return {name: np.mean(np.asarray(values, np.float64), axis=0) for name, values in stacked.items()}
 
 
 def _run_events(
@@ -409,7 +400,7 @@ def write_runs(
         metrics.remove(results.metric)
         metrics.insert(0, results.metric)
 
-    curve_ids = _curve_ids(results)  # one pass: curves_of per config would read every row each time
+    curve_ids = results.curve_run_ids()  # one pass: curves_of per config would read every row each time
     written = []
     for entry in entries:
         if wanted is not None and entry["config_id"] not in wanted:

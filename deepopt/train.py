@@ -25,7 +25,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, losses, model, modules, optim, schedules, xla_options
+from deepopt import batchnorm, losses, model, modules, optim, schedules, vmap_hints, xla_options
 from deepopt.hparams import (  # noqa: F401 (re-exported)
     _HPARAM_RULES, HParams, HParamsValueError, broadcast_hparams, concrete_array, first_index, validate_hparams,
 )
@@ -574,6 +574,25 @@ def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def _carried_batched(state: TrainState, hp: HParams, early_stopping: bool, patience: int | None) -> TrainState:
+    """``state`` with what an epoch changes batched under ``vmap`` wherever the learning rate or the parameters are.
+
+    Each of these leaves comes out of an epoch depending on both (``vmap_hints``): the parameters,
+    the model and optimizer state, the step count, the divergence marks, with early stopping the
+    best epoch's record, and with a patience the stopping marks. The epoch counter and the key do
+    not change in an epoch, nor do the stopping marks without a patience (``"keep_best"``).
+    """
+    changed = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state,
+               "step": state.step, "diverged": state.diverged, "diverged_epoch": state.diverged_epoch}
+    if early_stopping:
+        changed.update(best_params=state.best_params, best_model_state=state.best_model_state,
+                       best_dev_accuracy=state.best_dev_accuracy, best_dev_cost=state.best_dev_cost,
+                       best_epoch=state.best_epoch)
+    if patience:
+        changed.update(stopped=state.stopped, stopped_epoch=state.stopped_epoch)
+    return state._replace(**vmap_hints.batched_like(changed, (hp.learning_rate, state.params)))
+
+
 def _tree_all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -734,7 +753,9 @@ def _advance(
         # while any run asks for another pass (the others keep their state).
         batch_numbers = jnp.arange(num_batches)
         batches = (batch_numbers, index, mask)
-        start = (carry.params, carry.model_state, carry.opt_state, carry.step, jnp.asarray(num_batches, batch_numbers.dtype))
+        # The step counts and the costs depend on the parameters: batched wherever they are (vmap_hints).
+        no_bad_step = vmap_hints.batched_like(jnp.asarray(num_batches, batch_numbers.dtype), carry.params)
+        start = (carry.params, carry.model_state, carry.opt_state, carry.step, no_bad_step)
 
         def run_pass(pass_carry: tuple) -> tuple:
             steps_to_take = pass_carry[1]
@@ -746,7 +767,8 @@ def _advance(
         _, steps_to_take, (params, bn_state, opt_state, step), weighted_costs = jax.lax.while_loop(
             lambda pass_carry: pass_carry[0],
             run_pass,
-            (jnp.array(True), steps_to_take, start[:4], jnp.zeros((num_batches,), dtype)),
+            (*vmap_hints.batched_like((jnp.array(True), steps_to_take), carry.params), start[:4],
+             vmap_hints.batched_like(jnp.zeros((num_batches,), dtype), carry.params)),
         )
         halted = steps_to_take < num_batches
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
@@ -787,6 +809,7 @@ def _advance(
         )
         return carry, logged
 
+    state = _carried_batched(state, hp, early_stopping, patience)
     epoch_indices = state.epoch + jnp.arange(epochs, dtype=jnp.int32)
     state, (costs, train_accuracies, dev_accuracies, dev_costs) = jax.lax.scan(run_epoch, state, epoch_indices)
     state = state._replace(epoch=state.epoch + jnp.int32(epochs))

@@ -41,6 +41,63 @@ def test_seed_key_data_is_the_seed_keys_data(impl):
     np.testing.assert_array_equal(np.asarray(jax.random.key_data(seed_keys)), expected)
 
 
+@pytest.mark.parametrize("seed", [0, 3, 2**31 - 1])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (300, 2), (5,), (2, 3, 4)])
+def test_host_uniform_is_jax_random_uniform(seed, shape):
+    key = jax.random.key(seed)
+    expected = np.asarray(jax.random.uniform(key, shape, jnp.float32))
+    got = host_keys.uniform(key, shape)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert np.all((got >= 0) & (got < 1))
+
+
+@pytest.mark.parametrize("data", [0, 1, 2, 17, 2**31, 2**32 - 1])
+def test_host_fold_in_is_jax_random_fold_in(data):
+    for seed in (0, 9, 2**31 - 1):
+        key = jax.random.key(seed)
+        expected = np.asarray(jax.random.key_data(jax.random.fold_in(key, data)))
+        np.testing.assert_array_equal(np.asarray(jax.random.key_data(host_keys.fold_in(key, data))), expected)
+    with pytest.raises(ValueError, match="fold_in data"):
+        host_keys.fold_in_words(np.zeros(2, np.uint32), 2**32)
+
+
+def test_host_uniform_has_jax_s_bits_over_many_draws():
+    # a million draws: every mantissa pattern the shift can give shows up in both
+    key = jax.random.fold_in(jax.random.key(123), 4)
+    expected = np.asarray(jax.random.uniform(key, (1000, 1000), jnp.float32))
+    np.testing.assert_array_equal(host_keys.uniform(key, (1000, 1000)), expected)
+
+
+def test_the_samplers_draw_what_they_drew_through_jax():
+    space = {"learning_rate": sweep.log_uniform(1e-4, 1.0), "l2": sweep.uniform(0.0, 0.5),
+             "beta1": sweep.one_minus_log_uniform(1e-3, 0.5), "keep_prob": 0.9}
+    key = jax.random.key(21)
+    # the random sampler's asks t = 0, 1, 2 from jax.random.uniform with key, fold_in(key, t)
+    random = sweep.make_sampler("random", space, key)
+    varying = ["learning_rate", "l2", "beta1"]
+    for ask in range(3):
+        ask_key = key if ask == 0 else jax.random.fold_in(key, ask)
+        unit = np.asarray(jax.random.uniform(ask_key, (5, 3), jnp.float32), np.float64)
+        expected = {name: space[name].sample(unit[:, j]) for j, name in enumerate(varying)}
+        got = random.ask(5)
+        for j, name in enumerate(varying):
+            assert [a[name] for a in got] == list(expected[name])
+        assert all(a["keep_prob"] == 0.9 for a in got)
+    # the quasi sampler's scrambling permutations from jax.random.split and jax.random.uniform
+    from deepopt.sweep import samplers
+    points = samplers.halton(key, 40, 3)
+    expected = np.zeros((40, 3))
+    for j, (base, dim_key) in enumerate(zip((2, 3, 5), jax.random.split(key, 3))):
+        num_digits = max(int(np.ceil(40 * np.log(2) / np.log(base))), len(np.base_repr(39, base)))
+        permutations = np.argsort(np.asarray(jax.random.uniform(dim_key, (num_digits, base))), axis=1)
+        remaining = np.arange(40)
+        for k in range(num_digits):
+            expected[:, j] += permutations[k][remaining % base] * float(base) ** -(k + 1)
+            remaining //= base
+    np.testing.assert_array_equal(points, expected)
+
+
 def test_the_host_threefry_is_the_published_one():
     # the Threefry-2x32 known-answer vector of Salmon et al. (Random123): key and counter all ones
     ones = np.full(1, 0xFFFFFFFF, np.uint32)
@@ -99,7 +156,8 @@ def test_group_hparams_equal_prepare_then_broadcast():
         np.testing.assert_array_equal(got[name], np.asarray(value))
 
 
-EAGER_PROGRAMS = {"stage", "_threefry_split", "unstack", "convert_element_type", "broadcast_in_dim"}
+EAGER_PROGRAMS = {"stage", "_threefry_split", "unstack", "convert_element_type", "broadcast_in_dim", "_uniform",
+                  "_threefry_fold_in", "fold_in"}
 
 
 def test_a_first_sweep_compiles_its_chunk_program_only(caplog):
@@ -121,3 +179,23 @@ def test_a_first_sweep_compiles_its_chunk_program_only(caplog):
     compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
     assert len(results.rows) == 21 and compiled  # the chunk program was compiled here ...
     assert not compiled & EAGER_PROGRAMS, compiled  # ... and no eager one beside it
+
+
+def test_a_first_random_search_compiles_its_chunk_program_only(caplog):
+    # the random sampler draws on the host: no _uniform or fold_in program beside the chunk program
+    rng = np.random.default_rng(4)
+    train_set = data.Dataset(rng.normal(size=(41, 3)).astype(np.float32), rng.integers(0, 2, 41))
+    dev_set = data.Dataset(rng.normal(size=(19, 3)).astype(np.float32), rng.integers(0, 2, 19))
+    config = train.Config((3, 6, 1), optimizer="adam", batch_size=16, epochs=2)
+    space = {"learning_rate": sweep.log_uniform(1e-3, 0.3), "l2": sweep.log_uniform(1e-4, 1.0)}
+    key = jax.random.key(6)  # made before the log starts: making it compiles a program of its own
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=5, seeds=2)
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    assert len(results.rows) == 10 and compiled
+    assert not compiled & EAGER_PROGRAMS, compiled

@@ -8,9 +8,17 @@ numpy, exact integer arithmetic; any other key implementation or setting goes th
 ``jax.random.split`` as before. Threefry-2x32 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011) with 20 rounds: the key schedule ``k0, k1, k0 ^ k1 ^ 0x1BD11BDA`` is injected
 after every 4 rounds; a round is ``x0 += x1; x1 = rotl(x1, r) ^ x0``.
+
+The samplers' draws go the same way: ``fold_in`` (the hash of the counter pair ``(0, data)``) and
+``uniform`` (``jax.random.uniform(key, shape)`` on ``[0, 1)`` in float32: the 32 bits of element
+``i`` are the two words of the hash of ``i``'s 64-bit index XOR-ed, and the float is
+``bitcast((bits >> 9) | bits(1.0)) - 1``, exact in numpy). A random search's first call then
+compiles no ``_uniform`` program (0.12-0.13 s here).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import numpy as np
@@ -70,3 +78,48 @@ def split_key(key: jax.Array, num: int, index: int) -> jax.Array:
     if not computes_on_host(key):
         return jax.random.split(key, num)[index]
     return jax.random.wrap_key_data(split_key_data(key, num)[index], impl=jax.random.key_impl(key))
+
+
+def _index_words(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The high and low uint32 words of the 64-bit indices ``0 .. size - 1``."""
+    counts = np.arange(size, dtype=np.uint64)
+    return (counts >> np.uint64(32)).astype(np.uint32), (counts & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def fold_in_words(words: np.ndarray, data: int) -> np.ndarray:
+    """Partitionable Threefry's ``fold_in`` of the key data ``words`` with ``0 <= data < 2**32``: uint32 ``(2,)``.
+
+    The hash of the counter pair ``(0, data)``, which is also the ``data``-th key of a split.
+    """
+    if not 0 <= int(data) < 2**32:
+        raise ValueError(f"fold_in data must be in [0, 2**32), got {data!r}")
+    k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
+    bits0, bits1 = threefry2x32(k0, k1, np.zeros(1, np.uint32), np.full(1, int(data), np.uint32))
+    return np.concatenate([bits0, bits1])
+
+
+def uniform_words(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    r"""``jax.random.uniform`` on :math:`[0, 1)` in float32 under the key data ``words`` (partitionable Threefry).
+
+    Element ``i`` (row-major): :math:`b = t_0 \oplus t_1` with :math:`(t_0, t_1)` the hash of ``i``'s
+    64-bit index, then the float32 :math:`\mathrm{bitcast}((b \gg 9) \mid \mathrm{bits}(1.0)) - 1`.
+    """
+    k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
+    bits0, bits1 = threefry2x32(k0, k1, *_index_words(math.prod(shape)))
+    mantissa = ((bits0 ^ bits1) >> np.uint32(9)) | np.float32(1.0).view(np.uint32)
+    return (mantissa.view(np.float32) - np.float32(1.0)).reshape(shape)
+
+
+def fold_in(key: jax.Array, data: int) -> jax.Array:
+    """``jax.random.fold_in(key, data)``, without an XLA program where ``computes_on_host(key)``."""
+    if not computes_on_host(key):
+        return jax.random.fold_in(key, data)
+    words = fold_in_words(np.asarray(jax.random.key_data(key)), data)
+    return jax.random.wrap_key_data(words, impl=jax.random.key_impl(key))
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
+    """``np.asarray(jax.random.uniform(key, shape, jnp.float32))``, in numpy where ``computes_on_host(key)``."""
+    if not computes_on_host(key):
+        return np.asarray(jax.random.uniform(key, shape, np.float32))
+    return uniform_words(np.asarray(jax.random.key_data(key)), tuple(shape))

@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from deepopt.sweep import host_keys
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, check_space
 
 SAMPLERS = ("random", "quasi", "grid")
@@ -74,10 +74,11 @@ def _halton_points(key: jax.Array, start: int, count: int, dims: int) -> np.ndar
     points = np.zeros((count, dims), np.float64)
     index = np.arange(start, start + count, dtype=np.int64)
     last = max(start + count - 1, 0)
-    for j, (base, dim_key) in enumerate(zip(_primes(dims), jax.random.split(key, max(dims, 1)))):
+    dim_keys = [host_keys.split_key(key, max(dims, 1), j) for j in range(dims)]  # jax.random.split, on the host
+    for j, (base, dim_key) in enumerate(zip(_primes(dims), dim_keys)):
         # Enough digits to index every point and to resolve ~2^-40.
         num_digits = max(math.ceil(40 * math.log(2) / math.log(base)), len(np.base_repr(last, base)))
-        permutations = np.argsort(np.asarray(jax.random.uniform(dim_key, (num_digits, base))), axis=1)
+        permutations = np.argsort(host_keys.uniform(dim_key, (num_digits, base)), axis=1)
         remaining = index.copy()
         for k in range(num_digits):
             digit = remaining % base
@@ -142,8 +143,8 @@ class RandomSampler(Sampler):
     NAME: ClassVar[str] = "random"
 
     def _next(self, n: int) -> list[dict[str, Any]]:
-        key = self.key if self.asks == 0 else jax.random.fold_in(self.key, self.asks)
-        unit = np.asarray(jax.random.uniform(key, (n, len(self.varying)), jnp.float32), np.float64)
+        key = self.key if self.asks == 0 else host_keys.fold_in(self.key, self.asks)
+        unit = host_keys.uniform(key, (n, len(self.varying))).astype(np.float64)  # jax.random.uniform, on the host
         return self._assignments(unit)
 
 

@@ -199,3 +199,29 @@ def test_a_first_random_search_compiles_its_chunk_program_only(caplog):
     compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
     assert len(results.rows) == 10 and compiled
     assert not compiled & EAGER_PROGRAMS, compiled
+
+
+@pytest.mark.parametrize("search", ["hyperband", "pbt"])
+def test_a_first_adaptive_search_compiles_its_own_programs_only(caplog, tmp_path, search):
+    # no key wrapped for a state's shape, no eager fold_in for PBT's explore draws
+    rng = np.random.default_rng(5 if search == "pbt" else 6)
+    m = 29 if search == "pbt" else 31
+    train_set = data.Dataset(rng.normal(size=(m, 4)).astype(np.float32), rng.integers(0, 2, m))
+    dev_set = data.Dataset(rng.normal(size=(17, 4)).astype(np.float32), rng.integers(0, 2, 17))
+    config = train.Config((4, 3, 1), optimizer="adam", batch_size=8, epochs=4)
+    space = {"learning_rate": sweep.log_uniform(1e-3, 0.3)}
+    key = jax.random.key(7)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            if search == "pbt":
+                sweep.pbt(config, space, train_set, dev_set, key=key, population=4, epochs=4, interval=2,
+                          results_path=tmp_path / "r.jsonl")
+            else:
+                sweep.hyperband(config, space, train_set, dev_set, key=key, min_epochs=1, max_epochs=4, eta=2,
+                                results_path=tmp_path / "r.jsonl")
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    assert compiled and not compiled & EAGER_PROGRAMS, compiled

@@ -29,6 +29,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt.sweep import host_keys
 from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
 from deepopt.sweep.analysis import Results, retrain
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
@@ -168,7 +169,7 @@ def pbt(
         name: value for name, value in space.items()
         if isinstance(value, (Uniform, Choice)) and name not in static_fields()
     }
-    explore_key = jax.random.fold_in(search.key, EXPLORE_SALT)
+    explore_key = host_keys.fold_in(search.key, EXPLORE_SALT)  # jax.random.fold_in, on the host
     total = generations * len(search.trials) * search.seeds
 
     everyone = search.trials
@@ -221,7 +222,7 @@ def pbt(
                 break
             # exploit and explore, decided from the rows (the same whether trained now or read back)
             rng = np.random.default_rng(
-                np.asarray(jax.random.key_data(jax.random.fold_in(explore_key, generation)), np.uint32)
+                np.asarray(jax.random.key_data(host_keys.fold_in(explore_key, generation)), np.uint32)
             )
             parents = {m.position: None for m in everyone}
             for group, members in subpopulations.items():

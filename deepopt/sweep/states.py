@@ -84,7 +84,9 @@ def state_shape(
     config: train_lib.Config, example: data_lib.Dataset, key_data: np.ndarray, key_impl: str
 ) -> Any:
     """The abstract per-run ``TrainState`` (``key=None``) of ``config`` for data like ``example``."""
-    key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=key_impl)
+    key = jax.eval_shape(  # the key's shape and dtype only: wrapping real data would compile a program
+        functools.partial(jax.random.wrap_key_data, impl=key_impl), jax.ShapeDtypeStruct(key_data.shape, np.uint32)
+    )
     abstract = train_lib._state_shape(
         config, tuple(example.X.shape), jnp.dtype(example.X.dtype), tuple(key.shape), key.dtype
     )

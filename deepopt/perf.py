@@ -1,4 +1,4 @@
-r"""Counting and timing the work of training: config-steps, matmul FLOPs, medians, the matmul peak.
+r"""Counting and timing the work of training: config-steps, matmul FLOPs, medians, the matmul peak, compile phases.
 
 A *config-step* is one optimizer update of one run; a run of ``fit`` takes
 ``epochs · ceil(m / batch_size)`` of them (``epochs`` with full batches). The matmul FLOPs of one
@@ -13,9 +13,10 @@ loss, optimizer) is not counted: this is the useful work a matmul peak can be co
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -92,3 +93,47 @@ def matmul_peak(size: int = 2048, repeats: int = 5, devices: Sequence[Any] | Non
     jax.block_until_ready(batched(stack_a, stack_b))
     all_rate = 2 * len(devices) * size**3 / median_seconds(time_calls(lambda: batched(stack_a, stack_b), repeats))
     return {"single_device": single_rate, "all_devices": all_rate, "peak": max(single_rate, all_rate)}
+
+
+COMPILE_PHASES: dict[str, str] = {
+    "tracing": "/jax/core/compile/jaxpr_trace_duration",
+    "lowering": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "compiling": "/jax/core/compile/backend_compile_duration",
+}
+"""``compile_phases``'s phases and the ``jax.monitoring`` events that time them (``compiling`` is XLA's
+compile, or the load of a program the persistent compilation cache holds)."""
+
+
+def covered_seconds(spans: Sequence[tuple[float, float]]) -> float:
+    """The length of the union of the intervals ``(start, end)``: overlapping or nested spans count once."""
+    total, reach = 0.0, -float("inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+@contextlib.contextmanager
+def compile_phases() -> Iterator[dict[str, float]]:
+    """Seconds the block spends tracing, lowering and compiling, from JAX's own events (``COMPILE_PHASES``).
+
+    Yields a dict that is filled when the block ends: one entry per phase, the union of that phase's
+    spans (a trace nested in another counts once), and ``"any"``, the union of them all (the rest of
+    the block's wall time is Python, dispatch and running). Spans from every thread count, so a
+    program compiled ahead in a thread is included.
+    """
+    spans: dict[str, list[tuple[float, float]]] = {event: [] for event in COMPILE_PHASES.values()}
+
+    def listener(event: str, start: float, end: float, **_: Any) -> None:
+        if event in spans:
+            spans[event].append((start, end))
+
+    jax.monitoring.register_event_time_span_listener(listener)
+    phases: dict[str, float] = {}
+    try:
+        yield phases
+    finally:
+        jax.monitoring.unregister_event_time_span_listener(listener)
+        phases.update({name: covered_seconds(spans[event]) for name, event in COMPILE_PHASES.items()})
+        phases["any"] = covered_seconds([span for event_spans in spans.values() for span in event_spans])

@@ -500,6 +500,32 @@ def cold_warm_table(results: dict[str, Any]) -> str:
          "deepopt (1 device) ahead, warm", "cold"], rows)
 
 
+FIRST_CALL_ROWS = {
+    "tracing": "tracing (Python to jaxpr, `vmap` included)",
+    "lowering": "lowering (jaxpr to an XLA module)",
+    "compiling": "XLA's compile, or the persistent cache's load",
+    "other": "everything else: data checks, planning, dispatch, the chunks' run",
+}
+
+
+def first_call_lines(results: dict[str, Any]) -> list[str]:
+    """Where the one-device first call of a new process goes, cache empty and filled (report lines)."""
+    calls = results["measured"].get("first_calls")
+    if not calls or "phase_seconds" not in calls["empty_cache"]:
+        return []
+    empty, filled = calls["empty_cache"], calls["filled_cache"]
+    rows = [[label, _fmt(empty["phase_seconds"][name]), _fmt(filled["phase_seconds"][name])]
+            for name, label in FIRST_CALL_ROWS.items()]
+    rows.append(["first call, wall", _fmt(empty["first_call_seconds"]), _fmt(filled["first_call_seconds"])])
+    return [
+        "Where the one-device first call of a new process goes (seconds; JAX's own compile events, each "
+        "phase's spans merged, through `deepopt.perf.compile_phases`):",
+        "",
+        common.markdown_table(["phase", "persistent cache empty", "filled (programs loaded)"], rows),
+        "",
+    ]
+
+
 def time_to_accuracy_lines(results: dict[str, Any]) -> list[str]:
     """The adaptive searches' wall time to random search's best dev accuracy (report lines)."""
     found = results.get("time_to_accuracy")
@@ -605,6 +631,7 @@ def report(results: dict[str, Any]) -> str:
         "`vmap(grad(loss))` through `functional_call` on a shared mini-batch and applies Adam by hand over the "
         "stacked parameters (eager PyTorch: nothing to compile). Both are in `experiments/benchmark_peers.py`.",
         "",
+        *first_call_lines(results),
         *accuracy_lines,
         "## Against the matmul peak",
         "",
@@ -787,19 +814,24 @@ def measure_first_call(
     config: train.Config, learning_rates: np.ndarray, train_set: data_lib.Dataset, dev_set: data_lib.Dataset,
     key: jax.Array,
 ) -> dict[str, Any]:
-    """The one-device ``sweep.run`` of the job, called once: its wall seconds, its groups' compile seconds and
-    how many programs it loaded from the persistent compilation cache (JAX's ``cache_hits`` events)."""
+    """The one-device ``sweep.run`` of the job, called once: its wall seconds, its groups' compile seconds,
+    how many programs it loaded from the persistent compilation cache (JAX's ``cache_hits`` events) and
+    where the time went (``perf.compile_phases``: tracing, lowering, compiling or loading; the rest is
+    the data checks, planning, dispatch and the chunks' run)."""
     call = grid_sweep_call(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, key, chunk_size_flag(),
                            jax.devices()[:1])
     events: list[str] = []
     jax.monitoring.register_event_listener(lambda event, **_: events.append(event))
     start = time.perf_counter()
-    results = call()
+    with perf.compile_phases() as phases:
+        results = call()
     seconds = time.perf_counter() - start
     steps = perf.steps_per_run(config, len(train_set.y))
     return {"first_call_seconds": seconds, "compile_seconds": sum(g["compile_seconds"] for g in results.stats["layout"]),
             "cold_config_steps_per_second": len(results.rows) * steps / seconds,
-            "persistent_cache_hits": events.count("/jax/compilation_cache/cache_hits")}
+            "persistent_cache_hits": events.count("/jax/compilation_cache/cache_hits"),
+            "phase_seconds": {**{name: phases[name] for name in perf.COMPILE_PHASES},
+                              "other": max(seconds - phases["any"], 0.0)}}
 
 
 def _child_env() -> dict[str, str]:

@@ -63,6 +63,13 @@ def test_measures_every_approach_on_the_same_job(tiny):
     # The second process loads what the first compiled (a structural check: timings are too noisy to compare).
     assert empty["persistent_cache_hits"] == 0 and filled["persistent_cache_hits"] >= 1
     assert filled["first_call_seconds"] > 0 and filled["compile_seconds"] >= 0
+    # Where each first call went: JAX's compile events, phases merged, the rest "other".
+    for entry in (empty, filled):
+        phases = entry["phase_seconds"]
+        assert set(phases) == {"tracing", "lowering", "compiling", "other"} and min(phases.values()) >= 0
+        assert phases["tracing"] > 0 and phases["lowering"] > 0 and phases["compiling"] > 0  # loading, when filled
+        assert phases["tracing"] + phases["lowering"] + phases["compiling"] + phases["other"] <= (
+            entry["first_call_seconds"] * 1.01)
     for entry in (one_device, peer):
         assert entry["runs"] == 8 and entry["config_steps_per_second"] == pytest.approx(8 * 15 / entry["seconds"])
         assert entry["cold_config_steps_per_second"] == pytest.approx(8 * 15 / entry["first_call_seconds"])
@@ -128,6 +135,7 @@ def test_report_has_the_tables(tiny):
                     "## Memory", "## Targets"):
         assert heading in report
     assert "recompiles every run" in report and "(extrapolated)" in report
+    assert "Where the one-device first call of a new process goes" in report and "XLA's compile, or the" in report
     assert "## Targets" in completed.stdout
 
 

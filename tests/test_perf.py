@@ -1,5 +1,7 @@
 """deepopt.perf: the counts the benchmark divides by, checked against XLA's own count."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -54,3 +56,27 @@ def test_matmul_peak_reports_both_ways():
     peak = perf.matmul_peak(64, repeats=2)
     assert peak["single_device"] > 0 and peak["all_devices"] > 0
     assert peak["peak"] == max(peak["single_device"], peak["all_devices"])
+
+
+def test_covered_seconds_counts_overlaps_once():
+    assert perf.covered_seconds([]) == 0.0
+    assert perf.covered_seconds([(3.0, 4.0), (0.0, 1.0), (0.5, 2.0), (0.6, 0.7)]) == pytest.approx(3.0)
+    assert perf.covered_seconds([(0.0, 2.0), (2.0, 3.0)]) == pytest.approx(3.0)
+
+
+def test_compile_phases_time_a_first_call_and_nothing_for_a_compiled_one():
+    def program(x: jax.Array) -> jax.Array:
+        return jnp.tanh(x) * 3.0 + jnp.sin(x)
+
+    jitted = jax.jit(program)
+    x = jnp.arange(7.0)
+    start = time.perf_counter()
+    with perf.compile_phases() as first:
+        jitted(x).block_until_ready()
+    wall = time.perf_counter() - start
+    assert set(first) == {*perf.COMPILE_PHASES, "any"}
+    assert all(first[name] > 0 for name in perf.COMPILE_PHASES)
+    assert max(first[name] for name in perf.COMPILE_PHASES) <= first["any"] <= wall
+    with perf.compile_phases() as again:  # compiled already: nothing to trace, lower or compile
+        jitted(x).block_until_ready()
+    assert again == {name: 0.0 for name in first}

@@ -753,8 +753,13 @@ def _advance(
         # while any run asks for another pass (the others keep their state).
         batch_numbers = jnp.arange(num_batches)
         batches = (batch_numbers, index, mask)
-        # The step counts and the costs depend on the parameters: batched wherever they are (vmap_hints).
-        no_bad_step = vmap_hints.batched_like(jnp.asarray(num_batches, batch_numbers.dtype), carry.params)
+        steps_to_take = jnp.where(frozen, 0, num_batches).astype(batch_numbers.dtype)
+        # The step marks, the loop's flag and the costs depend on the parameters: batched wherever they are.
+        no_bad_step, another_pass, steps_to_take, no_costs = vmap_hints.batched_like(
+            (jnp.asarray(num_batches, batch_numbers.dtype), jnp.array(True), steps_to_take,
+             jnp.zeros((num_batches,), dtype)),
+            carry.params,
+        )
         start = (carry.params, carry.model_state, carry.opt_state, carry.step, no_bad_step)
 
         def run_pass(pass_carry: tuple) -> tuple:
@@ -763,12 +768,8 @@ def _advance(
             first_bad = end[4]
             return first_bad < num_batches, jnp.minimum(steps_to_take, first_bad), end[:4], weighted_costs
 
-        steps_to_take = jnp.where(frozen, 0, num_batches).astype(batch_numbers.dtype)
         _, steps_to_take, (params, bn_state, opt_state, step), weighted_costs = jax.lax.while_loop(
-            lambda pass_carry: pass_carry[0],
-            run_pass,
-            (*vmap_hints.batched_like((jnp.array(True), steps_to_take), carry.params), start[:4],
-             vmap_hints.batched_like(jnp.zeros((num_batches,), dtype), carry.params)),
+            lambda pass_carry: pass_carry[0], run_pass, (another_pass, steps_to_take, start[:4], no_costs)
         )
         halted = steps_to_take < num_batches
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)

@@ -160,6 +160,18 @@ EAGER_PROGRAMS = {"stage", "_threefry_split", "unstack", "convert_element_type",
                   "_threefry_fold_in", "fold_in"}
 
 
+def _programs_compiled(caplog, call):
+    """``call()``'s result and the names of the programs JAX compiled during it (from ``jax_log_compiles``)."""
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            result = call()
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    return result, set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+
+
 def test_a_first_sweep_compiles_its_chunk_program_only(caplog):
     # shapes no other test uses, so that nothing this call needs is compiled already
     rng = np.random.default_rng(3)
@@ -168,15 +180,8 @@ def test_a_first_sweep_compiles_its_chunk_program_only(caplog):
     config = train.Config((3, 5, 1), optimizer="adam", batch_size=16, epochs=3)
     space = {"learning_rate": sweep.grid([1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.7])}
     key = jax.random.key(5)
-    previous = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="jax"):
-            results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=None, seeds=3,
-                                sampler="grid")
-    finally:
-        jax.config.update("jax_log_compiles", previous)
-    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    results, compiled = _programs_compiled(caplog, lambda: sweep.run(
+        config, space, train_set, dev_set, key=key, num_configs=None, seeds=3, sampler="grid"))
     assert len(results.rows) == 21 and compiled  # the chunk program was compiled here ...
     assert not compiled & EAGER_PROGRAMS, compiled  # ... and no eager one beside it
 
@@ -189,14 +194,8 @@ def test_a_first_random_search_compiles_its_chunk_program_only(caplog):
     config = train.Config((3, 6, 1), optimizer="adam", batch_size=16, epochs=2)
     space = {"learning_rate": sweep.log_uniform(1e-3, 0.3), "l2": sweep.log_uniform(1e-4, 1.0)}
     key = jax.random.key(6)  # made before the log starts: making it compiles a program of its own
-    previous = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="jax"):
-            results = sweep.run(config, space, train_set, dev_set, key=key, num_configs=5, seeds=2)
-    finally:
-        jax.config.update("jax_log_compiles", previous)
-    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    results, compiled = _programs_compiled(caplog, lambda: sweep.run(
+        config, space, train_set, dev_set, key=key, num_configs=5, seeds=2))
     assert len(results.rows) == 10 and compiled
     assert not compiled & EAGER_PROGRAMS, compiled
 
@@ -211,17 +210,13 @@ def test_a_first_adaptive_search_compiles_its_own_programs_only(caplog, tmp_path
     config = train.Config((4, 3, 1), optimizer="adam", batch_size=8, epochs=4)
     space = {"learning_rate": sweep.log_uniform(1e-3, 0.3)}
     key = jax.random.key(7)
-    previous = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="jax"):
-            if search == "pbt":
-                sweep.pbt(config, space, train_set, dev_set, key=key, population=4, epochs=4, interval=2,
-                          results_path=tmp_path / "r.jsonl")
-            else:
-                sweep.hyperband(config, space, train_set, dev_set, key=key, min_epochs=1, max_epochs=4, eta=2,
-                                results_path=tmp_path / "r.jsonl")
-    finally:
-        jax.config.update("jax_log_compiles", previous)
-    compiled = set(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+    if search == "pbt":
+        def call():
+            return sweep.pbt(config, space, train_set, dev_set, key=key, population=4, epochs=4, interval=2,
+                             results_path=tmp_path / "r.jsonl")
+    else:
+        def call():
+            return sweep.hyperband(config, space, train_set, dev_set, key=key, min_epochs=1, max_epochs=4, eta=2,
+                                   results_path=tmp_path / "r.jsonl")
+    _, compiled = _programs_compiled(caplog, call)
     assert compiled and not compiled & EAGER_PROGRAMS, compiled

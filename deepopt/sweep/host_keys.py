@@ -51,15 +51,19 @@ def computes_on_host(key: jax.Array) -> bool:
     return str(jax.random.key_impl(key)) == THREEFRY and bool(jax.config.jax_threefry_partitionable)
 
 
+def _index_words(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The high and low uint32 words of the 64-bit indices ``0 .. size - 1``."""
+    counts = np.arange(size, dtype=np.uint64)
+    return (counts >> np.uint64(32)).astype(np.uint32), (counts & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
 def split_words(words: np.ndarray, num: int) -> np.ndarray:
     """Partitionable Threefry's split of the key data ``words`` (uint32 ``(2,)``): ``(num, 2)`` uint32.
 
     The ``i``-th new key is the hash of the counter pair ``(hi, lo)`` of the 64-bit ``i``.
     """
     k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
-    counts = np.arange(num, dtype=np.uint64)
-    hi, lo = (counts >> np.uint64(32)).astype(np.uint32), (counts & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    bits0, bits1 = threefry2x32(k0, k1, hi, lo)
+    bits0, bits1 = threefry2x32(k0, k1, *_index_words(num))
     return np.stack([bits0, bits1], axis=-1)
 
 
@@ -78,12 +82,6 @@ def split_key(key: jax.Array, num: int, index: int) -> jax.Array:
     if not computes_on_host(key):
         return jax.random.split(key, num)[index]
     return jax.random.wrap_key_data(split_key_data(key, num)[index], impl=jax.random.key_impl(key))
-
-
-def _index_words(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The high and low uint32 words of the 64-bit indices ``0 .. size - 1``."""
-    counts = np.arange(size, dtype=np.uint64)
-    return (counts >> np.uint64(32)).astype(np.uint32), (counts & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def fold_in_words(words: np.ndarray, data: int) -> np.ndarray:

@@ -74,7 +74,10 @@ def _halton_points(key: jax.Array, start: int, count: int, dims: int) -> np.ndar
     points = np.zeros((count, dims), np.float64)
     index = np.arange(start, start + count, dtype=np.int64)
     last = max(start + count - 1, 0)
-    dim_keys = [host_keys.split_key(key, max(dims, 1), j) for j in range(dims)]  # jax.random.split, on the host
+    impl = jax.random.key_impl(key)
+    dim_keys = [  # jax.random.split(key, max(dims, 1)), split once on the host
+        jax.random.wrap_key_data(words, impl=impl) for words in host_keys.split_key_data(key, max(dims, 1))[:dims]
+    ]
     for j, (base, dim_key) in enumerate(zip(_primes(dims), dim_keys)):
         # Enough digits to index every point and to resolve ~2^-40.
         num_digits = max(math.ceil(40 * math.log(2) / math.log(base)), len(np.base_repr(last, base)))

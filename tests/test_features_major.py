@@ -1,6 +1,6 @@
-"""fit's training step on features-major activations (model.transposed_matmul): the same values and
+"""fit's training step on features-major activations: which nets take it, the same values and
 gradients as the batch-major pass up to rounding, the same dropout units, and a whole float64 run
-that ends where the batch-major one ends."""
+that ends where the batch-major one ends (the rule itself: tests/test_dense_vjp.py)."""
 
 from __future__ import annotations
 
@@ -10,32 +10,6 @@ import numpy as np
 import pytest
 
 from deepopt import data, init, losses, model, train
-
-
-def gradients(features_major: bool, a: jax.Array, W: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(∂a, ∂W)`` of ``sum(tanh(a @ W) * g)``, configs batched by ``vmap`` as the sweep batches them."""
-
-    def cost(a: jax.Array, W: jax.Array, g: jax.Array) -> jax.Array:
-        z = model.transposed_matmul(W, a.T).T if features_major else a @ W
-        return jnp.sum(jnp.tanh(z) * g)
-
-    return jax.jit(jax.vmap(jax.grad(cost, argnums=(0, 1))))(a, W, g)
-
-
-@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 2e-5), (jnp.float64, 1e-12)])
-@pytest.mark.parametrize("shape", [(64, 20, 10), (44, 2, 20), (64, 10, 1), (64, 40, 40)])
-def test_the_rule_is_jax_grad_up_to_rounding(shape: tuple[int, int, int], dtype: jnp.dtype, rtol: float) -> None:
-    """Both ∂W forms (below and from DENSE_VJP_MIN_WEIGHTS weights, 40×40) against jax.grad of ``a @ W``."""
-    m, fan_in, fan_out = shape
-    with jax.enable_x64(dtype == jnp.float64):
-        rng = np.random.default_rng(fan_in)
-        a, W, g = (jnp.asarray(rng.normal(size=(3, *s)), dtype) for s in ((m, fan_in), (fan_in, fan_out), (m, fan_out)))
-        ours, jaxs = gradients(True, a, W, g), gradients(False, a, W, g)
-        for mine, theirs in zip(ours, jaxs):
-            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
-            np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=rtol, atol=rtol * 10)
-        zT = jax.vmap(model.transposed_matmul)(W, jnp.swapaxes(a, 1, 2))
-        np.testing.assert_allclose(np.asarray(jnp.swapaxes(zT, 1, 2)), np.asarray(a @ W), rtol=rtol, atol=rtol * 10)
 
 
 def test_which_nets_run_features_major() -> None:

@@ -235,25 +235,30 @@ def runs_features_major(params: Params) -> bool:
     )
 
 
+def _layer_keys(key: jax.Array | None, num_hidden: int) -> list[jax.Array | None]:
+    """One dropout key per hidden layer (``None`` each without a key): the split both layer loops draw from."""
+    if key is None or num_hidden == 0:
+        return [None] * num_hidden
+    return list(jax.random.split(key, num_hidden))
+
+
 def _layers_features_major(
     params: Params, X: jax.Array, activation: str, keep_prob: Any, key: jax.Array | None
 ) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...], LayerValues]:
     """``_layers`` of a net without batch norm on ``Xᵀ``: every layer through ``transposed_matmul``.
 
-    Dropout draws the same ``(m, n_l)`` mask as the batch-major pass and applies its transpose, so
-    the same units drop; the logits and the ``LayerValues`` come back batch-major.
+    Dropout is ``dropout`` on the batch-major view ``aᵀᵀ``: the same ``(m, n_l)`` mask as the
+    batch-major pass, so the same units drop; the logits and the ``LayerValues`` come back batch-major.
     """
     g = ACTIVATIONS[activation]
     hidden = params[:-1]
-    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
     aT = X.T
     pre_activations, activations = [], []
-    for layer, layer_key in zip(hidden, keys):
+    for layer, layer_key in zip(hidden, _layer_keys(key, len(hidden))):
         zT = transposed_matmul(layer["W"], aT) + layer["b"][:, None]
         aT = g(zT)
         if layer_key is not None:
-            check_keep_prob(keep_prob)
-            aT = aT * dropout_mask(layer_key, aT.shape[::-1], keep_prob, aT.dtype).T / keep_prob
+            aT = dropout(layer_key, aT.T, keep_prob).T
         pre_activations.append(zT.T)
         activations.append(aT.T)
     logits = (transposed_matmul(params[-1]["W"], aT) + params[-1]["b"][:, None]).T
@@ -284,10 +289,9 @@ def _layers(
     g = ACTIVATIONS[activation]
     a = X
     hidden = params[:-1]
-    keys = jax.random.split(key, len(hidden)) if (key is not None and hidden) else [None] * len(hidden)
     states = iter(bn_state)
     new_state, pre_activations, activations = [], [], []
-    for layer, layer_key in zip(hidden, keys):
+    for layer, layer_key in zip(hidden, _layer_keys(key, len(hidden))):
         z = _affine(a, layer, a is X, dense_vjp)
         if is_batch_normalized(layer):
             z, layer_state = batchnorm.batch_norm(z, layer["gamma"], layer["beta"], next(states), train=train, mask=mask)

@@ -247,8 +247,8 @@ def _layers_features_major(
 ) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...], LayerValues]:
     """``_layers`` of a net without batch norm on ``Xᵀ``: every layer through ``transposed_matmul``.
 
-    Dropout is ``dropout`` on the batch-major view ``aᵀᵀ``: the same ``(m, n_l)`` mask as the
-    batch-major pass, so the same units drop; the logits and the ``LayerValues`` come back batch-major.
+    Dropout draws the same ``(m, n_l)`` mask as the batch-major pass and applies its transpose, so
+    the same units drop; the logits and the ``LayerValues`` come back batch-major.
     """
     g = ACTIVATIONS[activation]
     hidden = params[:-1]
@@ -257,8 +257,9 @@ def _layers_features_major(
     for layer, layer_key in zip(hidden, _layer_keys(key, len(hidden))):
         zT = transposed_matmul(layer["W"], aT) + layer["b"][:, None]
         aT = g(zT)
-        if layer_key is not None:
-            aT = dropout(layer_key, aT.T, keep_prob).T
+        if layer_key is not None:  # dropout's own formula on aᵀ: through ``dropout(…, aT.T, …).T`` XLA rounds
+            check_keep_prob(keep_prob)  # the run with keep_prob 1 differently from the run without masks
+            aT = aT * dropout_mask(layer_key, aT.shape[::-1], keep_prob, aT.dtype).T / keep_prob
         pre_activations.append(zT.T)
         activations.append(aT.T)
     logits = (transposed_matmul(params[-1]["W"], aT) + params[-1]["b"][:, None]).T

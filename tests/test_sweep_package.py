@@ -13,9 +13,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from sweep_worker import ADAM, tiny_data, tiny_sweep
+from sweep_worker import ADAM, tiny_data, tiny_sweep, without_time
 
-from deepopt import sweep, train
+from deepopt import data, sweep, train
 
 SPACE = {
     "learning_rate": sweep.log_uniform(1e-3, 1.0),
@@ -149,6 +149,60 @@ def test_config_id_equals_the_written_out_digest_for_many_configs() -> None:
             assert sweep.config_id(config, values) == expected
             assert sweep.config_id(config, values) == expected  # a second call, from the cache
     assert len({sweep.config_id(c, _values()) for c in configs}) == len(configs)
+
+
+CANONICAL_VALUES = (
+    None, True, False, 0, -7, 2**70, 0.0, -0.0, 1.0, 0.1, 1e-05, 5e-324, 1e16, 1.7976931348623157e308, -2.5e-300,
+    np.float64(0.3), np.float32(0.1).item(), "relu", "naïve \"q\"", [1, 2.5, None], (3, "a"), {"b": 1, "a": [0.5]},
+)
+
+
+@pytest.mark.parametrize("value", CANONICAL_VALUES, ids=repr)
+def test_canonical_text_is_json_text(value: Any) -> None:
+    """Ids compare values by their canonical JSON: the direct path for scalars writes what json.dumps writes."""
+    assert sweep.store._canonical(value) == json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("value", (float("nan"), float("inf"), -float("inf"), np.float64("nan")))
+def test_canonical_text_refuses_non_finite_floats_as_json_does(value: float) -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        sweep.store._canonical(value)
+
+
+def test_json_round_trip_is_what_a_results_file_gives_back() -> None:
+    """A row built directly equals json.loads(json.dumps(row)): tuples become lists, numpy floats plain floats."""
+    row = {
+        "id": "abc", "seed": 0, "key": (0, 42), "diverged": False, "final_cost": 0.123456789012345,
+        "dev_accuracy": np.float64(0.875), "none": None, "negative_zero": -0.0,
+        "config": {"layer_sizes": (2, 4, 1), "nested": [{"x": (1.5, 2)}], "early_stopping": None},
+        "hparams": {"learning_rate": 5e-324, "l2": 1e16},
+    }
+    expected = json.loads(json.dumps(row, allow_nan=False))
+    got = sweep.store.json_round_trip(row)
+    assert got == expected and json.dumps(got) == json.dumps(expected)
+    assert type(got["dev_accuracy"]) is float and type(got["key"]) is list
+    assert got["config"] is not row["config"]  # a fresh copy: editing a row never edits another's
+    with pytest.raises(ValueError, match="JSON compliant"):
+        sweep.store.json_round_trip({"final_cost": float("nan")})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        sweep.store.json_round_trip({"count": np.int64(3)})
+
+
+def test_a_warm_sweep_skips_the_data_checks_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data check traces fit once per config, devices and data shapes; other data shapes trace again."""
+    traces = []  # each Python call of fit is a trace (the compiled programs call no Python)
+    real = train.fit
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: traces.append(1) or real(*args, **kwargs))
+    train_set, dev_set = tiny_data()
+    space = {"learning_rate": sweep.grid([0.1, 0.01])}
+    config = dataclasses.replace(ADAM, epochs=2, batch_size=16)  # a config no other test traces first
+    first = sweep.run(config, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid")
+    traced = len(traces)
+    again = sweep.run(config, space, train_set, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid")
+    assert traced > 0 and len(traces) == traced and without_time(again.rows) == without_time(first.rows)
+    fewer = data.Dataset(train_set.X[:40], train_set.y[:40])
+    sweep.run(config, space, fewer, dev_set, key=jax.random.key(0), num_configs=None, sampler="grid")
+    assert len(traces) > traced
 
 
 def test_every_non_default_value_changes_the_id() -> None:

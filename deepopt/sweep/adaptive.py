@@ -43,7 +43,7 @@ from deepopt.sweep.samplers import Sampler
 from deepopt.sweep.search import _as_dataset, _metric_fields, model_based_source
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _append_rows, data_fingerprint, lock_results, read_rows
+from deepopt.sweep.store import _append_rows, data_fingerprint, json_round_trip, lock_results, read_rows
 
 MANIFEST_SUFFIX = ".search.json"
 STATES_SUFFIX = ".states"
@@ -115,7 +115,7 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: floa
     """The JSON row of one run at one stage: ``sweep.run``'s row with the stage in its id and ``extra`` added."""
     row = run_row(run_, outputs, index, seconds)
     row = {"id": f"{run_.id}.{extra['stage']}", "run_id": run_.id, **{k: v for k, v in row.items() if k != "id"}}
-    return row | json.loads(json.dumps(dict(extra), allow_nan=False))  # exactly what a resumed search reads back
+    return row | json_round_trip(dict(extra))  # exactly what a resumed search reads back
 
 
 def _describe_value(value: Any) -> Any:

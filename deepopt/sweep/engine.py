@@ -360,7 +360,8 @@ def _check_data(
     Then ``eval_shape`` traces ``fit`` once per group (what is left: the config against the data's
     shapes), on abstract hyperparameters, as the chunk program calls it (one run per device under
     ``per_device`` over ``devices``, default ``jax.devices()``, where ``runs_per_device``): the
-    trace is cached and reused by the group's compilation, so it costs no second trace.
+    trace is cached and reused by the group's compilation, so it costs no second trace, and a
+    later sweep with the same config, devices and data shapes skips it (``_trace_fit``).
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
@@ -383,18 +384,44 @@ def _check_data(
             where = "" if index is None else f" (config index {group_runs[index[0]].config_index})"
             raise ValueError(f"space: {getattr(error, 'reason', error)}{where}") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
+        _trace_fit(
+            config, dropout, tuple(mesh.devices.flat), jax.ShapeDtypeStruct(jnp.shape(key), key.dtype), str(dtype),
+            _split_avals(train_set), _split_avals(dev_set),
+        )
 
-        def one_run(h: train_lib.HParams, k: jax.Array, train: Any, dev: Any, config=config, dropout=dropout) -> Any:
-            return train_lib.fit(config, h, k, train, dev, dropout=dropout)
 
-        if runs_per_device(config):  # one run per device, its hparams the device's row
-            def one_run_per_device(h: train_lib.HParams, *args: Any) -> Any:
-                return jax.tree.map(lambda leaf: leaf[None], one_run(jax.tree.map(lambda v: v[0], h), *args))
+def _split_avals(split: Any) -> tuple[tuple[tuple[int, ...], str], ...] | None:
+    """A split's ``(shape, dtype)`` per array (None for no split): what ``_trace_fit`` is keyed on."""
+    return None if split is None else tuple((tuple(np.shape(part)), str(part.dtype)) for part in split)
 
-            program = per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out)
-            jax.eval_shape(program, abstract_hparams((mesh.size,), dtype), key, train_set, dev_set)
-        else:
-            jax.eval_shape(one_run, abstract_hparams((), dtype), key, train_set, dev_set)
+
+@functools.lru_cache(maxsize=64)
+def _trace_fit(
+    config: train_lib.Config, dropout: bool, devices: tuple, key: jax.ShapeDtypeStruct, dtype: str,
+    train_avals: tuple, dev_avals: tuple | None,
+) -> None:
+    """``_check_data``'s trace of ``fit`` on abstract values, once per process for each of its arguments.
+
+    A trace that raises is not remembered (``lru_cache`` keeps only returns), so a bad group
+    raises again each call; a warm sweep skips the retrace (some milliseconds a group).
+    """
+    mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
+    train_set, dev_set = (
+        None if avals is None else data_lib.Dataset(*(jax.ShapeDtypeStruct(shape, kind) for shape, kind in avals))
+        for avals in (train_avals, dev_avals)
+    )
+
+    def one_run(h: train_lib.HParams, k: jax.Array, train: Any, dev: Any) -> Any:
+        return train_lib.fit(config, h, k, train, dev, dropout=dropout)
+
+    if runs_per_device(config):  # one run per device, its hparams the device's row
+        def one_run_per_device(h: train_lib.HParams, *args: Any) -> Any:
+            return jax.tree.map(lambda leaf: leaf[None], one_run(jax.tree.map(lambda v: v[0], h), *args))
+
+        program = per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out)
+        jax.eval_shape(program, abstract_hparams((mesh.size,), dtype), key, train_set, dev_set)
+    else:
+        jax.eval_shape(one_run, abstract_hparams((), dtype), key, train_set, dev_set)
 
 
 def _group_dropout(group_runs: Sequence[Run]) -> bool:

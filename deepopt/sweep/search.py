@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import os
 import time
@@ -104,7 +103,7 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: f
     if not row.get("diverged", False) and "diverged_epoch" in row:
         row["diverged_epoch"] = None
     row["seconds"] = seconds
-    return json.loads(json.dumps(row, allow_nan=False))  # exactly what a resumed sweep reads back
+    return store.json_round_trip(row)  # exactly what a resumed sweep reads back
 
 
 def run(

@@ -10,7 +10,8 @@ One loop over the layers (``_layers``) serves ``forward_with_state`` (training a
 through ``forward``) and ``forward_with_activations`` (every layer's ``z`` and ``a``, read by
 ``diagnostics.layer_stats``); only ``deepopt.backprop`` writes its own, for its cache. ``fit``'s
 training step on a small net without batch norm runs the same layers features-major instead
-(``_layers_features_major``, ``transposed_matmul``): faster on the CPU, the same values up to rounding.
+(``_layers_features_major``, ``transposed_matmul``; a first layer of 2 or 3 inputs as multiply-adds,
+``elementwise_transposed_matmul``): faster on the CPU, the same values up to rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from deepopt import batchnorm
+from deepopt import batchnorm, xla_options
 from deepopt.hparams import concrete_array
 from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
@@ -228,6 +229,50 @@ def _transposed_matmul_backward(residuals: tuple[jax.Array, jax.Array], gT: jax.
 transposed_matmul.defvjp(_transposed_matmul_forward, _transposed_matmul_backward)
 
 
+ELEMENTWISE_FAN_INS = (2, 3)
+"""``fit``'s features-major step computes a first layer with this many inputs as multiply-adds
+(``elementwise_transposed_matmul``) instead of a matrix product, on the CPU at LLVM level 1 or above
+(``_elementwise_first_layer``): measured faster for 2 and 3 inputs
+(the benchmark's 256-run job 0.42-0.44 s against 0.46-0.47 s), slower for 1 (XLA already makes a
+one-input product a multiply), 4 and 8 (0.55 and 0.78-0.82 s against 0.49 and 0.57-0.58 s). Set it
+to ``()`` before the first trace for the matrix product (and its float32 bits) everywhere."""
+
+
+@jax.custom_vjp
+def elementwise_transposed_matmul(W: jax.Array, aT: jax.Array) -> jax.Array:
+    r"""``transposed_matmul`` for a small fan-in, as multiply-adds: :math:`z^\top = \sum_i W_{i,:}^\top a_i^\top`.
+
+    The terms are added in order :math:`i = 0, 1, \dots`, each to the sum so far, which is how
+    XLA:CPU's matrix kernel sums them: with the library's compile options (LLVM level 1, which fuses
+    each multiply-add) the product has ``transposed_matmul``'s bits (tested). XLA then fuses the
+    product into the layer's bias and activation, so every config's ``(fan_out, m)`` pre-activation
+    is not written out and read back. Its reverse-mode rule is ``transposed_matmul``'s. In ``fit``
+    the rest of the step can change with it: for a chunk whose first layer has fewer than 32k
+    activations, or several seeds, XLA sums the first layer's ``∂b`` in another order (other last
+    bits in float32; tested equal for one run and for the benchmark's 128-config chunk).
+    """
+    zT = W[0][:, None] * aT[0]
+    for i in range(1, W.shape[0]):
+        zT = W[i][:, None] * aT[i] + zT
+    return zT
+
+
+def _elementwise_transposed_matmul_forward(
+    W: jax.Array, aT: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return elementwise_transposed_matmul(W, aT), (W, aT)
+
+
+elementwise_transposed_matmul.defvjp(_elementwise_transposed_matmul_forward, _transposed_matmul_backward)
+
+
+def _elementwise_first_layer(W: jax.Array) -> bool:
+    """Whether ``fit``'s features-major step computes a first layer with weights ``W`` as multiply-adds:
+    ``W.shape[0]`` in ``ELEMENTWISE_FAN_INS``, on the CPU, where LLVM fuses multiply-adds (level 1 up:
+    deepopt's default; the matrix product's bits, tested)."""
+    return W.shape[0] in ELEMENTWISE_FAN_INS and jax.default_backend() == "cpu" and xla_options.cpu_llvm_level() >= 1
+
+
 def runs_features_major(params: Params) -> bool:
     """Whether ``forward_with_state(dense_vjp=True)`` runs ``params`` features-major (see ``_layers``)."""
     return not has_batchnorm(params) and all(
@@ -254,8 +299,9 @@ def _layers_features_major(
     hidden = params[:-1]
     aT = X.T
     pre_activations, activations = [], []
-    for layer, layer_key in zip(hidden, _layer_keys(key, len(hidden))):
-        zT = transposed_matmul(layer["W"], aT) + layer["b"][:, None]
+    for number, (layer, layer_key) in enumerate(zip(hidden, _layer_keys(key, len(hidden)))):
+        product = elementwise_transposed_matmul if number == 0 and _elementwise_first_layer(layer["W"]) else transposed_matmul
+        zT = product(layer["W"], aT) + layer["b"][:, None]
         aT = g(zT)
         if layer_key is not None:  # dropout's own formula on aᵀ: through ``dropout(…, aT.T, …).T`` XLA rounds
             check_keep_prob(keep_prob)  # the run with keep_prob 1 differently from the run without masks

@@ -65,6 +65,17 @@ def compiler_options(platform: str) -> dict[str, Any] | None:
     return options or None
 
 
+def cpu_llvm_level() -> int:
+    """The LLVM optimization level of deepopt's CPU programs: ``XLA_FLAGS``' ``--xla_backend_optimization_level``
+    where it is given, else deepopt's own (1). From level 1 up LLVM fuses a multiply and an add into one
+    rounding, as the matrix kernels do (``model.elementwise_transposed_matmul`` relies on it)."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name == "--xla_backend_optimization_level" and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return int(CPU_COMPILER_OPTIONS["xla_backend_optimization_level"])
+
+
 def jit(static_argnums: Sequence[int] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``functools.partial(jax.jit, static_argnums=...)`` with ``compiler_options`` for the default backend.
 

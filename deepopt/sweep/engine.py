@@ -365,7 +365,8 @@ def _check_data(
     """
     train_set, dev_set, test_set = splits
     dtype = train_set.X.dtype
-    mesh = Mesh(np.asarray(tuple(jax.devices() if devices is None else devices)), (RUN_AXIS,))
+    mesh_devices = tuple(jax.devices() if devices is None else devices)
+    abstract_key = jax.ShapeDtypeStruct(jnp.shape(key), key.dtype)
     for config, group_runs in grouped.items():
         for name, split in (("train", train_set), ("dev", dev_set), ("test", test_set)):
             if split is not None:  # exactly fit's checks, in Python, before anything is traced
@@ -385,8 +386,7 @@ def _check_data(
             raise ValueError(f"space: {getattr(error, 'reason', error)}{where}") from None
         dropout = _group_dropout(group_runs)  # as the group's program will call fit: one trace serves both
         _trace_fit(
-            config, dropout, tuple(mesh.devices.flat), jax.ShapeDtypeStruct(jnp.shape(key), key.dtype), str(dtype),
-            _split_avals(train_set), _split_avals(dev_set),
+            config, dropout, mesh_devices, abstract_key, str(dtype), _split_avals(train_set), _split_avals(dev_set)
         )
 
 

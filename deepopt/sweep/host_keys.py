@@ -51,6 +51,12 @@ def computes_on_host(key: jax.Array) -> bool:
     return str(jax.random.key_impl(key)) == THREEFRY and bool(jax.config.jax_threefry_partitionable)
 
 
+def _key_pair(words: np.ndarray) -> tuple[np.uint32, np.uint32]:
+    """The two uint32 words of a key's data ``words`` (``(2,)``)."""
+    k0, k1 = np.asarray(words, np.uint32).reshape(2)
+    return np.uint32(k0), np.uint32(k1)
+
+
 def _index_words(size: int) -> tuple[np.ndarray, np.ndarray]:
     """The high and low uint32 words of the 64-bit indices ``0 .. size - 1``."""
     counts = np.arange(size, dtype=np.uint64)
@@ -62,7 +68,7 @@ def split_words(words: np.ndarray, num: int) -> np.ndarray:
 
     The ``i``-th new key is the hash of the counter pair ``(hi, lo)`` of the 64-bit ``i``.
     """
-    k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
+    k0, k1 = _key_pair(words)
     bits0, bits1 = threefry2x32(k0, k1, *_index_words(num))
     return np.stack([bits0, bits1], axis=-1)
 
@@ -91,7 +97,7 @@ def fold_in_words(words: np.ndarray, data: int) -> np.ndarray:
     """
     if not 0 <= int(data) < 2**32:
         raise ValueError(f"fold_in data must be in [0, 2**32), got {data!r}")
-    k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
+    k0, k1 = _key_pair(words)
     bits0, bits1 = threefry2x32(k0, k1, np.zeros(1, np.uint32), np.full(1, int(data), np.uint32))
     return np.concatenate([bits0, bits1])
 
@@ -102,7 +108,7 @@ def uniform_words(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     Element ``i`` (row-major): :math:`b = t_0 \oplus t_1` with :math:`(t_0, t_1)` the hash of ``i``'s
     64-bit index, then the float32 :math:`\mathrm{bitcast}((b \gg 9) \mid \mathrm{bits}(1.0)) - 1`.
     """
-    k0, k1 = (np.uint32(word) for word in np.asarray(words, np.uint32).reshape(2))
+    k0, k1 = _key_pair(words)
     bits0, bits1 = threefry2x32(k0, k1, *_index_words(math.prod(shape)))
     mantissa = ((bits0 ^ bits1) >> np.uint32(9)) | np.float32(1.0).view(np.uint32)
     return (mantissa.view(np.float32) - np.float32(1.0)).reshape(shape)

@@ -90,7 +90,7 @@ def _canonical(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and math.isfinite(value):
         return float.__repr__(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):  # bools were written above
         return int.__repr__(value)
     return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":"))
 

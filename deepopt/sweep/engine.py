@@ -13,8 +13,6 @@ fits the budget, and ``_execute`` runs one chunk. Nothing here reads or writes f
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,7 +28,7 @@ from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt import optim, xla_options
 from deepopt import train as train_lib
-from deepopt.sweep import store
+from deepopt.sweep import jax_config, store
 from deepopt.sweep.planning import Run
 
 RUN_AXIS = "runs"
@@ -137,7 +135,7 @@ def sharded_program(
     return per_device(program, mesh, in_specs, out_specs, gather) if runs_per_device(config) else program
 
 
-@functools.lru_cache(maxsize=32)
+@jax_config.cache_per_config(maxsize=32)
 def _compile(
     config: train_lib.Config,
     configs: int,
@@ -333,7 +331,7 @@ def in_order(compute: Callable[[Any], Any], items: Iterable[Any], streams: int) 
             yield compute(item)
         return
     pending = iter(items)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepopt-chunk")
+    pool = jax_config.ThreadPool(max_workers=streams, thread_name_prefix="deepopt-chunk")
     try:
         in_flight = collections.deque(pool.submit(compute, item) for item in itertools.islice(pending, streams))
         for item in pending:
@@ -395,7 +393,7 @@ def _split_avals(split: Any) -> tuple[tuple[tuple[int, ...], str], ...] | None:
     return None if split is None else tuple((tuple(np.shape(part)), str(part.dtype)) for part in split)
 
 
-@functools.lru_cache(maxsize=64)
+@jax_config.cache_per_config(maxsize=64)
 def _trace_fit(
     config: train_lib.Config, dropout: bool, devices: tuple, key: jax.ShapeDtypeStruct, dtype: str,
     train_avals: tuple, dev_avals: tuple | None,

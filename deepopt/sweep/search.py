@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -40,7 +39,7 @@ from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
-from deepopt.sweep import host_keys, store, tensorboard_log
+from deepopt.sweep import host_keys, jax_config, store, tensorboard_log
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
 
 
@@ -609,7 +608,7 @@ def _run_groups_compiling_ahead(
     """
     todo = [(number, config, runs) for number, (config, runs) in enumerate(grouped.items(), start=1)
             if not all(run_.id in sweep.done for run_ in runs)]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepopt-compile") as pool:
+    with jax_config.ThreadPool(max_workers=1, thread_name_prefix="deepopt-compile") as pool:
         ahead = pool.submit(_group_program, sweep, todo[0][1], todo[0][2]) if todo else None
         for position, (number, config, group_runs) in enumerate(todo):
             program = ahead.result()

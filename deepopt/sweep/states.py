@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt import xla_options
+from deepopt.sweep import jax_config
 from deepopt.sweep.engine import RUN_AXIS, _global_array, abstract_inputs, gather_runs, sharded_program
 
 _compilations = 0
@@ -98,7 +99,7 @@ def empty_states(abstract: Any, leading: tuple[int, ...]) -> Any:
     return jax.tree.map(lambda leaf: np.zeros((*leading, *leaf.shape), leaf.dtype), abstract)
 
 
-@functools.lru_cache(maxsize=32)
+@jax_config.cache_per_config(maxsize=32)
 def _compile(
     config: train_lib.Config,
     configs: int,

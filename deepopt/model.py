@@ -11,7 +11,8 @@ through ``forward``) and ``forward_with_activations`` (every layer's ``z`` and `
 ``diagnostics.layer_stats``); only ``deepopt.backprop`` writes its own, for its cache. ``fit``'s
 training step on a small net without batch norm runs the same layers features-major instead
 (``_layers_features_major``, ``transposed_matmul``; a first layer of 2 or 3 inputs as multiply-adds,
-``elementwise_transposed_matmul``): faster on the CPU, the same values up to rounding.
+``elementwise_transposed_matmul``): faster on the CPU for small nets, the same values up to
+rounding (measurements: docs/engine-measurements.md).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def _check_forward(
 
 DENSE_VJP_MIN_WEIGHTS = 1024
 """``forward_with_state(dense_vjp=True)`` uses ``dense_matmul`` on layers after the first whose ``W`` has
-at least this many entries (below it ``jax.grad``'s own rule is as fast or faster here)."""
+at least this many entries (below it ``jax.grad``'s own rule is as fast or faster on the CPU)."""
 
 
 @jax.custom_vjp
@@ -162,9 +163,10 @@ def dense_matmul(a: jax.Array, W: jax.Array) -> jax.Array:
     ``jax.grad`` of ``a @ W`` computes :math:`(g^\top a)^\top`: a ``(fan_out, fan_in)`` product,
     transposed afterwards, which XLA:CPU fuses into the optimizer's update as a strided read. Here
     ``∂W = dot_general(a, g)`` contracts the batch axis straight into ``(fan_in, fan_out)``;
-    :math:`\partial a = g W^\top` is ``jax.grad``'s. The same sums, and on this project's CPU
-    the same bits (tested); a width-256 net's training step 25-40% faster. Reverse mode only:
-    ``jax.jvp`` cannot go through it (``forward`` does not use it).
+    :math:`\partial a = g W^\top` is ``jax.grad``'s. The same sums, and on this project's CPU the
+    same bits (tested); a wide net's training step is faster for it (measurements:
+    docs/engine-measurements.md). Reverse mode only: ``jax.jvp`` cannot go through it
+    (``forward`` does not use it).
     """
     return a @ W
 
@@ -232,10 +234,9 @@ transposed_matmul.defvjp(_transposed_matmul_forward, _transposed_matmul_backward
 ELEMENTWISE_FAN_INS = (2, 3)
 """``fit``'s features-major step computes a first layer with this many inputs as multiply-adds
 (``elementwise_transposed_matmul``) instead of a matrix product, on the CPU at LLVM level 1 or above
-(``_elementwise_first_layer``): measured faster for 2 and 3 inputs
-(the benchmark's 256-run job 0.42-0.44 s against 0.46-0.47 s), slower for 1 (XLA already makes a
-one-input product a multiply), 4 and 8 (0.55 and 0.78-0.82 s against 0.49 and 0.57-0.58 s). Set it
-to ``()`` before the first trace for the matrix product (and its float32 bits) everywhere."""
+(``_elementwise_first_layer``): faster for 2 and 3 inputs, slower for 1 (XLA already makes a
+one-input product a multiply), 4 and 8 (measurements: docs/engine-measurements.md). Set it to
+``()`` before the first trace for the matrix product (and its float32 bits) everywhere."""
 
 
 @jax.custom_vjp
@@ -326,10 +327,8 @@ def _layers(
     """The one loop over the layers (arguments checked): ``(logits, new_bn_state, LayerValues)``.
 
     With ``dense_vjp`` (``fit``'s training step) a net that ``runs_features_major`` takes
-    ``_layers_features_major`` instead. On this project's 2-core CPU (256 runs of the benchmark's
-    2-20-10-1 Adam job) a warm sweep took 0.46 s instead of 0.80 s, and 2-32-32-32-1 0.63 s
-    instead of 0.78 s; nets with a larger layer ran 3-8% slower features-major (2-64-64-1,
-    2-128-128-1, 2-256-256-1), so they stay batch-major.
+    ``_layers_features_major`` instead: faster on the CPU for small nets, while nets with a larger
+    layer run slower features-major and stay batch-major (measurements: docs/engine-measurements.md).
     """
     if dense_vjp and runs_features_major(params):
         return _layers_features_major(params, X, activation, keep_prob, key)

@@ -419,7 +419,7 @@ def fit(
       init_params: start from these parameters instead of ``config.init`` (their dtype is kept).
       dropout: compile the dropout masks in (True, the default: ``keep_prob`` stays a traced
         hyperparameter) or out (False: for runs whose ``keep_prob`` is 1, where dropout is exactly
-        the identity; results are unchanged and a small net's step is about a third cheaper).
+        the identity; results are unchanged and a small net's step is cheaper).
         ``False`` with a concrete ``keep_prob < 1`` is an error; under ``vmap`` (traced
         ``keep_prob``) the caller vouches for it (``sweep.run`` checks the values before choosing).
     Returns:

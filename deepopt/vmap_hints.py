@@ -5,9 +5,9 @@ can batch the body. JAX finds out by a fixpoint: it batches the body with the ca
 as they come in, and when a carry comes out batched that went in unbatched (Adam's moments start
 as zeros, the step counter at 0, while the learning rate is batched) it batches the whole body
 again. Loops nested in loops repeat that inside every outer pass, and the sweep nests two
-``vmap``\\ s (configs, then seeds) around three loops (epochs, halting passes, mini-batches):
-the benchmark's chunk program batched its two largest loop bodies 10 times each, about 0.4 s of
-a 2.5 s first call on this project's 2-core CPU.
+``vmap``\\ s (configs, then seeds) around three loops (epochs, halting passes, mini-batches), so
+its largest loop bodies are batched many times over: a noticeable share of the first call
+(measurements: docs/engine-measurements.md).
 
 ``batched_like(tree, witness)`` returns ``tree`` with every leaf batched wherever a leaf of
 ``witness`` is batched (unchanged outside ``vmap``), so the fixpoint holds at its first pass.

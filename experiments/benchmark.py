@@ -1,7 +1,7 @@
 """Benchmark: the sweep's throughput against the alternatives, and against this machine's matmul peak.
 
 One run measures, on the same job (default: moons 300 points, net 2-20-10-1, Adam, mini-batch 64,
-200 epochs, 512 learning rates × 2 seeds):
+200 epochs, 256 learning rates × 1 seed):
 
 1. deepopt's sweep (``sweep.run``) sharded over every device;
 2. the strong baseline: a Python loop calling one jitted ``fit`` per run, the learning rate
@@ -928,7 +928,7 @@ def main(argv: list[str]) -> None:
         f"on {len(devices)} {devices[0].platform} device(s); medians of {FLAGS.repeats}"
     )
 
-    # The phases' seconds at the defaults, measured here (2-core CPU).
+    # Weights: the phases' rough share of the wall time at the defaults, for the ETA.
     clock = common.StudyClock([5, 50, 15] + ([10] if FLAGS.search_configs else []) + [1])
     print("deepopt sweep ...", flush=True)
     sweep_m = measure_sweep(config, learning_rates, FLAGS.num_seeds, train_set, dev_set, model_key, FLAGS.repeats, chunk_size)
@@ -957,8 +957,8 @@ def main(argv: list[str]) -> None:
         print("  " + "; ".join(f"{name} {entry['seconds']:.1f} s" for name, entry in search_m["searches"].items())
               + clock.done())
 
-    # The peak last: its 2048² products leave this process's later sweeps slower (the probe of
-    # the 256-run sweep on 2 devices: 0.463-0.491 s a call after them, 0.456-0.461 s without).
+    # The peak last: its 2048² products leave this process's later sweeps slower
+    # (measurements: docs/engine-measurements.md).
     print("matmul peak ...", flush=True)
     peak = perf.matmul_peak(FLAGS.matmul_size, max(FLAGS.repeats, 5))
     peak["size"] = FLAGS.matmul_size

@@ -230,9 +230,9 @@ def run_study(main: Callable[[list[str]], Any]) -> None:
 
 CACHE_MIN_COMPILE_SECONDS = 0.0
 """The scripts cache every program, the many small eager ones too: JAX's 1 s default would skip chunk programs
-that compile in about 1 s, and any threshold above 0 skips the ~50 programs of about 20 ms that
-``data.make_moons`` compiles for each new ``n``: the main job's three splits (300, 200, 200 points) take 2.1 s
-in a new process without them, 0.54 s with them loaded (about 1.5 MB of cache for the whole main job)."""
+that compile in about that time, and any threshold above 0 skips the dozens of small programs that
+``data.make_moons`` compiles for each new ``n``, which a new process loads much faster than it compiles them
+(measurements: docs/engine-measurements.md)."""
 
 
 def default_cache_dir() -> str:

@@ -1,8 +1,8 @@
 """``jax.random.split`` of a Threefry key on the host, in numpy: the sweep's seed keys without a compile.
 
-``jax.random.split`` dispatches a small XLA program, and the first one a process runs is compiled
-(about 0.1 s on the 2-core CPU here, plus 0.015 s to iterate the keys): time every sweep's first
-call pays before any training. For the default key (``threefry2x32`` with
+``jax.random.split`` dispatches a small XLA program, and the first one a process runs is compiled:
+time every sweep's first call would pay before any training (measurements:
+docs/engine-measurements.md). For the default key (``threefry2x32`` with
 ``jax_threefry_partitionable``, JAX's default) ``split_key_data`` computes the same words in
 numpy, exact integer arithmetic; any other key implementation or setting goes through
 ``jax.random.split`` as before. Threefry-2x32 (Salmon et al., "Parallel random numbers: as easy as
@@ -13,7 +13,7 @@ The samplers' draws go the same way: ``fold_in`` (the hash of the counter pair `
 ``uniform`` (``jax.random.uniform(key, shape)`` on ``[0, 1)`` in float32: the 32 bits of element
 ``i`` are the two words of the hash of ``i``'s 64-bit index XOR-ed, and the float is
 ``bitcast((bits >> 9) | bits(1.0)) - 1``, exact in numpy). A random search's first call then
-compiles no ``_uniform`` program (0.12-0.13 s here).
+compiles no ``_uniform`` program.
 """
 
 from __future__ import annotations

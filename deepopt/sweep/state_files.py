@@ -9,10 +9,10 @@ the file, a torn or foreign file and one whose leaves do not match ``like``'s co
 dtypes; a missing file is a ``FileNotFoundError``. Loaded arrays equal the saved ones bit for bit.
 
 Why not ``deepopt.checkpoint`` (orbax): a search saves one small tree per chunk, and an orbax
-save took about 23 ms each here (most of it waiting on its threads) against about 1 ms for this
-file: the benchmark's 64-config Hyperband with a results file went from 1.8-2.0 s to 0.4-0.6 s
-warm. Searches written by earlier versions kept their states as ``deepopt.checkpoint``
-directories of the same name without the suffix; ``adaptive.Search`` still reads those.
+save takes many times as long as this file's (most of it waiting on its threads), enough to
+dominate a small adaptive search's warm time (measurements: docs/engine-measurements.md).
+Searches written by earlier versions kept their states as ``deepopt.checkpoint`` directories of
+the same name without the suffix; ``adaptive.Search`` still reads those.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ plots go to ``report.md``.
 ``--num_configs`` members, one sub-population per optimizer; neither has a zoomed round.
 ``--sampler=tpe`` samples with Optuna's TPE, asked and told in rounds (``sweep.run``) or bracket by
 bracket (``hyperband``). ``--tensorboard_dir DIR`` also writes one TensorBoard run per config.
-The report ranks the hyperparameters by fANOVA importance (``Results.importance``, needs optuna).
+The report ranks the hyperparameters by fANOVA importance (``Results.importance``, the ``optuna`` extra).
 
 Scale-out: ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (or ``--host_devices N``)
 shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_processes P
@@ -633,8 +633,8 @@ def importance_lines(results: sweep.Results) -> list[str]:
     """``Results.importance()`` as report lines, or why there are none (no optuna, too few configs)."""
     try:
         scores = results.importance()
-    except ImportError:
-        return ["Not computed: `pip install optuna` (or the `optuna` extra) for the hyperparameter importances."]
+    except ImportError as error:  # the message names the missing package and the extra that brings it
+        return [f"Not computed: {error}."]
     except ValueError as error:
         return [f"Not computed: {error}."]
     return [f"{name}: {100 * share:.0f}%" for name, share in scores.items()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -104,6 +106,24 @@ def test_importance_needs_two_observations() -> None:
     one = results_with_best_at({"learning_rate": [0.1], "l2": [0.1], "beta1": [0.9]}, [0.5], SPACE_3)
     with pytest.raises(ValueError, match="at least two configs with a finite dev_accuracy, got 1"):
         one.importance()
+
+
+@pytest.mark.parametrize("missing, package", [("optuna", "optuna"), ("sklearn", "scikit-learn")])
+def test_importance_without_a_dependency_names_the_package_and_the_extra(monkeypatch, missing, package) -> None:
+    pytest.importorskip("optuna")
+    results = _importance_results(lambda a: a["learning_rate"])
+    monkeypatch.setitem(sys.modules, missing, None)  # ``import <missing>`` now raises ImportError
+    with pytest.raises(ImportError, match=rf"needs? {package}: pip install -e '\.\[optuna\]'"):
+        results.importance()
+
+
+def test_the_main_jobs_report_says_which_package_is_missing(monkeypatch) -> None:
+    from experiments import sweep as main_job
+
+    results = _importance_results(lambda a: a["learning_rate"])
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    (line,) = main_job.importance_lines(results)
+    assert line.startswith("Not computed:") and "scikit-learn" in line and "[optuna]" in line
 
 
 def test_a_metric_the_rows_do_not_have_is_refused_not_ranked_by_nothing() -> None:

@@ -287,10 +287,17 @@ class Results:
         choice). The default evaluator is Optuna's fANOVA (``FanovaImportanceEvaluator(seed=seed)``:
         the share of the variance of a random forest's prediction that each field explains on its
         own); any ``optuna.importance`` evaluator can be given. A field with one value gets 0.
-        Needs optuna (``pip install -e '.[optuna]'``) and at least two configs with a finite metric.
+        Needs the ``optuna`` extra (optuna, and scikit-learn for fANOVA) and at least two configs
+        with a finite metric.
         """
         self._check_metric()
         optuna = import_optuna()
+        if evaluator is None:
+            try:
+                import sklearn  # noqa: F401  (what Optuna's fANOVA evaluator imports on its first use)
+            except ImportError:
+                raise ImportError("Results.importance's default evaluator (Optuna's fANOVA) needs scikit-learn: "
+                                  "pip install -e '.[optuna]' (or pip install scikit-learn)") from None
         searched = [name for name, value in self.space.items() if isinstance(value, (Uniform, Choice))]
         if not searched:
             raise ValueError("importance needs a space with searched fields (distributions); this one has none")

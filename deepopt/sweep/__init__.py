@@ -44,11 +44,15 @@ The adaptive searches stop bad runs early or replace them, on runs that continue
 bracket (or generation, parent and schedule); their states are checkpointed beside the results
 file, so a killed search resumes where it was (``adaptive``).
 
+Every call that writes ``results.jsonl`` records its method, space, metric and stats beside it
+(``results.record.json``); ``load(path)`` reopens the file as the ``Results`` the calls returned.
+
 Modules, each importing only from those before it:
 ``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) ->
 ``samplers`` (ask/tell, Halton) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
-``engine`` (chunk sizes, compiled programs, the mesh, one chunk's execution) -> ``analysis``
-(``Results``, a row's Config / HParams / key) -> ``search`` (``run``, ``Progress``) -> ``states``
+``jax_config`` (the caller's JAX configuration in threads and caches) -> ``engine`` (chunk sizes,
+compiled programs, the mesh, one chunk's execution) -> ``analysis`` (``Results``, a row's Config /
+HParams / key) -> ``reopen`` (the results record, ``load``) -> ``search`` (``run``, ``Progress``) -> ``states``
 (the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
 -> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``).
 """
@@ -68,6 +72,7 @@ from deepopt.sweep.engine import (
 )
 from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
 from deepopt.sweep.population import pbt, replay
+from deepopt.sweep.reopen import load, record_path
 from deepopt.sweep.planning import Run, groups, legacy_ids, plan, seed_keys
 from deepopt.sweep.model_based import MODEL_BASED_SAMPLERS, OptunaSampler, make_sampler, optuna_distributions, sample
 from deepopt.sweep.samplers import SAMPLERS, GridSampler, QuasiSampler, RandomSampler, Sampler, halton
@@ -111,7 +116,9 @@ __all__ = [
     "BoundaryWarning",
     "hyperband",
     "hyperband_brackets",
+    "load",
     "manifest_path",
+    "record_path",
     "pbt",
     "replay",
     "retrain",

@@ -37,6 +37,7 @@ from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits
+from deepopt.sweep import reopen
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
@@ -321,6 +322,7 @@ class Search:
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(tmp, manifest)
+            reopen.record_call(self.results_path, self._call(), fresh=not self.resume)
             yield self
 
     # ---------------------------------------------------------------- chunks
@@ -627,8 +629,15 @@ class Search:
             "seconds": time.perf_counter() - self.start,
             **extra_stats,
         }
-        return Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
-                       history=list(self.history))
+        results = Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
+                          history=list(self.history))
+        if self.results_path is not None:
+            reopen.record_call(self.results_path, self._call(), fresh=False, results=results)
+        return results
+
+    def _call(self) -> dict[str, Any]:
+        """What identifies this search in the results record (``reopen.record_call``)."""
+        return {"method": self.method, "space": self.space, "metric": self.metric, "arguments": self.arguments}
 
 
 def _trials(runs: Sequence[Run], seeds: int, first_position: int) -> list[Trial]:

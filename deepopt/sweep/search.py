@@ -39,7 +39,7 @@ from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
-from deepopt.sweep import host_keys, jax_config, store, tensorboard_log
+from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
 
 
@@ -251,6 +251,9 @@ def run(
         reads_file = resume and results_path is not None and jax.process_index() == 0
         legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
         done = _resume(results_path, [run_.id for run_ in runs], resume, legacy)
+        call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+        if writer:
+            reopen.record_call(results_path, call, fresh=not resume)
         curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, [r.id for r in runs])
         sweep = _new_sweep(
             devices, splits, data_bytes, memory_budget_bytes, chunk_size, results_path, done, curves, curve_file,
@@ -263,9 +266,25 @@ def run(
         )
         stats = _stats(sweep, runs, grouped, seeds, devices, compiled_before)
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
-        return Results(
+        results = Results(
             rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
         )
+        if writer:
+            reopen.record_call(results_path, call, fresh=False, results=results)
+        return results
+
+
+def _call_record(
+    config: train_lib.Config, space: Mapping[str, Any], key: jax.Array, num_configs: int | None, seeds: int,
+    sampler: Any, metric: str, hparams: train_lib.HParams | None, data_digest: str,
+) -> dict[str, Any]:
+    """What identifies one ``run`` call in the results record (``reopen.record_call``)."""
+    return {
+        "method": "run", "space": dict(space), "metric": metric, "num_configs": num_configs, "seeds": seeds,
+        "sampler": sampler if isinstance(sampler, str) else f"{type(sampler).__module__}.{type(sampler).__name__}",
+        "key": [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)], "data": data_digest,
+        "config": train_lib.describe_config(config), "hparams": None if hparams is None else hparams._asdict(),
+    }
 
 
 def _stats(
@@ -485,6 +504,9 @@ def _run_model_based(
     writer = results_path is not None and jax.process_index() == 0
     with lock_results(results_path) if writer else contextlib.nullcontext():
         done = _resume(results_path, None if resume else [], resume)
+        call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+        if writer:
+            reopen.record_call(results_path, call, fresh=not resume)
         curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, list(done))
         sweep = _new_sweep(
             devices, splits, data_bytes, budget, per_round * seeds, results_path, done, curves, curve_file,
@@ -517,9 +539,12 @@ def _run_model_based(
         stats.update({"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
                       "configs_per_round": per_round, "asked": source.asked})
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
-        return Results(
+        results = Results(
             rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
         )
+        if writer:
+            reopen.record_call(results_path, call, fresh=False, results=results)
+        return results
 
 
 @dataclasses.dataclass

@@ -434,7 +434,7 @@ def _is_replaceable(path: Path) -> bool:
 def _as_path(path: Any, where: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where}: path must be a str or os.PathLike, got {type(path).__name__}")
-    return Path(os.fspath(path)).expanduser()
+    return Path(os.fspath(path)).expanduser().absolute()  # orbax refuses a relative path
 
 
 # --- the API ------------------------------------------------------------------------------------

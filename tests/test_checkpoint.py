@@ -434,3 +434,12 @@ def test_without_orbax_the_error_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install -e '\.\[checkpoint\]'"):
         checkpoint.save(tmp_path / "x", {"a": jnp.ones(2)})
     assert not (tmp_path / "x").exists()
+
+
+def test_a_relative_path_is_taken_from_the_working_directory(tmp_path, monkeypatch) -> None:
+    """As the README writes it: ``checkpoint.save("run-200", state)`` (orbax itself wants absolute paths)."""
+    monkeypatch.chdir(tmp_path)
+    state = {"w": np.arange(3.0, dtype=np.float32)}
+    checkpoint.save("run-200", state)
+    assert (tmp_path / "run-200").is_dir()
+    np.testing.assert_array_equal(checkpoint.restore("run-200", like=state)["w"], state["w"])

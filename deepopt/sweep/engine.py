@@ -106,9 +106,8 @@ def per_device(program: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, gat
     Each device runs ``program`` on its local configs with no collective until ``gather`` (applied
     to its outputs, e.g. ``gather_runs``) at the end. Under a sharded ``jit`` instead, the halting
     passes' ``while`` loop (it runs while any run of the chunk asks) is an all-reduce across the
-    devices every epoch, which holds them in lockstep: the benchmark's 256-run chunk on 2 CPU
-    devices took 1.26-1.28 s that way against 1.15-1.16 s per device (medians of 7, alternating,
-    one process), the same bits.
+    devices every epoch, which holds them in lockstep; per device is faster, with the same bits
+    (measurements: docs/engine-measurements.md).
     """
 
     def local(*args: Any) -> Any:
@@ -268,9 +267,7 @@ def auto_chunk_size(
     r"""Runs per chunk so that each device's runs fit ``CACHE_BYTES_PER_DEVICE``: :math:`D \cdot 2^k`.
 
     ``k`` is the largest with :math:`2^k \cdot` ``working_set_bytes`` within the budget (at least one run
-    per device). Measured on the 2-core CPU here: a 2-256-256-1 Adam net (about 1.6 MB per run) ran
-    at 110-114 GFLOP/s in chunks of 8 (2 configs × 2 seeds) on 2 devices, 93 in chunks of 4 and 90 in
-    chunks of 16; a 2-20-10-1 net runs equally fast from 64 to 256 runs per device.
+    per device): the chunk size that ran fastest on the CPU (measurements: docs/engine-measurements.md).
     """
     per_run = max(working_set_bytes(config, num_examples, dtype, example_shape), 1)
     runs_per_device = max(CACHE_BYTES_PER_DEVICE // per_run, 1)
@@ -303,9 +300,8 @@ def concurrent_chunks(devices: Sequence[Any], bytes_per_device: int = 0, budget:
     One XLA:CPU execution of a small-net chunk keeps about one core busy (its while loop runs
     step after step), so with ``D`` CPU devices in the mesh and more cores than devices, as many
     chunks as there are cores per device are dispatched from threads at once: each is the same
-    compiled program on its own inputs, so every result is the same bit for bit. Measured on the
-    2-core CPU here: two 128-run chunks of the benchmark's 2-20-10-1 net on one device took 0.43 s
-    at once against 0.73 s one after the other. With ``budget`` (bytes per device), at most
+    compiled program on its own inputs, so every result is the same bit for bit (two chunks at once
+    take far less than twice one: docs/engine-measurements.md). With ``budget`` (bytes per device), at most
     ``budget // bytes_per_device`` chunks are in flight. Accelerators, and meshes spanning several
     processes (whose collectives must meet in the same order everywhere), run one chunk at a time.
     """

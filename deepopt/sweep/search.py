@@ -157,7 +157,7 @@ def run(
       hparams: base ``train.HParams`` for fields not in ``space``.
       chunk_size: runs per chunk (the unit of progress lines and of resume); ``"auto"`` (the
         default): per group, as many runs per device as fit ``CACHE_BYTES_PER_DEVICE``
-        (``auto_chunk_size``: fastest measured here, and a group of the benchmark's 2-20-10-1 net
+        (``auto_chunk_size``: the fastest on the CPU, and a group of the benchmark's 2-20-10-1 net
         splits into chunks of 128 runs that run at once on a CPU's cores); None: the whole group
         in one chunk. A smaller group is padded to the next power of two (``chunk_layout``) so
         that groups of similar size share one compiled program.

@@ -773,7 +773,7 @@ def write_summaries(
             "timing": timing,
             "rounds": [r.stats for r in rounds],
             "plots": plots,
-            "files": ["results.jsonl", *(("results.curves.jsonl",) if fine_space is not None else
+            "files": ["results.jsonl", "results.record.json", *(("results.curves.jsonl",) if fine_space is not None else
                                           ("results.search.json", "results.states/")),
                       "results.csv", "report.md", MANIFEST, *plots],
         },
@@ -829,7 +829,7 @@ def write_summaries(
     ]
     common.write_text(output_dir / "report.md", "\n".join(report) + "\n")
     say(
-        f"\nwrote {output_dir}/results.jsonl, "
+        f"\nwrote {output_dir}/results.jsonl, results.record.json (sweep.load reopens them), "
         + ("results.curves.jsonl" if fine_space is not None else "results.search.json, results.states/")
         + ", results.csv, results.json, report.md"
         + (f", {', '.join(plots)}" if plots else "")

@@ -339,7 +339,8 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
     assert isinstance(sweep.compile_count(), int)
 
 
-CHAIN = ("host_keys", "space", "samplers", "store", "model_based", "planning", "engine", "analysis", "tensorboard_log", "search",
+CHAIN = ("host_keys", "space", "samplers", "store", "model_based", "planning", "jax_config", "engine", "analysis", "reopen",
+         "tensorboard_log", "search",
          "states", "state_files", "adaptive", "halving", "population")
 
 

@@ -1,4 +1,4 @@
-"""Adaptive and model-based search against random search on one space and budget: TPE, halving, Hyperband, PBT.
+"""Adaptive and model-based search against random search on one space and budget: TPE, halving, Hyperband, PBT, median stopping.
 
 Default: MNIST-1D (the mnist1d package's 4000 training sequences, a dev split of --dev_fraction
 of them for the search; the 1000 test sequences touched once per method), a 40-64-64-10 ReLU MLP
@@ -11,7 +11,10 @@ with Adam and mini-batches of 100, over the learning rate, the L2 λ and keep_pr
 - Hyperband: Li et al.'s brackets from ``--min_epochs`` to ``--max_epochs``; ``hyperband_tpe``: the
   same brackets with TPE asking each bracket's configs after the bracket before (a BOHB-like mix);
 - PBT: ``--population`` members (default: as many as random search's configs) for ``--max_epochs``,
-  exploiting every ``--interval`` epochs: random search's compute.
+  exploiting every ``--interval`` epochs: random search's compute;
+- median stopping (Golovin et al. 2017): ``--num_configs`` configs up to ``--max_epochs``, each
+  stopped at a check every ``--interval`` epochs once its best is below the median of the others'
+  running averages.
 
 Each method's winner (a config, or PBT's hyperparameter schedule) is retrained on train + dev and
 its test accuracy reported once. The report has a table, and a plot of the best dev accuracy found
@@ -36,7 +39,7 @@ from experiments import common
 
 STUDY = "adaptive_search"
 FLAGS = flags.FLAGS
-METHODS = ("random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt")
+METHODS = ("random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt", "median")
 QUICK = {  # a small run on moons, end to end in seconds
     "dataset": "moons", "num_configs": 9, "max_epochs": 9, "min_epochs": 1, "interval": 3, "n_train": 200,
     "n_dev": 100, "n_test": 100, "batch_size": 50,
@@ -58,7 +61,7 @@ flags.DEFINE_integer("max_epochs", 81, "Epochs of a full run (random search's, a
 flags.DEFINE_integer("min_epochs", 1, "Epochs of the first rung (halving, Hyperband).", lower_bound=1)
 flags.DEFINE_integer("eta", 3, "Keep the top 1/eta at each rung.", lower_bound=2)
 flags.DEFINE_integer("population", None, "PBT members (default --num_configs: random search's compute).", lower_bound=2)
-flags.DEFINE_integer("interval", 9, "PBT: epochs between exploits.", lower_bound=1)
+flags.DEFINE_integer("interval", 9, "PBT: epochs between exploits; median stopping: between checks.", lower_bound=1)
 flags.DEFINE_float("fraction", 0.25, "PBT: the bottom fraction copies the top fraction.")
 flags.DEFINE_integer("num_seeds", 1, "Keys per config (the metric is their mean).", lower_bound=1)
 flags.DEFINE_list("learning_rate_range", ["1e-4", "1e-1"], "Log-uniform range of Adam's learning rate.")
@@ -218,7 +221,8 @@ def main(argv: list[str]) -> None:
         f"and TPE (Optuna's, asked and told in rounds of {sweep.ask_size(s['num_configs'], s['num_seeds'], None, 1)} "
         f"configs): {s['num_configs']} configs × {s['max_epochs']} epochs; halving and Hyperband from {s['min_epochs']} to "
         f"{s['max_epochs']} epochs, eta {s['eta']}; PBT: {s['population']} members, exploit every {s['interval']} "
-        f"epochs (bottom {s['fraction']:g} copy the top). Each winner is retrained on train + dev and tested once.", "",
+        f"epochs (bottom {s['fraction']:g} copy the top); median stopping: {s['num_configs']} configs, checked every "
+        f"{s['interval']} epochs. Each winner is retrained on train + dev and tested once.", "",
         table, "", "## Findings", "", *[f"- {line}" for line in findings], "",
     ]
     common.finish_study(output_dir, record, report, plots)
@@ -253,6 +257,9 @@ def run_methods(
         "pbt": lambda: sweep.pbt(
             config, space, train_set, dev_set, population=s["population"], epochs=s["max_epochs"],
             interval=s["interval"], fraction=s["fraction"], **common_args),
+        "median": lambda: sweep.median_stopping(
+            config, space, train_set, dev_set, num_configs=s["num_configs"], max_epochs=s["max_epochs"],
+            interval=s["interval"], **common_args),
     }
     summaries, curves = {}, {}
     for method in s["methods"]:
@@ -278,6 +285,7 @@ def run_methods(
             "compilations": results.stats["compilations"],
             **({"brackets": results.stats["brackets"]} if "brackets" in results.stats else {}),
             **({"exploits": len(results.stats["exploits"])} if "exploits" in results.stats else {}),
+            **({"stopped": len(results.stats["stopped"])} if "stopped" in results.stats else {}),
         }
         print(f"  {method:>13}: best dev {100 * summaries[method]['best_dev_accuracy']:.1f}% after "
               f"{results.config_steps} config-steps, retrained test {100 * test_accuracy:.1f}% ({seconds:.1f} s)"

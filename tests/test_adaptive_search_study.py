@@ -63,8 +63,9 @@ def main_pbt(background_runs):
 def test_the_study_compares_every_method_on_one_budget(quick) -> None:
     output_dir, results = quick
     methods = results["methods"]
-    assert list(methods) == ["random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt"]
+    assert list(methods) == ["random", "tpe", "halving", "hyperband", "hyperband_tpe", "pbt", "median"]
     random_steps = methods["random"]["config_steps"]
+    assert methods["median"]["config_steps"] < random_steps and methods["median"]["configs"] == 9  # stopped some
     batches = -(-200 // 50)
     assert random_steps == 9 * 9 * batches  # 9 configs × 9 epochs × 4 mini-batches
     assert methods["pbt"]["config_steps"] == random_steps  # PBT at random search's compute

@@ -39,8 +39,9 @@ defined in ``space``, with their formulas.
 
 The adaptive searches stop bad runs early or replace them, on runs that continue from their state
 (``train.TrainState``), in one compiled program per group and chunk shape (``states``):
-``successive_halving`` and ``hyperband`` (Li et al., 2018; ``halving``) and ``pbt``
-(population-based training; ``population``). Their rows record ``epochs_trained`` and the rung and
+``successive_halving`` and ``hyperband`` (Li et al., 2018; ``halving``), ``pbt``
+(population-based training; ``population``) and ``median_stopping`` (Golovin et al., 2017;
+``median``; it takes the shared ``Options``, ``options``). Their rows record ``epochs_trained`` and the rung and
 bracket (or generation, parent and schedule); their states are checkpointed beside the results
 file, so a killed search resumes where it was (``adaptive``).
 
@@ -54,7 +55,8 @@ Modules, each importing only from those before it:
 compiled programs, the mesh, one chunk's execution) -> ``analysis`` (``Results``, a row's Config /
 HParams / key) -> ``reopen`` (the results record, ``load``) -> ``search`` (``run``, ``Progress``) -> ``states``
 (the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
--> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``).
+-> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``) ->
+``median`` (``median_stopping``); ``options`` (``Options``) imports none of them.
 """
 
 from deepopt.sweep.adaptive import manifest_path, states_path
@@ -73,6 +75,8 @@ from deepopt.sweep.engine import (
 from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
 from deepopt.sweep.population import pbt, replay
 from deepopt.sweep.reopen import load, record_path
+from deepopt.sweep.median import median_stopping
+from deepopt.sweep.options import Options
 from deepopt.sweep.planning import Run, groups, legacy_ids, plan, seed_keys
 from deepopt.sweep.model_based import MODEL_BASED_SAMPLERS, OptunaSampler, make_sampler, optuna_distributions, sample
 from deepopt.sweep.samplers import SAMPLERS, GridSampler, QuasiSampler, RandomSampler, Sampler, halton
@@ -117,6 +121,8 @@ __all__ = [
     "hyperband",
     "hyperband_brackets",
     "load",
+    "median_stopping",
+    "Options",
     "manifest_path",
     "record_path",
     "pbt",

@@ -1,0 +1,184 @@
+r"""The median stopping rule (Golovin et al. 2017, Google Vizier) on runs that continue from their state.
+
+Every config trains in stages of ``interval`` epochs, up to ``max_epochs``; after each stage
+(checkpoint epoch :math:`s`) from ``grace_epochs`` on, a config is stopped when its best metric so
+far is worse than the median, over the other configs still training, of their running averages:
+
+.. math::
+    \text{stop } t \iff \max_{s' \le s} y_t(s') < \operatorname{median}_{u \ne t} \frac{1}{|S_u|}\sum_{s' \in S_u} y_u(s')
+
+(for a metric to maximize; reversed for a cost), where :math:`y_t(s)` is the seed-mean metric of
+config :math:`t` at checkpoint :math:`s` and :math:`S_u` the checkpoints up to :math:`s`. The rule
+needs at least ``min_trials`` others to compare with. A diverged config stops at once. Stopped
+configs keep the rows they have; the rest train on from their state (one compiled program per
+group and chunk shape), so a config that is never stopped ends exactly where training it straight
+through ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from deepopt import data as data_lib
+from deepopt import train as train_lib
+from deepopt.sweep import options as options_lib
+from deepopt.sweep.adaptive import Search, Trial
+from deepopt.sweep.analysis import Results, direction, seed_mean
+from deepopt.sweep.space import _check_count
+from deepopt.sweep import tensorboard_log
+
+UNSUPPORTED = ("concurrent_chunks", "memory_budget_bytes", "curves")
+
+
+def checkpoint_epochs(max_epochs: int, interval: int) -> list[int]:
+    """The epochs the rule looks at: ``interval, 2·interval, ...`` and ``max_epochs`` last."""
+    return [*range(interval, max_epochs, interval), max_epochs]
+
+
+def stopped_by_rule(
+    best: Mapping[int, float | None], running_average: Mapping[int, float | None], maximize: bool, min_trials: int
+) -> list[int]:
+    """The positions the median rule stops at one checkpoint, from each config's best-so-far and running average.
+
+    A config whose values are missing (diverged, not finite) is stopped; the others are compared
+    with the median of the finite running averages of every other config, when there are at least
+    ``min_trials`` of those.
+    """
+    stopped = []
+    for position, own_best in best.items():
+        if own_best is None:
+            stopped.append(position)
+            continue
+        others = [v for p, v in running_average.items() if p != position and v is not None]
+        if len(others) < min_trials:
+            continue
+        median = float(np.median(np.asarray(others, np.float64)))
+        if (own_best < median) if maximize else (own_best > median):
+            stopped.append(position)
+    return stopped
+
+
+def median_stopping(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    num_configs: int,
+    max_epochs: int,
+    interval: int,
+    grace_epochs: int | None = None,
+    min_trials: int = 3,
+    hparams: train_lib.HParams | None = None,
+    options: options_lib.Options | None = None,
+    **option_fields: Any,
+) -> Results:
+    r"""The median stopping rule over ``num_configs`` configs of ``space``, checked every ``interval`` epochs.
+
+    See the module docstring for the rule. ``grace_epochs``: the first checkpoint the rule applies
+    at is the first at or after it (default: the second checkpoint, so that running averages hold
+    two reports). ``options`` (or its fields as keywords: ``seeds``, ``metric``, ``sampler``,
+    ``results_path``, ``resume``, ``test``, ``progress``, ``devices``, ``chunk_size``,
+    ``tensorboard_dir``): as every search's, see ``sweep.Options``.
+
+    Rows (one per config, seed and checkpoint it reached) carry ``checkpoint``, ``epochs_trained``
+    and ``method``; ``Results.rows`` holds each run's last row (a stopped config's at the epoch it
+    stopped), ``Results.history`` every row, ``stats["stopped"]`` ``{config_id: epoch}`` and
+    ``stats["checkpoints"]`` the epochs looked at.
+    """
+    settings = options_lib.resolve("median_stopping", options, option_fields)
+    options_lib.refuse_unsupported("median_stopping", settings, UNSUPPORTED)
+    num_configs = _check_count("num_configs", num_configs)
+    max_epochs = _check_count("max_epochs", max_epochs)
+    interval = _check_count("interval", interval)
+    if interval > max_epochs:
+        raise ValueError(f"interval must be <= max_epochs, got interval={interval}, max_epochs={max_epochs}")
+    checkpoints = checkpoint_epochs(max_epochs, interval)
+    if grace_epochs is None:
+        grace_epochs = checkpoints[min(1, len(checkpoints) - 1)]
+    grace_epochs = _check_count("grace_epochs", grace_epochs)
+    if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
+        raise ValueError(f"min_trials must be a positive int (others to compare with), got {min_trials!r}")
+    chunk_size = None if settings.chunk_size == options_lib.AUTO else settings.chunk_size
+    search = Search.create(
+        "median_stopping", config, space, train, dev, key=key, num_configs=num_configs, seeds=settings.seeds,
+        metric=settings.metric, max_epochs=max_epochs, results_path=settings.results_path, resume=settings.resume,
+        progress=settings.progress, test=settings.test, sampler=settings.sampler, chunk_size=chunk_size,
+        devices=settings.devices, hparams=hparams,
+        arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
+                   "grace_epochs": grace_epochs, "min_trials": min_trials},
+    )
+    maximize = direction(search.metric) == "maximize"
+    stages = [(len(search.trials), epochs - (checkpoints[i - 1] if i else 0)) for i, epochs in enumerate(checkpoints)]
+    total = sum(n for n, _ in stages) * search.seeds
+    last: dict[int, list[dict[str, Any]]] = {}
+    reports: dict[int, list[float | None]] = {trial.position: [] for trial in search.trials}
+    stopped: dict[str, int] = {}
+    with search.opened():
+        alive = list(search.trials)
+        for index, target in enumerate(checkpoints):
+            if not alive:
+                break
+            added = target - (checkpoints[index - 1] if index else 0)
+            stage = f"m{index}"
+            trained = _train_stage(search, alive, added, index == 0, stage, stages, total, target, index)
+            for trial in alive:
+                last[trial.position] = trained[trial.position]
+                reports[trial.position].append(seed_mean([row.get(search.metric) for row in trained[trial.position]]))
+            if index:
+                search.delete_states(f"m{index - 1}")
+            if target >= grace_epochs and target < max_epochs:
+                out = set(stopped_by_rule(
+                    {t.position: _best(reports[t.position], maximize) for t in alive},
+                    {t.position: _average(reports[t.position]) for t in alive}, maximize, min_trials,
+                ))
+                stopped.update({t.config_id: target for t in alive if t.position in out})
+                search.pool.drop(sorted(out))
+                alive = [t for t in alive if t.position not in out]
+    final = [row for trial in search.trials for row in last[trial.position]]
+    results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
+                                     "min_trials": min_trials, "stopped": stopped, "max_epochs": max_epochs})
+    if settings.tensorboard_dir is not None:
+        tensorboard_log.write_runs(settings.tensorboard_dir, results)
+    return results
+
+
+def _train_stage(
+    search: Search, alive: Sequence[Trial], added: int, fresh: bool, stage: str, stages: Sequence[tuple[int, int]],
+    total: int, target: int, index: int,
+) -> dict[int, list[dict[str, Any]]]:
+    """Advance every live trial by ``added`` epochs, group by group, in chunks of the search's shape; their rows."""
+    trained: dict[int, list[dict[str, Any]]] = {}
+    by_group: dict[train_lib.Config, list[Trial]] = {}
+    for trial in alive:
+        by_group.setdefault(trial.config, []).append(trial)
+    for group, members in by_group.items():
+        configs = search.configs_per_chunk(group, stages)
+        chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
+        rows_of_chunks = search.train_chunks(  # several at once where the CPU has cores to spare
+            chunks, epochs=added, fresh=fresh, stage=stage, stages=stages, total=total,
+            label=f"checkpoint {index} ({target} epochs)",
+            extra=lambda trial: {"method": search.method, "checkpoint": index, "epochs_trained": target},
+        )
+        for chunk, rows in zip(chunks, rows_of_chunks):
+            search.register_saved(stage, chunk, configs)
+            trained.update({trial.position: trial_rows for trial, trial_rows in zip(chunk, rows)})
+    return trained
+
+
+def _best(reports: Sequence[float | None], maximize: bool) -> float | None:
+    if any(v is None or not math.isfinite(v) for v in reports):
+        return None
+    return max(reports) if maximize else min(reports)
+
+
+def _average(reports: Sequence[float | None]) -> float | None:
+    if any(v is None or not math.isfinite(v) for v in reports):
+        return None
+    return float(np.mean(np.asarray(reports, np.float64)))

@@ -1,0 +1,76 @@
+"""``Options``: what every search shares (where its rows go, how it runs, what it ranks), one frozen dataclass.
+
+A search takes ``options=Options(...)`` and, for convenience, the same fields as keyword arguments
+(``seeds=2`` is ``options=Options(seeds=2)``; a keyword given beside ``options`` overrides its field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from deepopt import data as data_lib
+
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options every search shares.
+
+    Attributes:
+      seeds: PRNG keys per config (mean and spread over seeds).
+      metric: the row field that ranks configs (``dev_accuracy``; a name ending in ``cost`` is minimized).
+      sampler: ``"random"``, ``"quasi"``, ``"grid"``, ``"tpe"`` or an Optuna sampler instance.
+      results_path: the JSON-lines file the rows go to (None: kept in memory only).
+      resume: continue the search already in ``results_path`` (recompute only unfinished chunks)
+        rather than start it again; never loses rows already written.
+      test: a test split, measured for every row (``test_accuracy``); never used to rank.
+      progress: called after each chunk with a progress record (``print`` prints a line).
+      devices: the devices to shard over (None: every device).
+      chunk_size: runs per chunk; ``"auto"``: the search's own choice; None: one chunk per group.
+      concurrent_chunks: chunks of one group in flight at once (None: the CPU's cores per device).
+      memory_budget_bytes: bytes per device a chunk may use (None: no limit).
+      curves: record every run's per-epoch learning curves (None: when ``tensorboard_dir`` is given).
+      tensorboard_dir: also write one TensorBoard run per config there.
+    """
+
+    seeds: int = 1
+    metric: str = "dev_accuracy"
+    sampler: Any = "random"
+    results_path: str | os.PathLike | None = None
+    resume: bool = True
+    test: data_lib.Dataset | None = None
+    progress: Callable[[Any], None] | None = None
+    devices: Sequence[Any] | None = None
+    chunk_size: int | str | None = AUTO
+    concurrent_chunks: int | None = None
+    memory_budget_bytes: int | None = None
+    curves: bool | None = None
+    tensorboard_dir: str | os.PathLike | None = None
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(Options))
+
+
+def resolve(where: str, options: Options | None, overrides: Mapping[str, Any]) -> Options:
+    """``options`` (default ``Options()``) with the keyword ``overrides`` set; an unknown keyword is refused."""
+    if options is None:
+        options = Options()
+    if not isinstance(options, Options):
+        raise TypeError(f"{where}: options must be a deepopt.sweep.Options, got {type(options).__name__}")
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {unknown}; its options are {list(FIELDS)}")
+    return dataclasses.replace(options, **overrides)
+
+
+def refuse_unsupported(where: str, options: Options, unsupported: Sequence[str]) -> None:
+    """Refuse any of ``unsupported`` set away from its default, naming it (before anything compiles)."""
+    defaults = Options()
+    for name in unsupported:
+        if getattr(options, name) != getattr(defaults, name):
+            raise ValueError(f"{where} does not support Options.{name} yet (got {getattr(options, name)!r}); "
+                             f"leave it at {getattr(defaults, name)!r}")

@@ -106,7 +106,7 @@ def test_options_as_a_dataclass_or_as_keywords() -> None:
     ({"seed": 2}, TypeError, r"unexpected keyword argument\(s\) \['seed'\]; its options are \['seeds'"),
     ({"curves": True}, ValueError, r"median_stopping does not support Options.curves yet \(got True\)"),
     ({"interval": 9}, ValueError, "interval must be <= max_epochs, got interval=9, max_epochs=8"),
-    ({"min_trials": 0}, ValueError, "min_trials must be a positive int"),
+    ({"grace_epochs": 0}, ValueError, "grace_epochs must be a positive int"),
     ({"options": {"seeds": 2}}, TypeError, "options must be a deepopt.sweep.Options, got dict"),
 ])
 def test_bad_arguments_are_refused_before_anything_compiles(arguments, error, message) -> None:

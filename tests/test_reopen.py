@@ -9,7 +9,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from adaptive_worker import ADAM, PBT_SPACE, SPACE, tiny_data, tiny_hyperband, tiny_pbt
+from adaptive_worker import ADAM, SPACE, tiny_data, tiny_hyperband, tiny_pbt
 
 from deepopt import sweep
 

@@ -73,7 +73,7 @@ from deepopt.sweep.engine import (
     working_set_bytes,
 )
 from deepopt.sweep.halving import hyperband, hyperband_brackets, rung_epochs, rung_sizes, successive_halving
-from deepopt.sweep.population import pbt, replay
+from deepopt.sweep.population import Exploit, pbt, replay
 from deepopt.sweep.reopen import load, record_path
 from deepopt.sweep.median import median_stopping
 from deepopt.sweep.options import Options
@@ -121,6 +121,7 @@ __all__ = [
     "hyperband",
     "hyperband_brackets",
     "load",
+    "Exploit",
     "median_stopping",
     "Options",
     "manifest_path",

@@ -22,9 +22,18 @@ import jax
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt.sweep import options as options_lib
+from deepopt.sweep import tensorboard_log
 from deepopt.sweep.adaptive import Search, Trial, rank_trials
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.space import _check_count
+
+
+def _write_board(settings: options_lib.Options, results: Results) -> Results:
+    """With ``tensorboard_dir``: one TensorBoard run per config of the finished search (process 0)."""
+    if settings.tensorboard_dir is not None and jax.process_index() == 0:
+        tensorboard_log.write_runs(settings.tensorboard_dir, results)
+    return results
 
 
 def _check_eta(eta: Any) -> int:
@@ -140,18 +149,15 @@ def successive_halving(
     min_epochs: int,
     max_epochs: int,
     eta: int = 3,
-    seeds: int = 1,
-    metric: str = "dev_accuracy",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Callable[[Any], None] | None = None,
-    test: data_lib.Dataset | None = None,
-    sampler: str = "random",
-    chunk_size: int | None = None,
-    devices: Sequence[Any] | None = None,
     hparams: train_lib.HParams | None = None,
+    options: options_lib.Options | None = None,
+    **option_fields: Any,
 ) -> Results:
     r"""Successive halving of ``num_configs`` configs of ``space`` from ``min_epochs`` to ``max_epochs``.
+
+    ``options`` (or its fields as keywords: ``seeds``, ``metric``, ``results_path``, ``resume``,
+    ``progress``, ``test``, ``sampler``, ``chunk_size``, ``devices``, ``tensorboard_dir``): as every
+    search's, ``sweep.Options``.
 
     Rungs train to :math:`r_0\eta^i` epochs (``rung_epochs``); each keeps the top
     :math:`\lfloor n/\eta\rfloor` of the one before (seed-mean ``metric``, ties: the earlier config)
@@ -170,6 +176,36 @@ def successive_halving(
     ``max_epochs`` first), ``history`` every row, ``config_steps`` the updates the search trained,
     ``stats["brackets"]`` the rungs and their sizes.
     """
+    settings = options_lib.resolve("successive_halving", options, option_fields)
+    results = _successive_halving(config, space, train, dev, key=key, num_configs=num_configs, min_epochs=min_epochs,
+                                  max_epochs=max_epochs, eta=eta, hparams=hparams,
+                                  **options_lib.adaptive_arguments("successive_halving", settings))
+    return _write_board(settings, results)
+
+
+def _successive_halving(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    num_configs: int,
+    min_epochs: int,
+    max_epochs: int,
+    eta: int = 3,
+    seeds: int = 1,
+    metric: str = "dev_accuracy",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    test: data_lib.Dataset | None = None,
+    sampler: str = "random",
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    hparams: train_lib.HParams | None = None,
+) -> Results:
+    """``successive_halving`` with every option as an argument."""
     eta = _check_eta(eta)
     min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
     num_configs = _check_count("num_configs", num_configs)
@@ -200,16 +236,9 @@ def hyperband(
     min_epochs: int,
     max_epochs: int,
     eta: int = 3,
-    seeds: int = 1,
-    metric: str = "dev_accuracy",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Callable[[Any], None] | None = None,
-    test: data_lib.Dataset | None = None,
-    sampler: Any = "random",
-    chunk_size: int | None = None,
-    devices: Sequence[Any] | None = None,
     hparams: train_lib.HParams | None = None,
+    options: options_lib.Options | None = None,
+    **option_fields: Any,
 ) -> Results:
     r"""Hyperband: the brackets of Li et al. (2018) (``hyperband_brackets``), each a successive halving.
 
@@ -223,6 +252,34 @@ def hyperband(
     bracket and rung. ``stats["brackets"]`` records each bracket: its ``s``, configs, rung epochs
     and sizes, planned ``budget`` in config-epochs and the ``config_steps`` it trained.
     """
+    settings = options_lib.resolve("hyperband", options, option_fields)
+    results = _hyperband(config, space, train, dev, key=key, min_epochs=min_epochs, max_epochs=max_epochs, eta=eta,
+                         hparams=hparams, **options_lib.adaptive_arguments("hyperband", settings))
+    return _write_board(settings, results)
+
+
+def _hyperband(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    min_epochs: int,
+    max_epochs: int,
+    eta: int = 3,
+    seeds: int = 1,
+    metric: str = "dev_accuracy",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    test: data_lib.Dataset | None = None,
+    sampler: Any = "random",
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    hparams: train_lib.HParams | None = None,
+) -> Results:
+    """``hyperband`` with every option as an argument."""
     eta = _check_eta(eta)
     min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
     brackets = hyperband_brackets(min_epochs, max_epochs, eta)

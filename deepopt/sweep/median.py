@@ -9,7 +9,7 @@ far is worse than the median, over the other configs still training, of their ru
 
 (for a metric to maximize; reversed for a cost), where :math:`y_t(s)` is the seed-mean metric of
 config :math:`t` at checkpoint :math:`s` and :math:`S_u` the checkpoints up to :math:`s`. The rule
-needs at least ``min_trials`` others to compare with. A diverged config stops at once. Stopped
+needs at least ``MIN_TRIALS`` (3) others to compare with. A diverged config stops at once. Stopped
 configs keep the rows they have; the rest train on from their state (one compiled program per
 group and chunk shape), so a config that is never stopped ends exactly where training it straight
 through ends.
@@ -32,7 +32,7 @@ from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.space import _check_count
 from deepopt.sweep import tensorboard_log
 
-UNSUPPORTED = ("concurrent_chunks", "memory_budget_bytes", "curves")
+MIN_TRIALS = 3  # others to compare with before the rule stops anyone (Ray Tune's min_samples_required)
 
 
 def checkpoint_epochs(max_epochs: int, interval: int) -> list[int]:
@@ -74,7 +74,6 @@ def median_stopping(
     max_epochs: int,
     interval: int,
     grace_epochs: int | None = None,
-    min_trials: int = 3,
     hparams: train_lib.HParams | None = None,
     options: options_lib.Options | None = None,
     **option_fields: Any,
@@ -93,7 +92,8 @@ def median_stopping(
     ``stats["checkpoints"]`` the epochs looked at.
     """
     settings = options_lib.resolve("median_stopping", options, option_fields)
-    options_lib.refuse_unsupported("median_stopping", settings, UNSUPPORTED)
+    arguments = options_lib.adaptive_arguments("median_stopping", settings)
+    min_trials = MIN_TRIALS
     num_configs = _check_count("num_configs", num_configs)
     max_epochs = _check_count("max_epochs", max_epochs)
     interval = _check_count("interval", interval)
@@ -103,14 +103,9 @@ def median_stopping(
     if grace_epochs is None:
         grace_epochs = checkpoints[min(1, len(checkpoints) - 1)]
     grace_epochs = _check_count("grace_epochs", grace_epochs)
-    if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
-        raise ValueError(f"min_trials must be a positive int (others to compare with), got {min_trials!r}")
-    chunk_size = None if settings.chunk_size == options_lib.AUTO else settings.chunk_size
     search = Search.create(
-        "median_stopping", config, space, train, dev, key=key, num_configs=num_configs, seeds=settings.seeds,
-        metric=settings.metric, max_epochs=max_epochs, results_path=settings.results_path, resume=settings.resume,
-        progress=settings.progress, test=settings.test, sampler=settings.sampler, chunk_size=chunk_size,
-        devices=settings.devices, hparams=hparams,
+        "median_stopping", config, space, train, dev, key=key, num_configs=num_configs, max_epochs=max_epochs,
+        hparams=hparams, **arguments,
         arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
                    "grace_epochs": grace_epochs, "min_trials": min_trials},
     )
@@ -144,7 +139,7 @@ def median_stopping(
     final = [row for trial in search.trials for row in last[trial.position]]
     results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
                                      "min_trials": min_trials, "stopped": stopped, "max_epochs": max_epochs})
-    if settings.tensorboard_dir is not None:
+    if settings.tensorboard_dir is not None and jax.process_index() == 0:
         tensorboard_log.write_runs(settings.tensorboard_dir, results)
     return results
 

@@ -74,3 +74,25 @@ def refuse_unsupported(where: str, options: Options, unsupported: Sequence[str])
         if getattr(options, name) != getattr(defaults, name):
             raise ValueError(f"{where} does not support Options.{name} yet (got {getattr(options, name)!r}); "
                              f"leave it at {getattr(defaults, name)!r}")
+
+
+def as_arguments(options: Options) -> dict[str, Any]:
+    """Every field of ``options`` by name (no deep copy: datasets and callables pass as they are)."""
+    return {name: getattr(options, name) for name in FIELDS}
+
+
+ADAPTIVE_UNSUPPORTED = ("concurrent_chunks", "memory_budget_bytes", "curves")
+
+
+def adaptive_arguments(where: str, options: Options) -> dict[str, Any]:
+    """What the adaptive searches' engine takes of ``options`` (``tensorboard_dir`` is the caller's, after it).
+
+    ``chunk_size="auto"`` is the engine's own choice (None there); the options it cannot honour yet
+    (``ADAPTIVE_UNSUPPORTED``) are refused when set.
+    """
+    refuse_unsupported(where, options, ADAPTIVE_UNSUPPORTED)
+    return {
+        "seeds": options.seeds, "metric": options.metric, "results_path": options.results_path,
+        "resume": options.resume, "progress": options.progress, "test": options.test, "sampler": options.sampler,
+        "chunk_size": None if options.chunk_size == AUTO else options.chunk_size, "devices": options.devices,
+    }

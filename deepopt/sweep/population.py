@@ -19,6 +19,7 @@ inherits continue exactly as its own would have: replaying a member's recorded `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,8 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
-from deepopt.sweep import host_keys
+from deepopt.sweep import host_keys, tensorboard_log
+from deepopt.sweep import options as options_lib
 from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
 from deepopt.sweep.analysis import Results, retrain
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
@@ -101,7 +103,71 @@ def _segments_with(schedule: list[dict[str, Any]], segment: dict[str, Any]) -> l
     return schedule + [segment]
 
 
+@dataclasses.dataclass(frozen=True)
+class Exploit:
+    """PBT's exploit and explore: the bottom ``fraction`` copy a top-``fraction`` member, then
+    perturb its hyperparameters by a factor from ``perturb`` or, with ``resample_probability``,
+    draw them afresh."""
+
+    fraction: float = 0.25
+    perturb: tuple[float, ...] = (0.8, 1.25)
+    resample_probability: float = 0.25
+
+
+EXPLOIT_FIELDS = tuple(field.name for field in dataclasses.fields(Exploit))
+
+
 def pbt(
+    config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None,
+    *,
+    key: jax.Array,
+    population: int,
+    epochs: int,
+    interval: int,
+    exploit: Exploit | None = None,
+    hparams: train_lib.HParams | None = None,
+    options: options_lib.Options | None = None,
+    **fields: Any,
+) -> Results:
+    r"""Population-based training of ``population`` configs of ``space`` for ``epochs``, exploiting every ``interval``.
+
+    ``exploit``: who copies whom and how they explore (``Exploit``; its fields ``fraction``,
+    ``perturb`` and ``resample_probability`` are also taken as keywords). ``options`` (or its
+    fields as keywords: ``seeds``, ``metric``, ``results_path``, ``resume``, ``progress``, ``test``,
+    ``sampler``, ``devices``, ``tensorboard_dir``): as every search's, ``sweep.Options``.
+
+    Generation ``g`` trains every member from epoch :math:`g \cdot` ``interval`` (the last one may be
+    shorter), then the bottom ``fraction`` copy a top-``fraction`` member's state and explore its
+    hyperparameters (see the module docstring). A space that varies static Config fields (say the
+    optimizer) splits the population into sub-populations, one per static combination, each
+    exploiting within itself (their states cannot be copied across). Each sub-population is one
+    chunk of its group's compiled program; its states stay on the devices between generations.
+
+    Rows (one per member, seed and generation): the metrics at the end of the generation,
+    ``generation``, ``epochs_trained``, ``parent`` (the ``config_id`` whose state the member took at
+    the start of the generation, or None), ``hparams`` (the values it trained with), and
+    ``schedule``: the lineage of its weights, ``[{"member", "from_epoch", "to_epoch", "hparams"}]``
+    (``replay`` retrains it). ``results_path``/``resume``: as ``successive_halving`` (each
+    generation's states are saved before its rows; a restart continues from the last generation
+    recorded). Returns ``Results`` whose ``rows`` are the last generation's.
+    """
+    exploit = Exploit() if exploit is None else exploit
+    if not isinstance(exploit, Exploit):
+        raise TypeError(f"pbt: exploit must be a deepopt.sweep.Exploit, got {type(exploit).__name__}")
+    exploit = dataclasses.replace(exploit, **{name: fields.pop(name) for name in EXPLOIT_FIELDS if name in fields})
+    settings = options_lib.resolve("pbt", options, fields)
+    results = _pbt(config, space, train, dev, key=key, population=population, epochs=epochs, interval=interval,
+                   fraction=exploit.fraction, perturb=exploit.perturb, resample_probability=exploit.resample_probability,
+                   hparams=hparams, **options_lib.adaptive_arguments("pbt", settings))
+    if settings.tensorboard_dir is not None and jax.process_index() == 0:
+        tensorboard_log.write_runs(settings.tensorboard_dir, results)
+    return results
+
+
+def _pbt(
     config: train_lib.Config,
     space: Mapping[str, Any],
     train: data_lib.Dataset,
@@ -121,26 +187,13 @@ def pbt(
     progress: Callable[[Any], None] | None = None,
     test: data_lib.Dataset | None = None,
     sampler: str = "random",
+    chunk_size: int | None = None,
     devices: Sequence[Any] | None = None,
     hparams: train_lib.HParams | None = None,
 ) -> Results:
-    r"""Population-based training of ``population`` configs of ``space`` for ``epochs``, exploiting every ``interval``.
-
-    Generation ``g`` trains every member from epoch :math:`g \cdot` ``interval`` (the last one may be
-    shorter), then the bottom ``fraction`` copy a top-``fraction`` member's state and explore its
-    hyperparameters (see the module docstring). A space that varies static Config fields (say the
-    optimizer) splits the population into sub-populations, one per static combination, each
-    exploiting within itself (their states cannot be copied across). Each sub-population is one
-    chunk of its group's compiled program; its states stay on the devices between generations.
-
-    Rows (one per member, seed and generation): the metrics at the end of the generation,
-    ``generation``, ``epochs_trained``, ``parent`` (the ``config_id`` whose state the member took at
-    the start of the generation, or None), ``hparams`` (the values it trained with), and
-    ``schedule``: the lineage of its weights, ``[{"member", "from_epoch", "to_epoch", "hparams"}]``
-    (``replay`` retrains it). ``results_path``/``resume``: as ``successive_halving`` (each
-    generation's states are saved before its rows; a restart continues from the last generation
-    recorded). Returns ``Results`` whose ``rows`` are the last generation's.
-    """
+    """``pbt`` with every option as an argument (``chunk_size`` must be None: one chunk per sub-population)."""
+    if chunk_size is not None:
+        raise ValueError(f"pbt trains each sub-population as one chunk: leave chunk_size at 'auto', got {chunk_size!r}")
     population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
         population, epochs, interval, fraction, perturb, resample_probability
     )

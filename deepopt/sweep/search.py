@@ -40,6 +40,7 @@ from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
+from deepopt.sweep import options as options_lib
 from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
 
 
@@ -113,22 +114,16 @@ def run(
     *,
     key: jax.Array,
     num_configs: int | None,
-    seeds: int = 1,
-    sampler: Any = "random",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = True,
-    devices: Sequence[Any] | None = None,
-    memory_budget_bytes: int | None = None,
-    metric: str = "dev_accuracy",
     hparams: train_lib.HParams | None = None,
-    test: data_lib.Dataset | None = None,
-    chunk_size: int | str | None = AUTO_CHUNK,
-    progress: Callable[[Progress], None] | None = None,
-    curves: bool | None = None,
-    tensorboard_dir: str | os.PathLike | None = None,
-    concurrent_chunks: int | None = None,
+    options: options_lib.Options | None = None,
+    **option_fields: Any,
 ) -> Results:
     """Train every config of ``space`` × ``seeds`` keys; one compilation per group of static choices.
+
+    The options (``options=Options(...)``, or any of its fields as keywords: ``seeds``, ``sampler``,
+    ``results_path``, ``resume``, ``devices``, ``memory_budget_bytes``, ``metric``, ``test``,
+    ``chunk_size``, ``progress``, ``curves``, ``tensorboard_dir``, ``concurrent_chunks``) are
+    described below; a keyword overrides the same field of ``options``.
 
     Args:
       base_config: the static choices not in ``space``.
@@ -181,6 +176,35 @@ def run(
       ``Results`` with one row per run in plan order (config-major, then seed); ``config_steps``
       counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
     """
+    settings = options_lib.resolve("run", options, option_fields)
+    return _run(base_config, space, train, dev, key=key, num_configs=num_configs, hparams=hparams,
+                **options_lib.as_arguments(settings))
+
+
+def _run(
+    base_config: train_lib.Config,
+    space: Mapping[str, Any],
+    train: data_lib.Dataset,
+    dev: data_lib.Dataset | None = None,
+    *,
+    key: jax.Array,
+    num_configs: int | None,
+    seeds: int = 1,
+    sampler: Any = "random",
+    results_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    devices: Sequence[Any] | None = None,
+    memory_budget_bytes: int | None = None,
+    metric: str = "dev_accuracy",
+    hparams: train_lib.HParams | None = None,
+    test: data_lib.Dataset | None = None,
+    chunk_size: int | str | None = AUTO_CHUNK,
+    progress: Callable[[Progress], None] | None = None,
+    curves: bool | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
+    concurrent_chunks: int | None = None,
+) -> Results:
+    """``run`` with every option as an argument (``Options``' fields, resolved)."""
     start = time.perf_counter()
     splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
     if splits[0] is None:

@@ -9,10 +9,9 @@ dict also holds ``gamma`` and ``beta`` is batch-normalized before its activation
 One loop over the layers (``_layers``) serves ``forward_with_state`` (training and evaluation,
 through ``forward``) and ``forward_with_activations`` (every layer's ``z`` and ``a``, read by
 ``diagnostics.layer_stats``); only ``deepopt.backprop`` writes its own, for its cache. ``fit``'s
-training step on a small net without batch norm runs the same layers features-major instead
-(``_layers_features_major``, ``transposed_matmul``; a first layer of 2 or 3 inputs as multiply-adds,
-``elementwise_transposed_matmul``): faster on the CPU for small nets, the same values up to
-rounding (measurements: docs/engine-measurements.md).
+training step (``dense_vjp=True``, ``Config.cpu_kernels``) hands the layers to
+``deepopt.cpu_kernels``, the CPU-tuned forms of the same layers; the kernels' names
+(``dense_matmul``, ``transposed_matmul``, ...) are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,10 +23,21 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from deepopt import batchnorm, xla_options
+from deepopt import batchnorm, cpu_kernels
 from deepopt.hparams import concrete_array
 from deepopt.parameters import Params, is_batch_normalized, normalized_layers
 
+
+# The CPU kernels' public names, where they were before they had a module of their own:
+from deepopt.cpu_kernels import (  # noqa: E402,F401
+    DENSE_VJP_MIN_WEIGHTS,
+    ELEMENTWISE_FAN_INS,
+    FEATURES_MAJOR_MAX_WEIGHTS,
+    dense_matmul,
+    elementwise_transposed_matmul,
+    runs_features_major,
+    transposed_matmul,
+)
 
 LEAKY_RELU_SLOPE = 0.01
 
@@ -151,134 +161,12 @@ def _check_forward(
     return bn_state
 
 
-DENSE_VJP_MIN_WEIGHTS = 1024
-"""``forward_with_state(dense_vjp=True)`` uses ``dense_matmul`` on layers after the first whose ``W`` has
-at least this many entries (below it ``jax.grad``'s own rule is as fast or faster on the CPU)."""
-
-
-@jax.custom_vjp
-def dense_matmul(a: jax.Array, W: jax.Array) -> jax.Array:
-    r"""``a @ W`` whose reverse-mode rule writes :math:`\partial W = a^\top g` in ``W``'s own layout.
-
-    ``jax.grad`` of ``a @ W`` computes :math:`(g^\top a)^\top`: a ``(fan_out, fan_in)`` product,
-    transposed afterwards, which XLA:CPU fuses into the optimizer's update as a strided read. Here
-    ``∂W = dot_general(a, g)`` contracts the batch axis straight into ``(fan_in, fan_out)``;
-    :math:`\partial a = g W^\top` is ``jax.grad``'s. The same sums, and on this project's CPU the
-    same bits (tested); a wide net's training step is faster for it (measurements:
-    docs/engine-measurements.md). Reverse mode only: ``jax.jvp`` cannot go through it
-    (``forward`` does not use it).
-    """
-    return a @ W
-
-
-def _dense_matmul_forward(a: jax.Array, W: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return a @ W, (a, W)
-
-
-def _dense_matmul_backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    a, W = residuals
-    da = jax.lax.dot_general(g, W, (((1,), (1,)), ((), ())), preferred_element_type=g.dtype)
-    dW = jax.lax.dot_general(a, g, (((0,), (0,)), ((), ())), preferred_element_type=g.dtype)
-    return da, dW
-
-
-dense_matmul.defvjp(_dense_matmul_forward, _dense_matmul_backward)
-
-
 def _affine(a: jax.Array, layer: dict, first: bool, dense_vjp: bool) -> jax.Array:
-    """``a W + b``; through ``dense_matmul`` when ``dense_vjp`` and the layer is large and not the first."""
+    """``a W + b``; with ``dense_vjp`` a large layer after the first goes through ``cpu_kernels.dense_matmul``."""
     W = layer["W"]
-    if dense_vjp and not first and W.shape[0] * W.shape[1] >= DENSE_VJP_MIN_WEIGHTS:
-        return dense_matmul(a, W) + layer["b"]
+    if dense_vjp and cpu_kernels.takes_dense_matmul(W, first):
+        return cpu_kernels.dense_matmul(a, W) + layer["b"]
     return a @ W + layer["b"]
-
-
-FEATURES_MAJOR_MAX_WEIGHTS = 1024
-"""``forward_with_state(dense_vjp=True)`` runs a net without batch norm features-major
-(``transposed_matmul``) when no layer's ``W`` has more entries than this; see ``_layers``."""
-
-
-@jax.custom_vjp
-def transposed_matmul(W: jax.Array, aT: jax.Array) -> jax.Array:
-    r"""A dense layer on features-major activations: :math:`z^\top = W^\top a^\top`, ``(fan_out, m)``.
-
-    ``aT`` is ``(fan_in, m)``, the course's own layout. The reverse-mode rule gives
-    :math:`\partial a^\top = W g^\top` and :math:`\partial W = a^\top g` (the batch contracted),
-    written in ``W``'s layout directly for a layer of at least ``DENSE_VJP_MIN_WEIGHTS`` weights and as
-    :math:`(g^\top a)^\top` below it (faster for small layers on XLA:CPU). Every product here keeps
-    the features in the major and the batch in the minor dimension, the form XLA:CPU's small-matrix
-    kernels (YNN) take, and the elementwise work between layers runs over batch-wide rows. The same
-    values as ``a @ W`` up to float rounding (the sums run in another order), not the same bits.
-    Reverse mode only (a ``custom_vjp``).
-    """
-    return jax.lax.dot_general(jax.lax.optimization_barrier(W.T), aT, (((1,), (0,)), ((), ())))
-
-
-def _transposed_matmul_forward(W: jax.Array, aT: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return transposed_matmul(W, aT), (W, aT)
-
-
-def _transposed_matmul_backward(residuals: tuple[jax.Array, jax.Array], gT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    W, aT = residuals
-    daT = jax.lax.dot_general(W, gT, (((1,), (0,)), ((), ())), preferred_element_type=gT.dtype)
-    if W.shape[-2] * W.shape[-1] >= DENSE_VJP_MIN_WEIGHTS:
-        dW = jax.lax.dot_general(aT, gT, (((1,), (1,)), ((), ())), preferred_element_type=gT.dtype)
-    else:
-        dW = jax.lax.dot_general(gT, aT, (((1,), (1,)), ((), ())), preferred_element_type=gT.dtype).T
-    return dW, daT
-
-
-transposed_matmul.defvjp(_transposed_matmul_forward, _transposed_matmul_backward)
-
-
-ELEMENTWISE_FAN_INS = (2, 3)
-"""``fit``'s features-major step computes a first layer with this many inputs as multiply-adds
-(``elementwise_transposed_matmul``) instead of a matrix product, on the CPU at LLVM level 1 or above
-(``_elementwise_first_layer``): faster for 2 and 3 inputs, slower for 1 (XLA already makes a
-one-input product a multiply), 4 and 8 (measurements: docs/engine-measurements.md). Set it to
-``()`` before the first trace for the matrix product (and its float32 bits) everywhere."""
-
-
-@jax.custom_vjp
-def elementwise_transposed_matmul(W: jax.Array, aT: jax.Array) -> jax.Array:
-    r"""``transposed_matmul`` for a small fan-in, as multiply-adds: :math:`z^\top = \sum_i W_{i,:}^\top a_i^\top`.
-
-    The terms are added in order :math:`i = 0, 1, \dots`, each to the sum so far, which is how
-    XLA:CPU's matrix kernel sums them: with the library's compile options (LLVM level 1, which fuses
-    each multiply-add) the product has ``transposed_matmul``'s bits (tested). XLA then fuses the
-    product into the layer's bias and activation, so every config's ``(fan_out, m)`` pre-activation
-    is not written out and read back. Its reverse-mode rule is ``transposed_matmul``'s. In ``fit``
-    the rest of the step can change with it: for a chunk whose first layer has fewer than 32k
-    activations, or several seeds, XLA sums the first layer's ``∂b`` in another order (other last
-    bits in float32; tested equal for one run and for the benchmark's 128-config chunk).
-    """
-    zT = W[0][:, None] * aT[0]
-    for i in range(1, W.shape[0]):
-        zT = W[i][:, None] * aT[i] + zT
-    return zT
-
-
-def _elementwise_transposed_matmul_forward(
-    W: jax.Array, aT: jax.Array
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return elementwise_transposed_matmul(W, aT), (W, aT)
-
-
-elementwise_transposed_matmul.defvjp(_elementwise_transposed_matmul_forward, _transposed_matmul_backward)
-
-
-def _elementwise_first_layer(W: jax.Array) -> bool:
-    """Whether ``fit``'s features-major step computes a first layer with weights ``W`` as multiply-adds:
-    ``W.shape[0]`` in ``ELEMENTWISE_FAN_INS``, on the CPU, where LLVM fuses multiply-adds (level 1 up:
-    deepopt's default; the matrix product's bits, tested)."""
-    return W.shape[0] in ELEMENTWISE_FAN_INS and jax.default_backend() == "cpu" and xla_options.cpu_llvm_level() >= 1
-
-
-def runs_features_major(params: Params) -> bool:
-    """Whether ``forward_with_state(dense_vjp=True)`` runs ``params`` features-major (see ``_layers``)."""
-    return not has_batchnorm(params) and all(
-        jnp.shape(layer["W"])[0] * jnp.shape(layer["W"])[1] <= FEATURES_MAJOR_MAX_WEIGHTS for layer in params
-    )
 
 
 def _layer_keys(key: jax.Array | None, num_hidden: int) -> list[jax.Array | None]:
@@ -286,31 +174,6 @@ def _layer_keys(key: jax.Array | None, num_hidden: int) -> list[jax.Array | None
     if key is None or num_hidden == 0:
         return [None] * num_hidden
     return list(jax.random.split(key, num_hidden))
-
-
-def _layers_features_major(
-    params: Params, X: jax.Array, activation: str, keep_prob: Any, key: jax.Array | None
-) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...], LayerValues]:
-    """``_layers`` of a net without batch norm on ``Xᵀ``: every layer through ``transposed_matmul``.
-
-    Dropout draws the same ``(m, n_l)`` mask as the batch-major pass and applies its transpose, so
-    the same units drop; the logits and the ``LayerValues`` come back batch-major.
-    """
-    g = ACTIVATIONS[activation]
-    hidden = params[:-1]
-    aT = X.T
-    pre_activations, activations = [], []
-    for number, (layer, layer_key) in enumerate(zip(hidden, _layer_keys(key, len(hidden)))):
-        product = elementwise_transposed_matmul if number == 0 and _elementwise_first_layer(layer["W"]) else transposed_matmul
-        zT = product(layer["W"], aT) + layer["b"][:, None]
-        aT = g(zT)
-        if layer_key is not None:  # dropout's own formula on aᵀ: through ``dropout(…, aT.T, …).T`` XLA rounds
-            check_keep_prob(keep_prob)  # the run with keep_prob 1 differently from the run without masks
-            aT = aT * dropout_mask(layer_key, aT.shape[::-1], keep_prob, aT.dtype).T / keep_prob
-        pre_activations.append(zT.T)
-        activations.append(aT.T)
-    logits = (transposed_matmul(params[-1]["W"], aT) + params[-1]["b"][:, None]).T
-    return logits, (), LayerValues((*pre_activations, logits), (*activations, logits))
 
 
 def _layers(
@@ -326,12 +189,19 @@ def _layers(
 ) -> tuple[jax.Array, tuple[batchnorm.BatchNormState, ...], LayerValues]:
     """The one loop over the layers (arguments checked): ``(logits, new_bn_state, LayerValues)``.
 
-    With ``dense_vjp`` (``fit``'s training step) a net that ``runs_features_major`` takes
-    ``_layers_features_major`` instead: faster on the CPU for small nets, while nets with a larger
-    layer run slower features-major and stay batch-major (measurements: docs/engine-measurements.md).
+    ``dense_vjp`` (``fit``'s training step with ``Config.cpu_kernels``) hands the layers to
+    ``cpu_kernels``: features-major for a small net, ``dense_matmul`` for a larger one's large layers.
     """
-    if dense_vjp and runs_features_major(params):
-        return _layers_features_major(params, X, activation, keep_prob, key)
+    if dense_vjp and cpu_kernels.runs_features_major(params):
+        def drop_transposed(layer_key: jax.Array, aT: jax.Array) -> jax.Array:
+            # dropout's own formula on aᵀ: through ``dropout(…, aT.T, …).T`` XLA rounds the run with
+            # keep_prob 1 differently from the run without masks
+            check_keep_prob(keep_prob)
+            return aT * dropout_mask(layer_key, aT.shape[::-1], keep_prob, aT.dtype).T / keep_prob
+
+        logits, zs, activations_ = cpu_kernels.features_major_layers(
+            params, X, ACTIVATIONS[activation], _layer_keys(key, len(params) - 1), drop_transposed)
+        return logits, (), LayerValues(zs, activations_)
     g = ACTIVATIONS[activation]
     a = X
     hidden = params[:-1]

@@ -64,6 +64,10 @@ class Config:
         ``batchnorm`` are the MLP's: leave them at their defaults, and ``HParams.keep_prob`` at 1
         (the module does its own dropout). A module's ``nn.BatchNorm`` sees the padded rows of a
         smaller last mini-batch: pick a ``batch_size`` that divides ``m`` if that matters.
+      cpu_kernels: the built-in MLP's training step through ``deepopt.cpu_kernels`` (the default:
+        features-major small nets, custom-VJP matmuls, a multiply-add first layer; faster on the
+        CPU, the same values up to float rounding); False: the course's forward pass and
+        ``jax.grad`` everywhere (other float32 bits, the same float64 values to rounding).
     """
 
     layer_sizes: tuple[int, ...] | None = None
@@ -76,6 +80,7 @@ class Config:
     early_stopping: int | str | None = None
     batchnorm: bool = False
     model: Any = None
+    cpu_kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -114,6 +119,8 @@ class Config:
             raise ValueError(f"Config.epochs must be a positive int, got {self.epochs!r}")
         if not isinstance(self.batchnorm, bool):
             raise ValueError(f"Config.batchnorm must be a bool, got {self.batchnorm!r}")
+        if not isinstance(self.cpu_kernels, bool):
+            raise ValueError(f"Config.cpu_kernels must be a bool, got {self.cpu_kernels!r}")
         stopping = self.early_stopping
         if not (
             stopping is None
@@ -699,7 +706,7 @@ def _advance(
             logits, new_bn_state = model.forward_with_state(
                 params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
                 key=key if dropout else None, bn_state=bn_state,
-                train=True, mask=None if full_batch else mask, dense_vjp=True,
+                train=True, mask=None if full_batch else mask, dense_vjp=config.cpu_kernels,
             )
         per_example = losses.per_example_cross_entropy(logits, y_b)
         if full_batch:

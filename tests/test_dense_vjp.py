@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepopt import data, init, model, train, xla_options
+from deepopt import cpu_kernels, data, init, model, train, xla_options
 
 
 MATMULS = {
@@ -84,7 +84,7 @@ def test_fits_training_step_is_the_same_with_and_without_it(monkeypatch: pytest.
 
     assert config.layer_sizes[1] * config.layer_sizes[2] >= model.DENSE_VJP_MIN_WEIGHTS
     with_rule = trained()
-    monkeypatch.setattr(model, "DENSE_VJP_MIN_WEIGHTS", 10**9)
+    monkeypatch.setattr(cpu_kernels, "DENSE_VJP_MIN_WEIGHTS", 10**9)
     without = trained()
     for mine, theirs in zip(jax.tree.leaves(with_rule._replace(key=None)), jax.tree.leaves(without._replace(key=None))):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
@@ -111,7 +111,7 @@ def test_the_elementwise_product_is_jax_grad_up_to_rounding(dtype: jnp.dtype, rt
 ELEMENTWISE_BITS = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from deepopt import model, train, xla_options
+from deepopt import cpu_kernels, model, train, xla_options
 
 def jit(f):
     return jax.jit(f, compiler_options=xla_options.compiler_options("cpu"))  # the library's options, as fit's
@@ -141,12 +141,12 @@ for fan_in in model.ELEMENTWISE_FAN_INS:  # Adam, the last mini-batch padded, 8 
         state = train._init_state(config, hp, key, points.X, None)
         return train._advance(config, False, 8, False, False, hp, state, points, None)[0]
     states = []
-    for fan_ins in (model.ELEMENTWISE_FAN_INS, ()):
-        model.ELEMENTWISE_FAN_INS = fan_ins
+    for fan_ins in (cpu_kernels.ELEMENTWISE_FAN_INS, ()):
+        cpu_kernels.ELEMENTWISE_FAN_INS = fan_ins
         # fresh traces (they read ELEMENTWISE_FAN_INS now): a chunk of 128 configs sharing one seed's
         # mini-batches, as the sweep runs the benchmark's job, and one run alone
         states.append([s._replace(key=None) for s in (jit(jax.vmap(one, (0, None)))(hps, key), jit(one)(hp0, key))])
-    model.ELEMENTWISE_FAN_INS = (2, 3)
+    cpu_kernels.ELEMENTWISE_FAN_INS = (2, 3)
     for (path, mine), theirs in zip(jax.tree_util.tree_leaves_with_path(states[0]), jax.tree.leaves(states[1])):
         if not np.array_equal(np.asarray(mine), np.asarray(theirs)):
             failures.append(f"fit, {fan_in} inputs: {jax.tree_util.keystr(path)}")
@@ -181,9 +181,9 @@ def test_the_first_layer_is_a_product_where_llvm_fuses_no_multiply_adds(monkeypa
     the matrix kernels: there the first layer stays a matrix product."""
     W = jnp.ones((2, 20))
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0")
-    assert xla_options.cpu_llvm_level() == 0 and not model._elementwise_first_layer(W)
+    assert xla_options.cpu_llvm_level() == 0 and not cpu_kernels.elementwise_first_layer(W)
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
-    assert xla_options.cpu_llvm_level() == 3 and model._elementwise_first_layer(W)
+    assert xla_options.cpu_llvm_level() == 3 and cpu_kernels.elementwise_first_layer(W)
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert xla_options.cpu_llvm_level() == 1 and model._elementwise_first_layer(W)
-    assert not model._elementwise_first_layer(jnp.ones((4, 20))) and not model._elementwise_first_layer(jnp.ones((1, 20)))
+    assert xla_options.cpu_llvm_level() == 1 and cpu_kernels.elementwise_first_layer(W)
+    assert not cpu_kernels.elementwise_first_layer(jnp.ones((4, 20))) and not cpu_kernels.elementwise_first_layer(jnp.ones((1, 20)))

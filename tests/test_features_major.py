@@ -4,6 +4,8 @@ that ends where the batch-major one ends (the rule itself: tests/test_dense_vjp.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,24 +43,24 @@ def test_the_step_matches_the_batch_major_pass_in_float64(keep_prob: float) -> N
         for mine, theirs in zip(jax.tree.leaves(grads_fm), jax.tree.leaves(grads_bm)):
             np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-11, atol=1e-13)
         if key is not None:  # the same units dropped: a dropped unit's incoming weights get no gradient from it
-            _, _, values_fm = model._layers_features_major(params, X, "relu", keep_prob, key)
+            _, _, values_fm = model._layers(params, X, "relu", keep_prob, key, (), True, None, dense_vjp=True)
             _, _, values_bm = model._layers(params, X, "relu", keep_prob, key, (), True, None)  # dense_vjp off: batch-major
             for a_fm, a_bm in zip(values_fm.a[:-1], values_bm.a[:-1]):
                 np.testing.assert_array_equal(np.asarray(a_fm) == 0, np.asarray(a_bm) == 0)
                 assert 0 < float(jnp.mean(a_bm == 0)) < 1
 
 
-def test_a_float64_fit_ends_where_the_batch_major_one_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Adam on mini-batches (the last one padded), 60 epochs: costs, parameters and accuracy agree to 1e-9."""
+def test_a_float64_fit_ends_where_the_batch_major_one_ends() -> None:
+    """Adam on mini-batches (the last one padded), 60 epochs: costs, parameters and accuracy agree to 1e-9.
+
+    ``Config(cpu_kernels=False)``: the course's batch-major forward pass and ``jax.grad``."""
     with jax.enable_x64(True):
         moons = data.make_moons(jax.random.key(0), 150, noise=0.2)
         moons = data.Dataset(moons.X.astype(jnp.float64), moons.y)
         config = train.Config((2, 20, 10, 1), optimizer="adam", batch_size=32, epochs=60)
         hp = train.HParams(learning_rate=0.01)
         features_major = train.fit(config, hp, jax.random.key(1), moons)
-        monkeypatch.setattr(model, "FEATURES_MAJOR_MAX_WEIGHTS", -1)  # every net batch-major
-        jax.clear_caches()
-        batch_major = train.fit(config, hp, jax.random.key(1), moons)
+        batch_major = train.fit(dataclasses.replace(config, cpu_kernels=False), hp, jax.random.key(1), moons)
         assert not np.array_equal(np.asarray(features_major.costs), np.asarray(batch_major.costs))  # two programs
         np.testing.assert_allclose(np.asarray(features_major.costs), np.asarray(batch_major.costs), rtol=1e-9)
         for mine, theirs in zip(jax.tree.leaves(features_major.params), jax.tree.leaves(batch_major.params)):

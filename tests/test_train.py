@@ -200,6 +200,7 @@ def test_input_errors(moons):
         (dict(layer_sizes=(2, 1), epochs=0), "Config.epochs must be a positive int"),
         (dict(layer_sizes=(2, 1), early_stopping=0), "Config.early_stopping must be None, a positive int"),
         (dict(layer_sizes=(2, 1), early_stopping="best"), "Config.early_stopping must be None"),
+        (dict(layer_sizes=(2, 1), cpu_kernels="no"), "Config.cpu_kernels must be a bool, got 'no'"),
     ],
 )
 def test_config_errors(kwargs, match):

@@ -25,11 +25,11 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, losses, model, modules, optim, schedules, vmap_hints, xla_options
+from deepopt import batchnorm, losses, model, modules, networks, optim, schedules, vmap_hints, xla_options
 from deepopt.hparams import (  # noqa: F401 (re-exported)
     _HPARAM_RULES, HParams, HParamsValueError, broadcast_hparams, concrete_array, first_index, validate_hparams,
 )
-from deepopt.parameters import Params, normalized_layers
+from deepopt.parameters import Params
 
 
 KEEP_BEST = "keep_best"
@@ -195,33 +195,13 @@ def check_split(name: str, split: Any, config: Config, dtype: Any = None, on_hos
     checked by one abstract evaluation of the module (``modules.output_units``). Values must be
     finite and labels class ids below ``max(2, n_out)``.
     """
-    if config.model is None:
-        n_in, n_out = config.layer_sizes[0], config.layer_sizes[-1]
-        return data_lib.check_dataset(
-            split,
-            name,
-            num_features=n_in,
-            features_from="Config.layer_sizes[0]",
-            num_classes=2 if n_out == 1 else n_out,
-            classes_from=f"n_out={n_out}",
-            float_dtype=dtype,
-            on_host=on_host,
-        )
-    checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True, on_host=on_host)
-    n_out = modules.output_units(config.model, tuple(checked.X.shape[1:]), str(checked.X.dtype))
-    data_lib.check_labels(
-        split[1],  # as given: concrete unless traced
-        2 if n_out == 1 else n_out,
-        f"{name}.y",
-        f"the {n_out} output unit{'s' if n_out > 1 else ''} of Config.model",
-    )
-    return checked
+    return networks.network_of(config).check_split(name, split, dtype, on_host)
 
 
 def describe_config(config: Config) -> dict[str, Any]:
     """``config`` as JSON-able values (for results rows and ids): every field, the model as ``modules.describe``."""
     record = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-    record["model"] = None if config.model is None else modules.describe(config.model)
+    record["model"] = networks.network_of(config).describe()
     return record
 
 
@@ -309,27 +289,7 @@ def _check_scalar_hparams(hp: HParams, where: str) -> None:
 
 def _check_init_params(config: Config, init_params: Any, X: Any) -> Params:
     """``init_params`` must match ``config.layer_sizes`` and ``config.batchnorm`` (or the module's own); returned as arrays."""
-    if config.model is not None:
-        expected = jax.eval_shape(lambda x: modules.init(config.model, jax.random.key(0), x)[0], X)
-        if jax.tree.structure(init_params) != jax.tree.structure(expected) or any(
-            jnp.shape(a) != b.shape for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(expected))
-        ):
-            raise ValueError(
-                f"init_params must be the module's 'params' collection, shaped as {modules.describe(config.model)} "
-                f"initializes it: {jax.tree.map(lambda leaf: leaf.shape, expected)}"
-            )
-        return jax.tree.map(jnp.asarray, init_params)
-    model.check_params(init_params, "init_params")
-    sizes = (jnp.shape(init_params[0]["W"])[0],) + tuple(jnp.shape(p["W"])[1] for p in init_params)
-    if sizes != config.layer_sizes:
-        raise ValueError(f"init_params has layer sizes {sizes} but Config.layer_sizes is {config.layer_sizes}")
-    normalized = normalized_layers(init_params[:-1])
-    if not all(flag == config.batchnorm for flag in normalized):
-        raise ValueError(
-            f"Config.batchnorm={config.batchnorm} but init_params has gamma/beta on hidden layers {normalized}; "
-            "make them agree (init.mlp(..., batchnorm=True) adds them)"
-        )
-    return tuple({name: jnp.asarray(value) for name, value in layer.items()} for layer in init_params)
+    return networks.network_of(config).check_init_params(init_params, X)
 
 
 FLOORED_SCHEDULES = ("cosine", "warmup_cosine")  # decay towards HParams.min_learning_rate
@@ -361,16 +321,7 @@ def validate_hparams_for_config(
                     f"learning_rate={float(rate[bad].flat[0])!r}",
                     first_index(bad),
                 )
-    l2 = concrete_array("HParams.l2", hp.l2)
-    if config.model is not None and example_shape is not None and l2 is not None and np.any(l2 > 0):
-        if not modules.has_kernels(config.model, tuple(example_shape), dtype):
-            positive = l2 > 0
-            raise HParamsValueError(
-                f"HParams.l2={float(l2[positive].flat[0])!r} but Config.model {modules.describe(config.model)} has "
-                "no parameter named 'kernel' (L2 penalizes kernels only, so it would do nothing): name the weights "
-                "'kernel' (as nn.Dense and nn.Conv do) or keep l2=0",
-                first_index(positive),
-            )
+    networks.network_of(config).check_hparams(hp, example_shape, dtype)  # a module's l2 needs kernels
 
 
 def _prepare_run(
@@ -385,12 +336,7 @@ def _prepare_run(
     elif config.early_stopping is not None and where != "init_state":
         raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation
-    if config.model is not None and not isinstance(hp.keep_prob, jax.core.Tracer):
-        if np.any(np.asarray(hp.keep_prob, np.float64) != 1.0):
-            raise ValueError(
-                f"HParams.keep_prob={hp.keep_prob!r} is the built-in MLP's dropout; Config.model does its own "
-                "(nn.Dropout's rate, fed by deepopt's 'dropout' rng): keep keep_prob=1"
-            )
+    networks.network_of(config).check_dropout(hp)  # a module does its own dropout: keep_prob 1
     validate_hparams_for_config(config, hp, tuple(train.X.shape[1:]), str(dtype))
     dropout = resolve_dropout(hp.keep_prob, dropout) if dropout is not None else True
     hp = prepare_hparams(hp, config, dtype)
@@ -615,18 +561,7 @@ def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_
     """The traced body of ``init_state`` (``X`` gives the dtype, and a module's input shape)."""
     dtype = X.dtype
     init_key, _, _ = _run_keys(key)
-    if config.model is not None:
-        params, bn_state = modules.init(config.model, init_key, X)
-        if init_params is not None:
-            params = init_params
-    else:
-        if init_params is None:
-            params = init_lib.mlp(
-                init_key, config.layer_sizes, config.init, hp.init_scale, dtype=dtype, batchnorm=config.batchnorm
-            )
-        else:
-            params = init_params
-        bn_state = batchnorm.init_states(params)
+    params, bn_state = networks.network_of(config).init(init_key, X, hp.init_scale, init_params)
     early_stopping = config.early_stopping is not None
     minus_one = jnp.array(-1, jnp.int32)
     return TrainState(
@@ -650,16 +585,12 @@ def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_
 
 def _logits(config: Config, params: Params, model_state: Any, X: jax.Array) -> jax.Array:
     """Logits for evaluation: no dropout, batch norm's running statistics (the MLP's or the module's)."""
-    if config.model is not None:
-        return modules.apply_eval(config.model, params, model_state, X)
-    return model.forward(params, X, activation=config.activation, bn_state=model_state)
+    return networks.network_of(config).apply_eval(params, model_state, X)
 
 
 def _l2_penalty(config: Config, params: Params, lambd: Any, m: Any) -> jax.Array:
     r""":math:`\frac{\lambda}{2m}\sum\|W\|^2` over the MLP's ``W`` or a module's kernels."""
-    if config.model is not None:
-        return lambd / (2 * m) * modules.kernel_sum_of_squares(params)
-    return losses.l2_penalty(params, lambd, m)
+    return networks.network_of(config).l2_penalty(params, lambd, m)
 
 
 def evaluate_params(config: Config, params: Params, model_state: Any, data: data_lib.Dataset) -> dict[str, jax.Array]:
@@ -696,18 +627,13 @@ def _advance(
     batch_size = m if config.batch_size is None else min(config.batch_size, m)
     full_batch = batch_size == m
     num_batches = -(-m // batch_size)
+    network = networks.network_of(config)
 
     def batch_cost(
         params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, tuple]:
-        if config.model is not None:  # the module's own dropout always draws from the 'dropout' rng
-            logits, new_bn_state = modules.apply_train(config.model, params, bn_state, X_b, key)
-        else:
-            logits, new_bn_state = model.forward_with_state(
-                params, X_b, activation=config.activation, keep_prob=hp.keep_prob if dropout else 1.0,
-                key=key if dropout else None, bn_state=bn_state,
-                train=True, mask=None if full_batch else mask, dense_vjp=config.cpu_kernels,
-            )
+        logits, new_bn_state = network.apply_train(
+            params, bn_state, X_b, key, hp.keep_prob, dropout, None if full_batch else mask)
         per_example = losses.per_example_cross_entropy(logits, y_b)
         if full_batch:
             return jnp.mean(per_example) + _l2_penalty(config, params, hp.l2, m), new_bn_state

@@ -37,7 +37,7 @@ from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits
-from deepopt.sweep import reopen
+from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
@@ -638,6 +638,13 @@ class Search:
     def _call(self) -> dict[str, Any]:
         """What identifies this search in the results record (``reopen.record_call``)."""
         return {"method": self.method, "space": self.space, "metric": self.metric, "arguments": self.arguments}
+
+
+def write_board(tensorboard_dir: str | os.PathLike | None, results: Results) -> Results:
+    """With ``tensorboard_dir``: one TensorBoard run per config of a finished search (process 0); returns ``results``."""
+    if tensorboard_dir is not None and jax.process_index() == 0:
+        tensorboard_log.write_runs(tensorboard_dir, results)
+    return results
 
 
 def _trials(runs: Sequence[Run], seeds: int, first_position: int) -> list[Trial]:

@@ -14,8 +14,7 @@ bracket :math:`s = s_{max}, \dots, 0` is a successive halving of
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,17 +22,9 @@ import jax
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import options as options_lib
-from deepopt.sweep import tensorboard_log
-from deepopt.sweep.adaptive import Search, Trial, rank_trials
+from deepopt.sweep.adaptive import Search, Trial, rank_trials, write_board
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.space import _check_count
-
-
-def _write_board(settings: options_lib.Options, results: Results) -> Results:
-    """With ``tensorboard_dir``: one TensorBoard run per config of the finished search (process 0)."""
-    if settings.tensorboard_dir is not None and jax.process_index() == 0:
-        tensorboard_log.write_runs(settings.tensorboard_dir, results)
-    return results
 
 
 def _check_eta(eta: Any) -> int:
@@ -177,42 +168,12 @@ def successive_halving(
     ``stats["brackets"]`` the rungs and their sizes.
     """
     settings = options_lib.resolve("successive_halving", options, option_fields)
-    results = _successive_halving(config, space, train, dev, key=key, num_configs=num_configs, min_epochs=min_epochs,
-                                  max_epochs=max_epochs, eta=eta, hparams=hparams,
-                                  **options_lib.adaptive_arguments("successive_halving", settings))
-    return _write_board(settings, results)
-
-
-def _successive_halving(
-    config: train_lib.Config,
-    space: Mapping[str, Any],
-    train: data_lib.Dataset,
-    dev: data_lib.Dataset | None,
-    *,
-    key: jax.Array,
-    num_configs: int,
-    min_epochs: int,
-    max_epochs: int,
-    eta: int = 3,
-    seeds: int = 1,
-    metric: str = "dev_accuracy",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Callable[[Any], None] | None = None,
-    test: data_lib.Dataset | None = None,
-    sampler: str = "random",
-    chunk_size: int | None = None,
-    devices: Sequence[Any] | None = None,
-    hparams: train_lib.HParams | None = None,
-) -> Results:
-    """``successive_halving`` with every option as an argument."""
     eta = _check_eta(eta)
     min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
     num_configs = _check_count("num_configs", num_configs)
     search = Search.create(
-        "successive_halving", config, space, train, dev, key=key, num_configs=num_configs, seeds=seeds,
-        metric=metric, max_epochs=max_epochs, results_path=results_path, resume=resume, progress=progress,
-        test=test, sampler=sampler, chunk_size=chunk_size, devices=devices, hparams=hparams,
+        "successive_halving", config, space, train, dev, key=key, num_configs=num_configs, max_epochs=max_epochs,
+        hparams=hparams, **options_lib.adaptive_arguments("successive_halving", settings),
         arguments={"num_configs": num_configs, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
     )
     rungs = rung_epochs(min_epochs, max_epochs, eta)
@@ -223,7 +184,8 @@ def _successive_halving(
     with search.opened():
         last = _halve(search, search.trials, rungs, eta, 0, stages, total=sum(sizes) * search.seeds)
     final = [row for trial in search.trials for row in last[trial.position]]
-    return search.results(final, {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
+    results = search.results(final, {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
+    return write_board(settings.tensorboard_dir, results)
 
 
 def hyperband(
@@ -253,40 +215,12 @@ def hyperband(
     and sizes, planned ``budget`` in config-epochs and the ``config_steps`` it trained.
     """
     settings = options_lib.resolve("hyperband", options, option_fields)
-    results = _hyperband(config, space, train, dev, key=key, min_epochs=min_epochs, max_epochs=max_epochs, eta=eta,
-                         hparams=hparams, **options_lib.adaptive_arguments("hyperband", settings))
-    return _write_board(settings, results)
-
-
-def _hyperband(
-    config: train_lib.Config,
-    space: Mapping[str, Any],
-    train: data_lib.Dataset,
-    dev: data_lib.Dataset | None,
-    *,
-    key: jax.Array,
-    min_epochs: int,
-    max_epochs: int,
-    eta: int = 3,
-    seeds: int = 1,
-    metric: str = "dev_accuracy",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Callable[[Any], None] | None = None,
-    test: data_lib.Dataset | None = None,
-    sampler: Any = "random",
-    chunk_size: int | None = None,
-    devices: Sequence[Any] | None = None,
-    hparams: train_lib.HParams | None = None,
-) -> Results:
-    """``hyperband`` with every option as an argument."""
     eta = _check_eta(eta)
     min_epochs, max_epochs = _check_epochs(min_epochs, max_epochs)
     brackets = hyperband_brackets(min_epochs, max_epochs, eta)
     search = Search.create(
         "hyperband", config, space, train, dev, key=key, num_configs=sum(b["configs"] for b in brackets),
-        seeds=seeds, metric=metric, max_epochs=max_epochs, results_path=results_path, resume=resume,
-        progress=progress, test=test, sampler=sampler, chunk_size=chunk_size, devices=devices, hparams=hparams,
+        max_epochs=max_epochs, hparams=hparams, **options_lib.adaptive_arguments("hyperband", settings),
         arguments={"min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
     )
     start, assigned = 0, []
@@ -317,4 +251,5 @@ def _hyperband(
                 * search.batches_per_epoch
             )
     final = [row for trial in search.trials if trial.position in last for row in last[trial.position]]
-    return search.results(final, {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})
+    results = search.results(final, {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})
+    return write_board(settings.tensorboard_dir, results)

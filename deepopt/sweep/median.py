@@ -27,10 +27,9 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, Trial
+from deepopt.sweep.adaptive import Search, Trial, write_board
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.space import _check_count
-from deepopt.sweep import tensorboard_log
 
 MIN_TRIALS = 3  # others to compare with before the rule stops anyone (Ray Tune's min_samples_required)
 
@@ -139,9 +138,7 @@ def median_stopping(
     final = [row for trial in search.trials for row in last[trial.position]]
     results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
                                      "min_trials": min_trials, "stopped": stopped, "max_epochs": max_epochs})
-    if settings.tensorboard_dir is not None and jax.process_index() == 0:
-        tensorboard_log.write_runs(settings.tensorboard_dir, results)
-    return results
+    return write_board(settings.tensorboard_dir, results)
 
 
 def _train_stage(

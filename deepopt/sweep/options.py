@@ -76,11 +76,6 @@ def refuse_unsupported(where: str, options: Options, unsupported: Sequence[str])
                              f"leave it at {getattr(defaults, name)!r}")
 
 
-def as_arguments(options: Options) -> dict[str, Any]:
-    """Every field of ``options`` by name (no deep copy: datasets and callables pass as they are)."""
-    return {name: getattr(options, name) for name in FIELDS}
-
-
 ADAPTIVE_UNSUPPORTED = ("concurrent_chunks", "memory_budget_bytes", "curves")
 
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,9 +29,9 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
-from deepopt.sweep import host_keys, tensorboard_log
+from deepopt.sweep import host_keys
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space
+from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space, write_board
 from deepopt.sweep.analysis import Results, retrain
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
 
@@ -159,48 +158,17 @@ def pbt(
         raise TypeError(f"pbt: exploit must be a deepopt.sweep.Exploit, got {type(exploit).__name__}")
     exploit = dataclasses.replace(exploit, **{name: fields.pop(name) for name in EXPLOIT_FIELDS if name in fields})
     settings = options_lib.resolve("pbt", options, fields)
-    results = _pbt(config, space, train, dev, key=key, population=population, epochs=epochs, interval=interval,
-                   fraction=exploit.fraction, perturb=exploit.perturb, resample_probability=exploit.resample_probability,
-                   hparams=hparams, **options_lib.adaptive_arguments("pbt", settings))
-    if settings.tensorboard_dir is not None and jax.process_index() == 0:
-        tensorboard_log.write_runs(settings.tensorboard_dir, results)
-    return results
-
-
-def _pbt(
-    config: train_lib.Config,
-    space: Mapping[str, Any],
-    train: data_lib.Dataset,
-    dev: data_lib.Dataset | None,
-    *,
-    key: jax.Array,
-    population: int,
-    epochs: int,
-    interval: int,
-    fraction: float = 0.25,
-    perturb: Sequence[float] = (0.8, 1.25),
-    resample_probability: float = 0.25,
-    seeds: int = 1,
-    metric: str = "dev_accuracy",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Callable[[Any], None] | None = None,
-    test: data_lib.Dataset | None = None,
-    sampler: str = "random",
-    chunk_size: int | None = None,
-    devices: Sequence[Any] | None = None,
-    hparams: train_lib.HParams | None = None,
-) -> Results:
-    """``pbt`` with every option as an argument (``chunk_size`` must be None: one chunk per sub-population)."""
-    if chunk_size is not None:
-        raise ValueError(f"pbt trains each sub-population as one chunk: leave chunk_size at 'auto', got {chunk_size!r}")
+    arguments = options_lib.adaptive_arguments("pbt", settings)
+    if arguments.pop("chunk_size") is not None:
+        raise ValueError(f"pbt trains each sub-population as one chunk: leave chunk_size at 'auto', "
+                         f"got {settings.chunk_size!r}")
+    fraction, perturb, resample_probability = exploit.fraction, exploit.perturb, exploit.resample_probability
     population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
         population, epochs, interval, fraction, perturb, resample_probability
     )
     search = Search.create(
-        "pbt", config, space, train, dev, key=key, num_configs=population, seeds=seeds, metric=metric,
-        max_epochs=epochs, results_path=results_path, resume=resume, progress=progress, test=test,
-        sampler=sampler, chunk_size=None, devices=devices, hparams=hparams,
+        "pbt", config, space, train, dev, key=key, num_configs=population, max_epochs=epochs, hparams=hparams,
+        chunk_size=None, **arguments,
         arguments={"population": population, "epochs": epochs, "interval": interval, "fraction": fraction,
                    "perturb": list(perturb), "resample_probability": resample_probability},
     )
@@ -299,8 +267,9 @@ def _pbt(
                 if group in device_states:  # the copy, on the devices
                     device_states[group] = _exploit_compiled(device_states[group], np.asarray(sources[group], np.int32))
     final = [row for m in everyone for row in last_rows[m.position]]
-    return search.results(final, {"generations": generations, "interval": interval, "exploits": lineage,
-                                  "subpopulations": len(subpopulations), "max_epochs": epochs})
+    results = search.results(final, {"generations": generations, "interval": interval, "exploits": lineage,
+                                     "subpopulations": len(subpopulations), "max_epochs": epochs})
+    return write_board(settings.tensorboard_dir, results)
 
 
 def replay(

@@ -177,34 +177,19 @@ def run(
       counts every run's updates (epochs × mini-batches; resumed runs included), ``seconds`` the call.
     """
     settings = options_lib.resolve("run", options, option_fields)
-    return _run(base_config, space, train, dev, key=key, num_configs=num_configs, hparams=hparams,
-                **options_lib.as_arguments(settings))
+    return _run(base_config, space, train, dev, key, num_configs, hparams, settings)
 
 
 def _run(
-    base_config: train_lib.Config,
-    space: Mapping[str, Any],
-    train: data_lib.Dataset,
-    dev: data_lib.Dataset | None = None,
-    *,
-    key: jax.Array,
-    num_configs: int | None,
-    seeds: int = 1,
-    sampler: Any = "random",
-    results_path: str | os.PathLike | None = None,
-    resume: bool = True,
-    devices: Sequence[Any] | None = None,
-    memory_budget_bytes: int | None = None,
-    metric: str = "dev_accuracy",
-    hparams: train_lib.HParams | None = None,
-    test: data_lib.Dataset | None = None,
-    chunk_size: int | str | None = AUTO_CHUNK,
-    progress: Callable[[Progress], None] | None = None,
-    curves: bool | None = None,
-    tensorboard_dir: str | os.PathLike | None = None,
-    concurrent_chunks: int | None = None,
+    base_config: train_lib.Config, space: Mapping[str, Any], train: data_lib.Dataset, dev: data_lib.Dataset | None,
+    key: jax.Array, num_configs: int | None, hparams: train_lib.HParams | None, settings: options_lib.Options,
 ) -> Results:
-    """``run`` with every option as an argument (``Options``' fields, resolved)."""
+    """``run``'s body, its options resolved (``settings``)."""
+    seeds, sampler, results_path, resume = settings.seeds, settings.sampler, settings.results_path, settings.resume
+    devices, memory_budget_bytes, metric, test = (settings.devices, settings.memory_budget_bytes, settings.metric,
+                                                  settings.test)
+    chunk_size, progress, curves = settings.chunk_size, settings.progress, settings.curves
+    tensorboard_dir, concurrent_chunks = settings.tensorboard_dir, settings.concurrent_chunks
     start = time.perf_counter()
     splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
     if splits[0] is None:

@@ -39,6 +39,11 @@ def check_module(module: Any, name: str = "Config.model") -> None:
         raise TypeError(f"{name} must be hashable (its fields are static: use tuples, not lists): {error}") from None
 
 
+def is_module(value: Any) -> bool:
+    """Whether ``value`` looks like a Flax linen module (a dataclass with ``init`` and ``apply``), without importing flax."""
+    return hasattr(value, "init") and hasattr(value, "apply") and dataclasses.is_dataclass(value)
+
+
 def describe(module: Any) -> str:
     """A stable one-line description of the module: its class and field values, e.g. ``mypkg.CNN(channels=25)``."""
     kind = type(module)

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from deepopt import data as data_lib
-from deepopt import perf
+from deepopt import modules, perf
 from deepopt import train as train_lib
 from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
@@ -41,10 +41,10 @@ from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import _as_dataset, _metric_fields, model_based_source
+from deepopt.sweep.search import _as_dataset, _key_words, _metric_fields, _sampler_text, model_based_source
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _append_rows, data_fingerprint, json_round_trip, lock_results, read_rows
+from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip, lock_results, read_rows
 
 MANIFEST_SUFFIX = ".search.json"
 STATES_SUFFIX = ".states"
@@ -52,14 +52,12 @@ STATES_SUFFIX = ".states"
 
 def manifest_path(results_path: str | os.PathLike) -> str:
     """The search manifest beside ``results_path``: ``results.jsonl`` -> ``results.search.json``."""
-    path = os.fspath(results_path)
-    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + MANIFEST_SUFFIX
+    return beside(results_path, MANIFEST_SUFFIX)
 
 
 def states_path(results_path: str | os.PathLike) -> str:
     """The checkpoint directory beside ``results_path``: ``results.jsonl`` -> ``results.states/``."""
-    path = os.fspath(results_path)
-    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + STATES_SUFFIX
+    return beside(results_path, STATES_SUFFIX)
 
 
 class StageProgress(NamedTuple):
@@ -121,9 +119,7 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: floa
 
 def _describe_value(value: Any) -> Any:
     """A JSON-able description of a space entry or argument (dataclasses as ``{kind: fields}``)."""
-    if hasattr(value, "init") and hasattr(value, "apply") and dataclasses.is_dataclass(value):  # a Flax module
-        from deepopt import modules
-
+    if modules.is_module(value):
         return modules.describe(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {type(value).__name__: {f.name: _describe_value(getattr(value, f.name)) for f in dataclasses.fields(value)}}
@@ -242,11 +238,11 @@ class Search:
             **{name: _describe_value(value) for name, value in arguments.items()},
             "seeds": seeds,
             "metric": metric,
-            "sampler": sampler if isinstance(sampler, str) else f"{type(sampler).__module__}.{type(sampler).__name__}",
+            "sampler": _sampler_text(sampler),
             "config": _describe_value(train_lib.describe_config(config)),
             "space": _describe_value(dict(space)),
             "hparams": None if hparams is None else _describe_value(hparams._asdict()),
-            "key": [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)],
+            "key": _key_words(key),
             "data": digest,
         }
         return cls(
@@ -438,6 +434,38 @@ class Search:
                     self.save_states(stage, positions, host_state)
                 rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total))
         return rows
+
+    def train_stage(
+        self,
+        trials: Sequence[Trial],
+        *,
+        epochs: int,
+        fresh: bool,
+        stage: str,
+        extra: Callable[[Trial], dict[str, Any]],
+        stages: Sequence[tuple[int, int]],
+        label: str,
+        total: int,
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Advance ``trials`` by ``epochs``: group by group, in chunks of the group's shape (``train_chunks``).
+
+        Each chunk is registered as saved at ``stage`` (its states load from there on demand).
+        Returns each trial's rows, one per seed, by position.
+        """
+        by_group: dict[train_lib.Config, list[Trial]] = {}
+        for trial in trials:
+            by_group.setdefault(trial.config, []).append(trial)
+        trained: dict[int, list[dict[str, Any]]] = {}
+        for config, members in by_group.items():
+            configs = self.configs_per_chunk(config, stages)
+            chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
+            rows_of_chunks = self.train_chunks(  # several at once where the CPU has cores to spare
+                chunks, epochs=epochs, fresh=fresh, stage=stage, stages=stages, total=total, label=label, extra=extra,
+            )
+            for chunk, rows in zip(chunks, rows_of_chunks):
+                self.register_saved(stage, chunk, configs)
+                trained.update({trial.position: trial_rows for trial, trial_rows in zip(chunk, rows)})
+        return trained
 
     def recorded(self, members: Sequence[Trial], stage: str, label: str, total: int) -> list[list[dict[str, Any]]]:
         """The rows of ``members`` at ``stage`` read back from the file (resume): counted, reported, nothing computed."""

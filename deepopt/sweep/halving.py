@@ -105,25 +105,13 @@ def _halve(
             ranked = rank_trials(alive, last, search.metric)
             alive = sorted(ranked[:keep], key=lambda t: t.position)
             search.pool.drop([t.position for t in ranked[keep:]])
-        added = target - (rungs[rung - 1] if rung else 0)
-        stage = f"b{bracket}r{rung}"
-        by_group: dict[train_lib.Config, list[Trial]] = {}
-        for trial in alive:
-            by_group.setdefault(trial.config, []).append(trial)
-        for config, members in by_group.items():
-            configs = search.configs_per_chunk(config, stages)
-            chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
-            rows_of_chunks = search.train_chunks(  # several at once where the CPU has cores to spare
-                chunks, epochs=added, fresh=rung == 0, stage=stage, stages=stages, total=total,
-                label=f"bracket {bracket} rung {rung} ({target} epochs)",
-                extra=lambda trial, rung=rung, target=target: {
-                    "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
-                },
-            )
-            for chunk, rows in zip(chunks, rows_of_chunks):
-                search.register_saved(stage, chunk, configs)
-                for trial, trial_rows in zip(chunk, rows):
-                    last[trial.position] = trial_rows
+        last.update(search.train_stage(
+            alive, epochs=target - (rungs[rung - 1] if rung else 0), fresh=rung == 0, stage=f"b{bracket}r{rung}",
+            stages=stages, total=total, label=f"bracket {bracket} rung {rung} ({target} epochs)",
+            extra=lambda trial, rung=rung, target=target: {
+                "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
+            },
+        ))
         if rung:
             search.delete_states(f"b{bracket}r{rung - 1}")
     return last

@@ -27,7 +27,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, Trial, write_board
+from deepopt.sweep.adaptive import Search, write_board
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.space import _check_count
 
@@ -92,7 +92,6 @@ def median_stopping(
     """
     settings = options_lib.resolve("median_stopping", options, option_fields)
     arguments = options_lib.adaptive_arguments("median_stopping", settings)
-    min_trials = MIN_TRIALS
     num_configs = _check_count("num_configs", num_configs)
     max_epochs = _check_count("max_epochs", max_epochs)
     interval = _check_count("interval", interval)
@@ -106,7 +105,7 @@ def median_stopping(
         "median_stopping", config, space, train, dev, key=key, num_configs=num_configs, max_epochs=max_epochs,
         hparams=hparams, **arguments,
         arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
-                   "grace_epochs": grace_epochs, "min_trials": min_trials},
+                   "grace_epochs": grace_epochs, "min_trials": MIN_TRIALS},
     )
     maximize = direction(search.metric) == "maximize"
     stages = [(len(search.trials), epochs - (checkpoints[i - 1] if i else 0)) for i, epochs in enumerate(checkpoints)]
@@ -119,9 +118,12 @@ def median_stopping(
         for index, target in enumerate(checkpoints):
             if not alive:
                 break
-            added = target - (checkpoints[index - 1] if index else 0)
-            stage = f"m{index}"
-            trained = _train_stage(search, alive, added, index == 0, stage, stages, total, target, index)
+            trained = search.train_stage(
+                alive, epochs=stages[index][1], fresh=index == 0, stage=f"m{index}", stages=stages, total=total,
+                label=f"checkpoint {index} ({target} epochs)",
+                extra=lambda trial, index=index, target=target: {
+                    "method": search.method, "checkpoint": index, "epochs_trained": target},
+            )
             for trial in alive:
                 last[trial.position] = trained[trial.position]
                 reports[trial.position].append(seed_mean([row.get(search.metric) for row in trained[trial.position]]))
@@ -130,38 +132,15 @@ def median_stopping(
             if target >= grace_epochs and target < max_epochs:
                 out = set(stopped_by_rule(
                     {t.position: _best(reports[t.position], maximize) for t in alive},
-                    {t.position: _average(reports[t.position]) for t in alive}, maximize, min_trials,
+                    {t.position: _average(reports[t.position]) for t in alive}, maximize, MIN_TRIALS,
                 ))
                 stopped.update({t.config_id: target for t in alive if t.position in out})
                 search.pool.drop(sorted(out))
                 alive = [t for t in alive if t.position not in out]
     final = [row for trial in search.trials for row in last[trial.position]]
     results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
-                                     "min_trials": min_trials, "stopped": stopped, "max_epochs": max_epochs})
+                                     "min_trials": MIN_TRIALS, "stopped": stopped, "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)
-
-
-def _train_stage(
-    search: Search, alive: Sequence[Trial], added: int, fresh: bool, stage: str, stages: Sequence[tuple[int, int]],
-    total: int, target: int, index: int,
-) -> dict[int, list[dict[str, Any]]]:
-    """Advance every live trial by ``added`` epochs, group by group, in chunks of the search's shape; their rows."""
-    trained: dict[int, list[dict[str, Any]]] = {}
-    by_group: dict[train_lib.Config, list[Trial]] = {}
-    for trial in alive:
-        by_group.setdefault(trial.config, []).append(trial)
-    for group, members in by_group.items():
-        configs = search.configs_per_chunk(group, stages)
-        chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
-        rows_of_chunks = search.train_chunks(  # several at once where the CPU has cores to spare
-            chunks, epochs=added, fresh=fresh, stage=stage, stages=stages, total=total,
-            label=f"checkpoint {index} ({target} epochs)",
-            extra=lambda trial: {"method": search.method, "checkpoint": index, "epochs_trained": target},
-        )
-        for chunk, rows in zip(chunks, rows_of_chunks):
-            search.register_saved(stage, chunk, configs)
-            trained.update({trial.position: trial_rows for trial, trial_rows in zip(chunk, rows)})
-    return trained
 
 
 def _best(reports: Sequence[float | None], maximize: bool) -> float | None:

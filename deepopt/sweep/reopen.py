@@ -10,7 +10,6 @@ yesterday's search as on today's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -18,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from deepopt import modules
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.space import Choice, Grid, LogUniform, OneMinusLogUniform, Uniform
-from deepopt.sweep.store import curves_path, read_curves, read_rows
+from deepopt.sweep.store import beside, curves_path, read_curves, read_rows
 
 RECORD_FORMAT = "deepopt.sweep results record"
 RECORD_VERSION = 1
@@ -30,8 +30,7 @@ _CHOICES = {"choice": Choice, "grid": Grid}
 
 def record_path(results_path: str | os.PathLike) -> str:
     """The record beside ``results_path``: ``results.jsonl`` -> ``results.record.json``."""
-    path = os.fspath(results_path)
-    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + ".record.json"
+    return beside(results_path, ".record.json")
 
 
 # ------------------------------------------------------------------------------ spaces as JSON
@@ -39,9 +38,7 @@ def record_path(results_path: str | os.PathLike) -> str:
 
 def _value_to_json(value: Any) -> Any:
     """A space value as JSON: tuples as lists, numpy scalars as numbers, a Flax module as its description."""
-    if hasattr(value, "init") and hasattr(value, "apply") and dataclasses.is_dataclass(value):
-        from deepopt import modules
-
+    if modules.is_module(value):
         return {"module": modules.describe(value)}  # what rows record as config["model"]
     if isinstance(value, (list, tuple)):
         return [_value_to_json(v) for v in value]

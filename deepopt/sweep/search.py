@@ -290,10 +290,19 @@ def _call_record(
     """What identifies one ``run`` call in the results record (``reopen.record_call``)."""
     return {
         "method": "run", "space": dict(space), "metric": metric, "num_configs": num_configs, "seeds": seeds,
-        "sampler": sampler if isinstance(sampler, str) else f"{type(sampler).__module__}.{type(sampler).__name__}",
-        "key": [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)], "data": data_digest,
+        "sampler": _sampler_text(sampler), "key": _key_words(key), "data": data_digest,
         "config": train_lib.describe_config(config), "hparams": None if hparams is None else hparams._asdict(),
     }
+
+
+def _sampler_text(sampler: Any) -> str:
+    """A sampler as a search's records name it: its name, or an Optuna sampler's class path."""
+    return sampler if isinstance(sampler, str) else f"{type(sampler).__module__}.{type(sampler).__name__}"
+
+
+def _key_words(key: jax.Array) -> list[int]:
+    """A search key's data words, as its records hold them."""
+    return [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)]
 
 
 def _stats(

@@ -363,10 +363,15 @@ def _resume(
 CURVE_METRICS = ("cost", "dev_accuracy", "dev_cost")
 
 
+def beside(results_path: str | os.PathLike, suffix: str) -> str:
+    """A file beside ``results_path``, named by ``suffix``: ``results.jsonl`` -> ``results<suffix>``."""
+    path = os.fspath(results_path)
+    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + suffix
+
+
 def curves_path(results_path: str | os.PathLike) -> str:
     """Where the learning curves of ``results_path`` live: ``results.jsonl`` -> ``results.curves.jsonl``."""
-    path = os.fspath(results_path)
-    return (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + ".curves.jsonl"
+    return beside(results_path, ".curves.jsonl")
 
 
 def encode_curve(values: np.ndarray) -> str:

@@ -89,6 +89,26 @@ def make_spirals(key: jax.Array, n: int, noise: float, classes: int = 3) -> Data
     return _shuffled(shuffle_key, jnp.concatenate(parts), jnp.concatenate(labels))
 
 
+def make_friedman1(key: jax.Array, n: int, noise: float = 1.0, n_features: int = 10) -> Dataset:
+    r"""Friedman's regression problem #1: float targets for ``tasks.regression()``.
+
+    :math:`x \sim U[0, 1]^{d}` (``d = n_features >= 5``; only the first five matter) and
+    :math:`y = 10\sin(\pi x_1 x_2) + 20(x_3 - 0.5)^2 + 10x_4 + 5x_5 + \varepsilon`,
+    :math:`\varepsilon \sim N(0, \text{noise}^2)`: the formula of scikit-learn's
+    ``make_friedman1``, drawn from a JAX key. ``y`` is float ``(n,)``; its noise-free variance is
+    about 24, so ``noise=1`` leaves an R² ceiling near 0.96.
+    """
+    _check_n(n)
+    _check_noise(noise)
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 5:
+        raise ValueError(f"n_features must be an int >= 5 (the formula reads five), got {n_features!r}")
+    point_key, noise_key = jax.random.split(key)
+    X = jax.random.uniform(point_key, (n, n_features))
+    y = (10 * jnp.sin(jnp.pi * X[:, 0] * X[:, 1]) + 20 * jnp.square(X[:, 2] - 0.5) + 10 * X[:, 3] + 5 * X[:, 4]
+         + noise * jax.random.normal(noise_key, (n,)))
+    return Dataset(X, y)
+
+
 def make_overfit_2d(key: jax.Array, n: int = 211, noise: float = 0.05, flip: float = 0.12) -> Dataset:
     """A small noisy 2-D problem that a 2-20-3-1 net overfits (the regularization study's data).
 
@@ -131,8 +151,17 @@ def train_dev_test_split(
 
 
 def _check_dataset_shapes(data: Any, name: str) -> int:
-    """``check_dataset``'s checks of ``data``; returns its number of examples."""
-    return int(np.shape(check_dataset(data, name).X)[0])
+    """``check_dataset``'s checks of ``data`` (float targets checked as a regression's); returns its number of examples."""
+    return int(np.shape(check_dataset(data, name, targets=targets_of(data)).X)[0])
+
+
+def targets_of(data: Any) -> str:
+    """``"floats"`` for a split whose ``y`` holds floats (a regression's), else ``"class_ids"`` (checked as labels)."""
+    y = data[1] if isinstance(data, tuple) and len(data) == 2 else None
+    if y is None:
+        return "class_ids"
+    dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    return "floats" if jnp.issubdtype(dtype, jnp.floating) else "class_ids"
 
 
 def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
@@ -142,14 +171,14 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
     Every split is checked by ``check_dataset``; as there, an integer or bool ``X`` is taken as
     the default float dtype (labels are returned as given).
     """
-    X = check_dataset(train, "train").X
+    X = check_dataset(train, "train", targets=targets_of(train)).X
     mean, std = jnp.mean(X, axis=0), jnp.std(X, axis=0)
     # A feature whose spread is rounding noise (relative to its size) is constant: centre it only.
     constant = std <= 64 * jnp.finfo(X.dtype).eps * (jnp.abs(mean) + 1)
     std = jnp.where(constant, jnp.ones_like(std), std)
     result = [Dataset((X - mean) / std, train.y)]
     for i, data in enumerate(others):
-        other_X = check_dataset(data, f"others[{i}]").X
+        other_X = check_dataset(data, f"others[{i}]", targets=targets_of(data)).X
         if other_X.shape[1] != X.shape[1]:
             raise ValueError(f"others[{i}] has {other_X.shape[1]} features, train has {X.shape[1]}")
         result.append(Dataset((other_X - mean) / std, data.y))
@@ -254,12 +283,15 @@ def check_dataset(
     y_name: str | None = None,
     any_rank: bool = False,
     on_host: bool = False,
+    targets: str = "class_ids",
 ) -> Dataset:
     r"""The one validation of a data split, shared by ``train.fit``, ``sweep.run`` and ``load``.
 
     Checks that ``split`` is ``(X, y)`` with ``X`` numeric of shape ``(m, n)`` (``(m, ...)`` with
     ``any_rank=True``, for models that take more dimensions), ``m >= 1`` (and ``n = num_features``
-    when given) and ``y`` integer of shape ``(m,)``. Concrete values (not
+    when given) and ``y`` integer of shape ``(m,)`` (``targets="class_ids"``, the default) or, with
+    ``targets="floats"`` (a regression's), real numbers of shape ``(m,)`` or ``(m, k)``, finite when
+    concrete, returned in ``X``'s float dtype. Concrete values (not
     tracers under ``jit``/``vmap``) are also checked: every :math:`X_{ij}` finite (the error names
     the first offending row and column, counting from 0) and every label in
     :math:`0..\text{num\_classes}-1` (without ``num_classes``: :math:`\ge 0` and within int32,
@@ -285,7 +317,12 @@ def check_dataset(
     if (len(X_shape) < 2) if any_rank else (len(X_shape) != 2):
         expected = "at least 2-D (m, ...)" if any_rank else "2-D (m, n_features)"
         raise ValueError(f"{x_name} must be {expected}, got shape {X_shape}")
-    if y_shape != (X_shape[0],):
+    floats = targets == "floats"
+    if targets not in ("class_ids", "floats"):
+        raise ValueError(f"targets must be 'class_ids' or 'floats', got {targets!r}")
+    if floats and (len(y_shape) not in (1, 2) or y_shape[0] != X_shape[0]):
+        raise ValueError(f"{y_name} must be (m,) or (m, k) targets with m = {X_shape[0]}, got shape {y_shape}")
+    if not floats and y_shape != (X_shape[0],):
         raise ValueError(f"{y_name} must be (m,) = ({X_shape[0]},), got shape {y_shape}")
     if X_shape[0] == 0:
         raise ValueError(f"{name} is empty: {x_name} has shape {X_shape}")
@@ -293,8 +330,12 @@ def check_dataset(
         raise ValueError(f"{x_name} has {X_shape[1]} features but {features_from} is {num_features}")
     if jnp.issubdtype(X.dtype, jnp.complexfloating):
         raise TypeError(f"{x_name} must hold real numbers (float, int or bool), got complex dtype {X.dtype}")
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"{y_name} must hold integer class ids, got dtype {y.dtype}")
+    if floats:
+        _check_float_targets(y, y_name)
+    elif not jnp.issubdtype(y.dtype, jnp.integer):
+        hint = " (float targets are a regression: Config(task=tasks.regression()))" if jnp.issubdtype(
+            y.dtype, jnp.floating) else ""
+        raise TypeError(f"{y_name} must hold integer class ids, got dtype {y.dtype}{hint}")
     if not _is_traced(X):
         values = np.asarray(X)
         if np.issubdtype(values.dtype, np.inexact):
@@ -306,21 +347,38 @@ def check_dataset(
                     f"{x_name} has a non-finite value ({values[(row, *rest)]}) at row {row}, {where} "
                     f"(counting from 0; {int(bad.sum())} non-finite values in all): inputs must be finite numbers"
                 )
-    if num_classes is not None:
+    if not floats and num_classes is not None:
         check_labels(y, num_classes, y_name, classes_from)
-    else:
+    elif not floats:
         _check_label_bounds(y, y_name)
     if on_host and not _is_traced(X) and not _is_traced(y):
-        return _host_arrays(X, y, float_dtype)
+        return _host_arrays(X, y, float_dtype, floats)
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.zeros(()).dtype)
     if float_dtype is not None:
         X = X.astype(float_dtype)
-    return Dataset(X, jnp.asarray(y).astype(jnp.int32))
+    return Dataset(X, jnp.asarray(y).astype(X.dtype if floats else jnp.int32))
 
 
-def _host_arrays(X: Any, y: Any, float_dtype: Any) -> Dataset:
+def _check_float_targets(y: Any, y_name: str) -> None:
+    """Regression targets: real numbers (float, int or bool), finite when concrete; the error names the first bad one."""
+    if jnp.issubdtype(y.dtype, jnp.complexfloating) or not (jnp.issubdtype(y.dtype, jnp.number) or y.dtype == bool):
+        raise TypeError(f"{y_name} must hold real-valued targets, got dtype {y.dtype}")
+    if _is_traced(y):
+        return
+    values = np.asarray(y)
+    if np.issubdtype(values.dtype, np.inexact):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{y_name} has a non-finite target ({values[where]}) at index {where[0] if len(where) == 1 else where} "
+                f"(counting from 0; {int(bad.sum())} in all): targets must be finite numbers"
+            )
+
+
+def _host_arrays(X: Any, y: Any, float_dtype: Any, floats: bool = False) -> Dataset:
     """``check_dataset``'s conversions done in numpy, step for step as ``jnp.asarray`` / ``astype`` do them.
 
     ``X`` to its canonical dtype (float64 to float32 without x64), a non-float ``X`` then to the
@@ -334,7 +392,8 @@ def _host_arrays(X: Any, y: Any, float_dtype: Any) -> Dataset:
     if float_dtype is not None:
         X = X.astype(jax.dtypes.canonicalize_dtype(float_dtype), copy=False)
     y = np.asarray(y)
-    return Dataset(X, y.astype(jax.dtypes.canonicalize_dtype(y.dtype), copy=False).astype(np.int32))
+    y = y.astype(jax.dtypes.canonicalize_dtype(y.dtype), copy=False)
+    return Dataset(X, y.astype(X.dtype) if floats else y.astype(np.int32))
 
 
 INT32_MAX = int(np.iinfo(np.int32).max)
@@ -384,9 +443,13 @@ def _check_label_bounds(y: Any, y_name: str) -> None:
 
 
 def validate(
-    X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32, num_classes: int | None = None
+    X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32, num_classes: int | None = None,
+    targets: str = "class_ids",
 ) -> Dataset:
     """Check a user's arrays and return a host ``Dataset`` (``X`` of ``dtype``, ``y`` int32); errors name ``source``.
+
+    ``targets="floats"`` (a regression): ``y`` finite real targets ``(m,)`` or ``(m, k)``, returned
+    as ``dtype`` (``num_classes`` does not apply).
 
     ``X`` must be 2-D finite numbers (``check_dataset``); labels integer class ids, integral floats
     (``1.0``) accepted. Without ``num_classes`` the labels must be exactly ``0..K-1`` with every
@@ -399,6 +462,10 @@ def validate(
         raise ValueError(f"{source}: X is empty, shape {X.shape}")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{source}: X must be numeric, got dtype {X.dtype}")
+    if targets == "floats":
+        checked = check_dataset(Dataset(X, y), source, x_name=f"{source}: X", y_name=f"{source}: targets",
+                                targets="floats", on_host=True)
+        return Dataset(np.asarray(checked.X, dtype), np.asarray(checked.y, dtype))
     if y.ndim == 1 and (
         not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0)
     ):
@@ -434,8 +501,10 @@ def _csv_has_header(path: str) -> bool:
     return False
 
 
-def load(path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int | None = None) -> Dataset:
-    """Load a user's dataset: ``.csv`` (last column the label) or ``.npz`` (arrays ``X``, ``y``).
+def load(
+    path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int | None = None, targets: str = "class_ids"
+) -> Dataset:
+    """Load a user's dataset: ``.csv`` (last column the label, or with ``targets="floats"`` the float target) or ``.npz`` (arrays ``X``, ``y``).
 
     A CSV's header row is optional: a first row whose every cell parses as a number is data,
     anything else is a header and skipped. Validated with ``validate`` (2-D, finite, labels exactly
@@ -458,13 +527,13 @@ def load(path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int |
             raise ValueError(f"{path}: the CSV has no data rows")
         if table.shape[1] < 2:
             raise ValueError(f"{path}: needs at least one feature column and a label column, got {table.shape[1]} column(s)")
-        return validate(table[:, :-1], table[:, -1], path, dtype=dtype, num_classes=num_classes)
+        return validate(table[:, :-1], table[:, -1], path, dtype=dtype, num_classes=num_classes, targets=targets)
     if extension == ".npz":
         with np.load(path) as archive:
             missing = {"X", "y"} - set(archive.files)
             if missing:
                 raise ValueError(f"{path}: .npz needs arrays 'X' and 'y', missing {sorted(missing)} (has {archive.files})")
-            return validate(archive["X"], archive["y"], path, dtype=dtype, num_classes=num_classes)
+            return validate(archive["X"], archive["y"], path, dtype=dtype, num_classes=num_classes, targets=targets)
     raise ValueError(f"{path}: unsupported file type {extension!r}; expected .csv or .npz")
 
 

@@ -4,7 +4,8 @@ r"""One model interface for training: the built-in MLP and a user's Flax module 
 ``layer_sizes``, ``activation``, ``init``, ``batchnorm``) or ``FlaxModule`` (``config.model``).
 Both answer:
 
-- ``check_split(name, split, dtype, on_host)``: a split as this network takes it (features, labels);
+- ``check_split(name, split, task, dtype, on_host)``: a split as this network takes it (features) with
+  targets the ``task`` can learn with its outputs (``Task.check_targets``);
 - ``check_init_params(init_params, X)``: given starting parameters, checked, as arrays;
 - ``check_hparams(hp, example_shape, dtype)``: concrete values that make no sense for it;
 - ``check_dropout(hp)``: ``keep_prob`` values it can train with;
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepopt import batchnorm, losses, model, modules
+from deepopt import batchnorm, losses, model, modules, tasks
 from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt.hparams import HParams, HParamsValueError, concrete_array, first_index
@@ -45,13 +46,20 @@ class MLP:
     batchnorm: bool = False
     cpu_kernels: bool = True
 
-    def check_split(self, name: str, split: Any, dtype: Any = None, on_host: bool = False) -> data_lib.Dataset:
-        """``X`` of shape ``(m, layer_sizes[0])``, labels class ids below ``max(2, n_out)``."""
+    def check_split(
+        self, name: str, split: Any, task: tasks.Task, dtype: Any = None, on_host: bool = False
+    ) -> data_lib.Dataset:
+        """``X`` of shape ``(m, layer_sizes[0])``, targets ``task`` learns with ``n_out`` outputs (class ids below ``max(2, n_out)``)."""
         n_in, n_out = self.layer_sizes[0], self.layer_sizes[-1]
-        return data_lib.check_dataset(
-            split, name, num_features=n_in, features_from="Config.layer_sizes[0]",
-            num_classes=2 if n_out == 1 else n_out, classes_from=f"n_out={n_out}", float_dtype=dtype, on_host=on_host,
+        class_ids = task.targets == tasks.CLASS_IDS
+        checked = data_lib.check_dataset(
+            split, name, num_features=n_in, features_from="Config.layer_sizes[0]", float_dtype=dtype,
+            on_host=on_host, targets=task.targets, num_classes=(2 if n_out == 1 else n_out) if class_ids else None,
+            classes_from=f"n_out={n_out}",
         )
+        if not class_ids:
+            task.check_targets(checked.y, n_out, f"{name}.y", f"n_out={n_out}")
+        return checked
 
     def check_init_params(self, init_params: Any, X: Any) -> Params:
         """``init_params`` must match ``layer_sizes`` and ``batchnorm``."""
@@ -110,13 +118,16 @@ class FlaxModule:
 
     module: Any
 
-    def check_split(self, name: str, split: Any, dtype: Any = None, on_host: bool = False) -> data_lib.Dataset:
-        """``X`` of shape ``(m, ...)`` that the module takes (one abstract evaluation), labels below its outputs."""
-        checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True, on_host=on_host)
+    def check_split(
+        self, name: str, split: Any, task: tasks.Task, dtype: Any = None, on_host: bool = False
+    ) -> data_lib.Dataset:
+        """``X`` of shape ``(m, ...)`` that the module takes (one abstract evaluation), targets ``task`` learns with its outputs."""
+        checked = data_lib.check_dataset(split, name, float_dtype=dtype, any_rank=True, on_host=on_host,
+                                         targets=task.targets)
         n_out = modules.output_units(self.module, tuple(checked.X.shape[1:]), str(checked.X.dtype))
-        data_lib.check_labels(
-            split[1],  # as given: concrete unless traced
-            2 if n_out == 1 else n_out,
+        task.check_targets(
+            checked.y,
+            n_out,
             f"{name}.y",
             f"the {n_out} output unit{'s' if n_out > 1 else ''} of Config.model",
         )

@@ -25,7 +25,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, losses, model, modules, networks, optim, schedules, vmap_hints, xla_options
+from deepopt import batchnorm, model, modules, networks, optim, schedules, tasks, vmap_hints, xla_options
 from deepopt.hparams import (  # noqa: F401 (re-exported)
     _HPARAM_RULES, HParams, HParamsValueError, broadcast_hparams, concrete_array, first_index, validate_hparams,
 )
@@ -50,8 +50,8 @@ class Config:
       epochs: passes over the training set.
       early_stopping: None (off); an int patience (stop updating once that many epochs pass
         without a dev improvement); or ``"keep_best"`` (train every epoch, keep the best). Either
-        way ``fit`` returns the parameters of the best epoch (dev accuracy, ties to lower dev
-        cost) and needs a dev set.
+        way ``fit`` returns the parameters of the best epoch (the task's primary dev metric, dev
+        accuracy for classification; ties to the lower dev cost) and needs a dev set.
       batchnorm: batch-normalize every hidden layer before its activation (``gamma``/``beta``
         join the parameters; running statistics come back in ``TrainResult.bn_state`` and are
         what accuracy and prediction use).
@@ -68,6 +68,10 @@ class Config:
         features-major small nets, custom-VJP matmuls, a multiply-add first layer; faster on the
         CPU, the same values up to float rounding); False: the course's forward pass and
         ``jax.grad`` everywhere (other float32 bits, the same float64 values to rounding).
+      task: what is learned (``deepopt.tasks``): the loss, the metrics and the primary one early
+        stopping keeps and searches rank by, the targets' kind. ``tasks.classification()`` (the
+        default: class ids, sigmoid or softmax, cross-entropy, accuracy) or ``tasks.regression()``
+        (float targets, squared error, ``mse``/``mae``/``r2``) or your own ``tasks.Task``.
     """
 
     layer_sizes: tuple[int, ...] | None = None
@@ -81,8 +85,10 @@ class Config:
     batchnorm: bool = False
     model: Any = None
     cpu_kernels: bool = True
+    task: tasks.Task = dataclasses.field(default_factory=tasks.classification)
 
     def __post_init__(self) -> None:
+        tasks.check_task(self.task)
         if self.model is None:
             if self.layer_sizes is None:
                 raise ValueError(
@@ -138,33 +144,59 @@ class TrainResult(NamedTuple):
     Attributes:
       params: the final parameters (the last finite ones when the run diverged).
       costs: ``(epochs,)``: per epoch, the mean over its examples of the mini-batch cost
-        (cross-entropy plus ``l2/(2 n_batch)·ΣW²``) on the forward pass that produced each
-        gradient, i.e. before that update. NaN for epochs after a divergence.
-      train_accuracy: accuracy of ``params`` on the training set, no dropout.
-      dev_accuracy: the same on ``dev`` (NaN when no dev set was given).
+        (the task's loss, cross-entropy for classification, plus ``l2/(2 n_batch)·ΣW²``) on the
+        forward pass that produced each gradient, i.e. before that update. NaN for epochs after
+        a divergence.
+      train_metrics: ``{metric: value}``, each of the task's metrics of ``params`` on the
+        training set, no dropout (classification: ``{"accuracy"}``; ``train_accuracy`` reads it).
+      dev_metrics: the same on ``dev`` (NaN when no dev set was given; ``dev_accuracy`` reads it).
       final_cost: cost of ``params`` on the whole training set (with L2, no dropout).
       diverged: True when the cost or the parameters stopped being finite.
       diverged_epoch: the epoch where that happened, -1 if never.
       best_epoch: with early stopping, the epoch whose parameters are returned; else -1.
       stopped_epoch: the last epoch trained before early stopping's patience ran out, -1 if
         it never stopped (costs after it are NaN).
-      dev_accuracies: ``(epochs,)`` dev accuracy after each epoch with early stopping on (NaN
-        once the run is frozen); all NaN when it is off.
+      dev_curve: ``(epochs,)`` the primary dev metric after each epoch with early stopping on
+        (NaN once the run is frozen); all NaN when it is off (``dev_accuracies`` reads it).
       bn_state: running statistics of the batch-norm layers (``()`` without batch norm); pass
         them to ``model.predict(..., bn_state=...)``.
     """
 
     params: Params
     costs: jax.Array
-    train_accuracy: jax.Array
-    dev_accuracy: jax.Array
+    train_metrics: dict[str, jax.Array]
+    dev_metrics: dict[str, jax.Array]
     final_cost: jax.Array
     diverged: jax.Array
     diverged_epoch: jax.Array
     best_epoch: jax.Array
     stopped_epoch: jax.Array
-    dev_accuracies: jax.Array
+    dev_curve: jax.Array
     bn_state: tuple[batchnorm.BatchNormState, ...]
+
+    @property
+    def train_accuracy(self) -> jax.Array:
+        """``train_metrics["accuracy"]``: a classification's training accuracy."""
+        return _metric(self.train_metrics, "accuracy", "train_accuracy", "train_metrics")
+
+    @property
+    def dev_accuracy(self) -> jax.Array:
+        """``dev_metrics["accuracy"]``: a classification's dev accuracy (NaN without a dev set)."""
+        return _metric(self.dev_metrics, "accuracy", "dev_accuracy", "dev_metrics")
+
+    @property
+    def dev_accuracies(self) -> jax.Array:
+        """``dev_curve``: the primary dev metric per epoch (dev accuracy for classification)."""
+        return self.dev_curve
+
+
+def _metric(metrics: dict[str, jax.Array], name: str, attribute: str, holder: str) -> jax.Array:
+    """``metrics[name]``, or an ``AttributeError`` naming the task's metrics (a regression has no accuracy)."""
+    if name not in metrics:
+        raise AttributeError(
+            f"{attribute}: this run's task has no {name!r} metric; its metrics are {sorted(metrics)}: read {holder}[...]"
+        )
+    return metrics[name]
 
 
 def check_key(key: Any) -> None:
@@ -195,13 +227,14 @@ def check_split(name: str, split: Any, config: Config, dtype: Any = None, on_hos
     checked by one abstract evaluation of the module (``modules.output_units``). Values must be
     finite and labels class ids below ``max(2, n_out)``.
     """
-    return networks.network_of(config).check_split(name, split, dtype, on_host)
+    return networks.network_of(config).check_split(name, split, config.task, dtype, on_host)
 
 
 def describe_config(config: Config) -> dict[str, Any]:
     """``config`` as JSON-able values (for results rows and ids): every field, the model as ``modules.describe``."""
     record = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
     record["model"] = networks.network_of(config).describe()
+    record["task"] = config.task.describe()
     return record
 
 
@@ -235,7 +268,9 @@ class TrainState(NamedTuple):
       stopped, stopped_epoch: early stopping's patience ran out, and at which epoch (-1: never).
       best_params, best_model_state: with early stopping, the parameters and model state of the
         best dev epoch so far (None when early stopping is off: the plain run carries nothing extra).
-      best_dev_accuracy, best_dev_cost, best_epoch: that epoch's dev metrics and index (-1: none yet).
+      best_dev_accuracy, best_dev_cost, best_epoch: that epoch's primary dev metric (the task's:
+        accuracy for classification; the field keeps its name so checkpoints stay readable), dev
+        cost and index (-1: none yet).
     """
 
     params: Params
@@ -261,16 +296,28 @@ class EpochLog(NamedTuple):
     Attributes:
       cost: the mean over the epoch's examples of the mini-batch cost (with L2) on the forward
         pass that produced each gradient, before that update (as ``TrainResult.costs``).
-      train_accuracy: accuracy on the whole training set after the epoch (no dropout); measured
-        with ``log_metrics=True``.
-      dev_accuracy, dev_cost: accuracy and cross-entropy on the dev set after the epoch; measured
-        with ``log_metrics=True`` or early stopping (which needs them), and a dev set.
+      train_metric: the task's primary metric on the whole training set after the epoch (no
+        dropout; accuracy for classification, also read as ``train_accuracy``); measured with
+        ``log_metrics=True``.
+      dev_metric, dev_cost: the primary metric (``dev_accuracy``) and the mean loss on the dev set
+        after the epoch; measured with ``log_metrics=True`` or early stopping (which needs them),
+        and a dev set.
     """
 
     cost: jax.Array
-    train_accuracy: jax.Array
-    dev_accuracy: jax.Array
+    train_metric: jax.Array
+    dev_metric: jax.Array
     dev_cost: jax.Array
+
+    @property
+    def train_accuracy(self) -> jax.Array:
+        """``train_metric``: the name from when every task was a classification (its primary metric is accuracy)."""
+        return self.train_metric
+
+    @property
+    def dev_accuracy(self) -> jax.Array:
+        """``dev_metric``: the name from when every task was a classification (its primary metric is accuracy)."""
+        return self.dev_metric
 
 
 def _check_config(config: Any) -> None:
@@ -441,11 +488,12 @@ def advance(
 
 
 def evaluate(config: Config, state: TrainState, data: data_lib.Dataset) -> dict[str, jax.Array]:
-    r"""Metrics of the run's result on ``data``: ``{"accuracy", "cost"}`` (no dropout; batch norm's running statistics).
+    r"""Metrics of the run's result on ``data``: the task's metrics and ``cost`` (no dropout; running statistics).
 
+    Classification gives ``{"accuracy", "cost"}``, regression ``{"mse", "mae", "r2", "cost"}``.
     The result is the current parameters, or with early stopping the best dev epoch's.
-    ``cost`` is the mean cross-entropy :math:`\frac1m\sum_i \ell_i` without the L2 term (which
-    depends on ``hp``: ``TrainResult.final_cost`` adds it).
+    ``cost`` is the mean loss :math:`\frac1m\sum_i \ell_i` (cross-entropy for classification)
+    without the L2 term (which depends on ``hp``: ``TrainResult.final_cost`` adds it).
     """
     _check_config(config)
     data = check_split("data", data, config)
@@ -577,7 +625,7 @@ def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_
         stopped_epoch=minus_one,
         best_params=params if early_stopping else None,  # not carried when off
         best_model_state=bn_state if early_stopping else None,
-        best_dev_accuracy=jnp.array(-jnp.inf, dtype),
+        best_dev_accuracy=config.task.worst(dtype),
         best_dev_cost=jnp.array(jnp.inf, dtype),
         best_epoch=minus_one,
     )
@@ -594,17 +642,13 @@ def _l2_penalty(config: Config, params: Params, lambd: Any, m: Any) -> jax.Array
 
 
 def evaluate_params(config: Config, params: Params, model_state: Any, data: data_lib.Dataset) -> dict[str, jax.Array]:
-    """``evaluate`` of given parameters and model state, traceable (no checks, no jit): accuracy and mean cross-entropy."""
+    """``evaluate`` of given parameters and model state, traceable (no checks, no jit): the task's metrics and cost."""
     return _evaluate(config, params, model_state, data)
 
 
 def _evaluate(config: Config, params: Params, bn_state: tuple, data: data_lib.Dataset) -> dict[str, jax.Array]:
-    """The traced body of ``evaluate``: accuracy (in the data's float dtype) and mean cross-entropy."""
-    logits = _logits(config, params, bn_state, data.X)
-    return {
-        "accuracy": jnp.mean(model.predict_from_logits(logits) == data.y).astype(data.X.dtype),
-        "cost": losses.cross_entropy(logits, data.y),
-    }
+    """The traced body of ``evaluate``: ``Task.evaluate`` of the outputs (metrics in the data's float dtype, cost)."""
+    return config.task.evaluate(_logits(config, params, bn_state, data.X), data.y, data.X.dtype)
 
 
 def _advance(
@@ -628,13 +672,14 @@ def _advance(
     full_batch = batch_size == m
     num_batches = -(-m // batch_size)
     network = networks.network_of(config)
+    task = config.task
 
     def batch_cost(
         params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, tuple]:
         logits, new_bn_state = network.apply_train(
             params, bn_state, X_b, key, hp.keep_prob, dropout, None if full_batch else mask)
-        per_example = losses.per_example_cross_entropy(logits, y_b)
+        per_example = task.loss(logits, y_b)
         if full_batch:
             return jnp.mean(per_example) + _l2_penalty(config, params, hp.l2, m), new_bn_state
         n_b = jnp.sum(mask).astype(per_example.dtype)
@@ -717,18 +762,15 @@ def _advance(
         )
         train_accuracy = dev_accuracy = dev_cost = nan
         if log_train:
-            train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)["accuracy"])
+            train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)[task.primary])
         if not measure_dev:
             return carry, (epoch_cost, train_accuracy, dev_accuracy, dev_cost)
-        dev_logits = _logits(config, params, bn_state, dev.X)
-        dev_accuracy = jnp.mean(model.predict_from_logits(dev_logits) == dev.y).astype(dtype)
-        dev_cost = losses.cross_entropy(dev_logits, dev.y)
+        on_dev = _evaluate(config, params, bn_state, dev)
+        dev_accuracy, dev_cost = on_dev[task.primary], on_dev["cost"]
         logged = (epoch_cost, train_accuracy, jnp.where(frozen, jnp.nan, dev_accuracy), jnp.where(frozen, jnp.nan, dev_cost))
         if not early_stopping:
             return carry, logged
-        better = (dev_accuracy > carry.best_dev_accuracy) | (
-            (dev_accuracy == carry.best_dev_accuracy) & (dev_cost < carry.best_dev_cost)
-        )
+        better = task.better(dev_accuracy, dev_cost, carry.best_dev_accuracy, carry.best_dev_cost)
         improved = better & ~frozen & ~diverged_now
         best_epoch = jnp.where(improved, epoch, carry.best_epoch)
         stopped_now = ~frozen & ~diverged_now & (epoch - best_epoch >= patience) if patience else jnp.array(False)
@@ -793,8 +835,13 @@ def _fit_body(
     state = _init_state(config, hp, key, train.X, init_params)
     state, log = _advance(config, dropout, config.epochs, False, log_dev, hp, state, train, dev)
     params, bn_state = result_params(config, state)
-    result = TrainResult(params=params, costs=log.cost, dev_accuracies=log.dev_accuracy, bn_state=bn_state,
-                         **final_metrics(config, hp, state, train, dev))
+    scalars = final_metrics(config, hp, state, train, dev)
+    metrics = config.task.metrics
+    result = TrainResult(
+        params=params, costs=log.cost, dev_curve=log.dev_metric, bn_state=bn_state,
+        train_metrics={name: scalars.pop(f"train_{name}") for name in metrics},
+        dev_metrics={name: scalars.pop(f"dev_{name}") for name in metrics}, **scalars,
+    )
     return result, log
 
 
@@ -803,7 +850,8 @@ def final_metrics(
 ) -> dict[str, jax.Array]:
     r"""``fit``'s per-run scalars of a state: what a ``TrainResult`` reports, traceable (no checks, no jit).
 
-    ``train_accuracy``, ``dev_accuracy`` (NaN without ``dev``), ``final_cost`` (:math:`\frac1m\sum_i\ell_i
+    ``train_<metric>`` and ``dev_<metric>`` for each of the task's metrics (``train_accuracy``,
+    ``dev_accuracy`` for classification; NaN without ``dev``), ``final_cost`` (:math:`\frac1m\sum_i\ell_i
     + \frac{\lambda}{2m}\sum\|W\|^2` on the whole training set), ``diverged``, ``diverged_epoch``,
     ``best_epoch``, ``stopped_epoch``, of the run's result (``result_params``). ``hp`` must be prepared
     (``prepare_hparams``).
@@ -812,10 +860,12 @@ def final_metrics(
     on_train = _evaluate(config, params, bn_state, train)
     final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
     dtype = train.X.dtype
-    dev_accuracy = jnp.array(jnp.nan, dtype) if dev is None else _evaluate(config, params, bn_state, dev)["accuracy"]
+    on_dev = None if dev is None else _evaluate(config, params, bn_state, dev)
+    nan = jnp.array(jnp.nan, dtype)
+    metrics = config.task.metrics
     return {
-        "train_accuracy": on_train["accuracy"],
-        "dev_accuracy": dev_accuracy,
+        **{f"train_{name}": on_train[name] for name in metrics},
+        **{f"dev_{name}": nan if on_dev is None else on_dev[name] for name in metrics},
         "final_cost": final_cost,
         "diverged": state.diverged,
         "diverged_epoch": state.diverged_epoch,

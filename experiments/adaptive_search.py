@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from deepopt import data as data_lib
-from deepopt import sweep, train
+from deepopt import sweep, tasks, train
 from experiments import common
 
 STUDY = "adaptive_search"
@@ -46,9 +46,12 @@ QUICK = {  # a small run on moons, end to end in seconds
 }
 
 common.define_study_flags()
+common.define_task_flag()
 common.define_hidden_flag(["64", "64"])
 common.define_host_devices_flag()
-flags.DEFINE_enum("dataset", "mnist1d", ["mnist1d", "moons"], "Data set (ignored with --data).")
+flags.DEFINE_enum("dataset", "mnist1d", ["mnist1d", "moons", "friedman1"],
+                  "Data set (ignored with --data); --task regression generates friedman1 (its noise: --noise, "
+                  "default 1).")
 flags.DEFINE_float("dev_fraction", 0.2, "Fraction of the training set (MNIST-1D's or --data's) held out as dev set.")
 flags.DEFINE_integer("n_train", 600, "moons: generated training examples.", lower_bound=2)
 flags.DEFINE_integer("n_dev", 300, "moons: generated dev examples.", lower_bound=2)
@@ -89,16 +92,36 @@ def settings() -> dict[str, Any]:
         "max_epochs", "min_epochs", "eta", "population", "interval", "fraction", "num_seeds", "seed", "repeats")}
     if FLAGS.quick:
         values.update(QUICK)
+    regression = common.study_task().targets == tasks.FLOATS
+    if regression and values["dataset"] != "friedman1":
+        if FLAGS["dataset"].present and not FLAGS.data:
+            raise common.StudyInputError(f"--dataset {values['dataset']} holds class labels; --task regression needs "
+                                         "--dataset friedman1 or --data with a float last column")
+        values["dataset"] = "friedman1"
+        values["noise"] = FLAGS.noise if FLAGS["noise"].present else 1.0
+    elif not regression and values["dataset"] == "friedman1":
+        raise common.StudyInputError("--dataset friedman1 is a regression set: pass --task regression")
     values["population"] = values["population"] or values["num_configs"]
     return values
+
+
+def ranked_metric() -> str:
+    """The row field every search ranks by: the task's primary dev metric (``dev_accuracy``, ``dev_mse``)."""
+    return f"dev_{common.study_task().primary}"
+
+
+def shown(metric: str, value: float) -> str:
+    """A metric's value for the report: accuracies in percent, others to four significant digits."""
+    return f"{100 * value:.1f}%" if metric.endswith("accuracy") else f"{value:.4g}"
 
 
 def load_data(key: jax.Array, s: dict[str, Any]) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
     """``(train, dev, test)`` as host arrays: --data, MNIST-1D (dev split of its training set) or moons."""
     split_key, train_key, dev_key, test_key = jax.random.split(key, 4)
     user = common.load_user_data(split_key)
-    if user is None and s["dataset"] == "moons":
-        return tuple(data_lib.Dataset(*map(np.asarray, data_lib.make_moons(k, n, s["noise"])))
+    if user is None and s["dataset"] in ("moons", "friedman1"):
+        make = data_lib.make_moons if s["dataset"] == "moons" else data_lib.make_friedman1
+        return tuple(data_lib.Dataset(*map(np.asarray, make(k, n, s["noise"])))
                      for k, n in ((train_key, s["n_train"]), (dev_key, s["n_dev"]), (test_key, s["n_test"])))
     if user is None:
         try:
@@ -132,30 +155,34 @@ def added_epochs(history: list[dict[str, Any]]) -> list[int]:
     return added
 
 
-def best_so_far(history: list[dict[str, Any]], batches: int, seeds: int) -> tuple[list[int], list[float]]:
-    """Cumulative config-steps and the best seed-mean dev accuracy seen so far, after each config-stage."""
-    steps, best, spent, top = [], [], 0, -np.inf
+def best_so_far(
+    history: list[dict[str, Any]], batches: int, seeds: int, metric: str = "dev_accuracy", maximize: bool = True
+) -> tuple[list[int], list[float]]:
+    """Cumulative config-steps and the best seed-mean ``metric`` (dev accuracy) seen so far, after each config-stage."""
+    steps, best, spent = [], [], 0
+    top = -np.inf if maximize else np.inf
+    better = max if maximize else min
     added = added_epochs(history)
     for start in range(0, len(history), seeds):
         rows = history[start : start + seeds]
         spent += sum(added[start : start + seeds]) * batches
-        values = [r["dev_accuracy"] for r in rows if r.get("dev_accuracy") is not None]
+        values = [r[metric] for r in rows if r.get(metric) is not None]
         if values and not any(r.get("diverged") for r in rows):
-            top = max(top, float(np.mean(values)))
+            top = better(top, float(np.mean(values)))
         steps.append(spent)
         best.append(top)
     return steps, best
 
 
-def plot_best(path: pathlib.Path, curves: dict[str, tuple[list[int], list[float]]]) -> None:
+def plot_best(path: pathlib.Path, curves: dict[str, tuple[list[int], list[float]]], metric: str = "dev_accuracy") -> None:
     plt = common.pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for method, (steps, best) in curves.items():
         axis.step(steps, best, where="post", label=method)
     axis.set_xscale("log")
     axis.set_xlabel("config-steps spent (updates × runs)")
-    axis.set_ylabel("best dev accuracy so far")
-    axis.set_title("Best dev accuracy found against compute")
+    axis.set_ylabel(f"best {metric.replace('_', ' ')} so far")
+    axis.set_title(f"Best {metric.replace('_', ' ')} found against compute")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -170,8 +197,10 @@ def main(argv: list[str]) -> None:
     data_key, search_key = jax.random.split(jax.random.key(s["seed"]))
     train_set, dev_set, test_set = load_data(data_key, s)
     layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, dev_set, test_set)
+    task = common.study_task()
+    metric, primary = ranked_metric(), task.primary
     config = train.Config(layer_sizes, activation="relu", init="he", optimizer="adam", batch_size=s["batch_size"],
-                          epochs=s["max_epochs"])
+                          epochs=s["max_epochs"], task=task)
     space = search_space()
     source = common.data_source() if FLAGS.data else s["dataset"]
     batches = -(-len(train_set.y) // min(s["batch_size"], len(train_set.y)))
@@ -191,25 +220,28 @@ def main(argv: list[str]) -> None:
         curves = curves or repeat_curves
     reference = repeats[0].get("random", {}).get("config_steps")
     table = common.markdown_table(
-        ["method", "configs", "config-steps", "vs random", "best dev accuracy", "winner (lr, λ, keep_prob)",
-         "test accuracy (retrained on train + dev)", "seconds"],
+        ["method", "configs", "config-steps", "vs random", f"best dev {primary}", "winner (lr, λ, keep_prob)",
+         f"test {primary} (retrained on train + dev)", "seconds"],
         [[method, v["configs"], v["config_steps"], f"{v['config_steps'] / reference:.2f}×" if reference else "—",
-          spread([r[method]["best_dev_accuracy"] for r in repeats]),
+          spread([r[method][f"best_{metric}"] for r in repeats], metric),
           f"{v['winner']['learning_rate']:.3g}, {v['winner']['l2']:.3g}, {v['winner']['keep_prob']:.2f}"
           + (" (repeat 1)" if len(repeats) > 1 else ""),
-          spread([r[method]["test_accuracy_after_retraining"] for r in repeats]),
+          spread([r[method][f"test_{primary}_after_retraining"] for r in repeats], metric),
           f"{np.mean([r[method]['seconds'] for r in repeats]):.1f}"] for method, v in repeats[0].items()],
     )
     print("\n" + table)
-    findings = target_findings(repeats, reference, targets=s["dataset"] == "mnist1d" and not FLAGS.data)
+    findings = target_findings(repeats, reference, targets=s["dataset"] == "mnist1d" and not FLAGS.data,
+                               metric=metric)
     print("\n".join(findings))
     plots = []
     if common.plots_available():
-        plot_best(output_dir / "best_dev_accuracy_vs_config_steps.png", curves)
-        plots.append("best_dev_accuracy_vs_config_steps.png")
+        plot_best(output_dir / f"best_{metric}_vs_config_steps.png", curves, metric)
+        plots.append(f"best_{metric}_vs_config_steps.png")
     record = {
-        "study": STUDY, "settings": {**s, "layer_sizes": layer_sizes, "data": source, "space": sweep_space_text(space)},
-        "methods": repeats[0], "repeats": repeats, "curves": {m: {"config_steps": c[0], "best_dev_accuracy": c[1]} for m, c in curves.items()},
+        "study": STUDY, "settings": {**s, "task": task.name, "layer_sizes": layer_sizes, "data": source,
+                                     "space": sweep_space_text(space)},
+        "methods": repeats[0], "repeats": repeats,
+        "curves": {m: {"config_steps": c[0], f"best_{metric}": c[1]} for m, c in curves.items()},
         "findings": findings, "plots": plots,
     }
     report = [
@@ -270,37 +302,42 @@ def run_methods(
             raise common.StudyInputError(f"{method}: {error}") from None
         seconds = time.perf_counter() - started
         history = results.history or results.rows
-        curves[method] = best_so_far(history, batches, s["num_seeds"])
+        task = config.task
+        metric, primary = f"dev_{task.primary}", task.primary
+        curves[method] = best_so_far(history, batches, s["num_seeds"], metric, task.higher_is_better)
         winner = results.best(1)[0]
-        test_accuracy = float(np.mean(common.retrained_test_accuracies(results.rows, winner["config_id"], full_train,
-                                                                       test_set)))
+        test_value = float(np.mean(common.retrained_test_metrics(results.rows, winner["config_id"], full_train,
+                                                                 test_set, primary)))
         summaries[method] = {
             "configs": results.stats["configs"],
             "config_steps": results.config_steps,
-            "best_dev_accuracy": winner["dev_accuracy"]["mean"],
+            f"best_{metric}": winner[metric]["mean"],
             "winner": {name: winner["hparams"][name] for name in space},
             "winner_epochs": int(winner.get("epochs_trained", {}).get("min") or s["max_epochs"]),
-            "test_accuracy_after_retraining": test_accuracy,
+            f"test_{primary}_after_retraining": test_value,
             "seconds": seconds,
             "compilations": results.stats["compilations"],
             **({"brackets": results.stats["brackets"]} if "brackets" in results.stats else {}),
             **({"exploits": len(results.stats["exploits"])} if "exploits" in results.stats else {}),
             **({"stopped": len(results.stats["stopped"])} if "stopped" in results.stats else {}),
         }
-        print(f"  {method:>13}: best dev {100 * summaries[method]['best_dev_accuracy']:.1f}% after "
-              f"{results.config_steps} config-steps, retrained test {100 * test_accuracy:.1f}% ({seconds:.1f} s)"
+        print(f"  {method:>13}: best dev {primary} {shown(metric, summaries[method][f'best_{metric}'])} after "
+              f"{results.config_steps} config-steps, retrained test {shown(metric, test_value)} ({seconds:.1f} s)"
               + clock.done())
     return summaries, curves
 
 
-def spread(values: list[float]) -> str:
-    """``mean ± std`` in percent over repeats (the sample std), or the one value."""
+def spread(values: list[float], metric: str = "dev_accuracy") -> str:
+    """``mean ± std`` over repeats (the sample std), or the one value: accuracies in percent, others as numbers."""
+    scale, unit, digits = (100, "%", ".2f") if metric.endswith("accuracy") else (1, "", ".4g")
     if len(values) == 1:
-        return f"{100 * values[0]:.2f}%"
-    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%"
+        return f"{scale * values[0]:{digits}}{unit}"
+    return f"{scale * np.mean(values):{digits}} ± {scale * np.std(values, ddof=1):{digits}}{unit}"
 
 
-def target_findings(repeats: list[dict[str, dict[str, Any]]], reference: int | None, targets: bool) -> list[str]:
+def target_findings(
+    repeats: list[dict[str, dict[str, Any]]], reference: int | None, targets: bool, metric: str = "dev_accuracy"
+) -> list[str]:
     """Each method against random search, per repeat; ``targets``: the MNIST-1D targets checked on the numbers."""
     if not reference:
         return []
@@ -308,10 +345,12 @@ def target_findings(repeats: list[dict[str, dict[str, Any]]], reference: int | N
     for method in repeats[0]:
         if method == "random":
             continue
-        gaps = [r[method]["best_dev_accuracy"] - r["random"]["best_dev_accuracy"] for r in repeats]
+        gaps = [r[method][f"best_{metric}"] - r["random"][f"best_{metric}"] for r in repeats]
         ratio = repeats[0][method]["config_steps"] / reference
+        differences = (", ".join(f"{100 * g:+.2f}" for g in gaps) + " points" if metric.endswith("accuracy")
+                       else ", ".join(f"{g:+.4g}" for g in gaps))
         lines.append(
-            f"{method}: best dev accuracy {', '.join(f'{100 * g:+.2f}' for g in gaps)} points against random "
+            f"{method}: best {metric.replace('_', ' ')} {differences} against random "
             f"search's best (per repeat), at {ratio:.2f}× its config-steps.")
         if method == "hyperband" and targets:
             met = sum(g >= -0.005 for g in gaps)

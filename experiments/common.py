@@ -41,7 +41,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from deepopt import data as data_lib
-from deepopt import model, train
+from deepopt import model, tasks, train
 
 FLAGS = flags.FLAGS
 EXIT_USAGE = 2
@@ -363,15 +363,35 @@ def prepare_output_dir(study: str) -> pathlib.Path:
     return path
 
 
+def define_task_flag() -> None:
+    """``--task``, for the studies that learn any task (the main job, adaptive_search); once per process."""
+    if "task" not in FLAGS:
+        flags.DEFINE_enum(
+            "task", "classification", list(tasks.BUILT_IN),
+            "What is learned: classification (integer labels; accuracy) or regression (float targets, the last "
+            "column of --data; mse, mae, r2; generated data: Friedman #1, --dataset friedman1).",
+        )
+
+
+def study_task() -> tasks.Task:
+    """The ``--task`` of the study (classification where the study has no such flag)."""
+    return tasks.by_name(FLAGS.task) if "task" in FLAGS else tasks.classification()
+
+
 def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None:
-    """``(train, test)`` from ``--data`` / ``--test_data`` (or a held-out ``--test_fraction``), None without ``--data``."""
+    """``(train, test)`` from ``--data`` / ``--test_data`` (or a held-out ``--test_fraction``), None without ``--data``.
+
+    With ``--task regression`` the last column is a float target (``data.load(targets="floats")``).
+    """
     if FLAGS.data is None:
         return None
+    targets = study_task().targets
     try:
-        train = data_lib.load(FLAGS.data)
+        train = data_lib.load(FLAGS.data, targets=targets)
         if FLAGS.test_data is not None:
-            # The training file defines the classes 0..K-1; a test file may miss some but never adds one.
-            test = data_lib.load(FLAGS.test_data, num_classes=int(np.max(np.asarray(train.y))) + 1)
+            # A classification's training file defines the classes 0..K-1; a test file may miss some, never add one.
+            classes = int(np.max(np.asarray(train.y))) + 1 if targets == tasks.CLASS_IDS else None
+            test = data_lib.load(FLAGS.test_data, num_classes=classes, targets=targets)
         else:
             train, _, test = data_lib.train_dev_test_split(key, train, 0.0, FLAGS.test_fraction)
     except (OSError, ValueError) as error:
@@ -409,7 +429,12 @@ def layer_sizes_for(hidden: Sequence[int], *datasets: data_lib.Dataset) -> tuple
 
 
 def output_units(*datasets: data_lib.Dataset) -> int:
-    """Output layer width for the labels seen: 1 (sigmoid) for two classes, C (softmax) for more."""
+    """Output layer width for the labels seen: 1 (sigmoid) for two classes, C (softmax) for more.
+
+    Under ``--task regression``: one per target column (1 for ``(m,)`` targets).
+    """
+    if study_task().targets == tasks.FLOATS:
+        return 1 if np.ndim(datasets[0].y) == 1 else int(np.shape(datasets[0].y)[1])
     num_classes = max(int(np.max(np.asarray(d.y))) + 1 for d in datasets)
     return 1 if num_classes <= 2 else num_classes
 
@@ -559,21 +584,30 @@ def train_plus_dev(train_set: data_lib.Dataset, dev_set: data_lib.Dataset) -> da
                             np.concatenate([np.asarray(train_set.y), np.asarray(dev_set.y)]))
 
 
-def retrained_test_accuracies(
-    rows: Sequence[dict[str, Any]], config_id: str, full_train: data_lib.Dataset, test_set: data_lib.Dataset
+def retrained_test_metrics(
+    rows: Sequence[dict[str, Any]], config_id: str, full_train: data_lib.Dataset, test_set: data_lib.Dataset,
+    metric: str = "accuracy",
 ) -> list[float]:
     """The honest protocol's last step: config ``config_id`` retrained on ``full_train`` once per seed row, tested once.
 
     ``sweep.retrain`` of each of its rows (each seed's key; a PBT row by its schedule), then the test
-    accuracy of the state's current parameters (``retrain`` trains an early-stopped row without early stopping).
+    ``metric`` (one of the task's: ``accuracy``, ``mse``) of the state's current parameters
+    (``retrain`` trains an early-stopped row without early stopping).
     """
     from deepopt import sweep
 
-    accuracies = []
+    values = []
     for row in (r for r in rows if r["config_id"] == config_id):
         config = dataclasses.replace(sweep.config_of(row), early_stopping=None)
-        accuracies.append(float(train.evaluate(config, sweep.retrain(row, full_train), test_set)["accuracy"]))
-    return accuracies
+        values.append(float(train.evaluate(config, sweep.retrain(row, full_train), test_set)[metric]))
+    return values
+
+
+def retrained_test_accuracies(
+    rows: Sequence[dict[str, Any]], config_id: str, full_train: data_lib.Dataset, test_set: data_lib.Dataset
+) -> list[float]:
+    """``retrained_test_metrics`` of a classification: the test accuracies."""
+    return retrained_test_metrics(rows, config_id, full_train, test_set, "accuracy")
 
 
 def summarize_runs(result: train.TrainResult, seconds: float) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from deepopt import bayes, schedules, sweep, train
+from deepopt import bayes, schedules, sweep, tasks, train
 from deepopt import data as data_lib
 from deepopt.sweep import tensorboard_log
 from experiments import common
@@ -44,6 +44,7 @@ from experiments import common
 STUDY = "sweep"
 FLAGS = flags.FLAGS
 DATASETS = {"moons": data_lib.make_moons, "spirals": data_lib.make_spirals, "circles": data_lib.make_circles}
+REGRESSION_DATASETS = {"friedman1": data_lib.make_friedman1}  # --task regression's generated data
 SCALES = {
     sweep.Uniform: "uniform",
     sweep.LogUniform: "log-uniform",
@@ -52,7 +53,8 @@ SCALES = {
 BETA_FIELD = {"momentum": "beta", "nesterov": "beta", "adam": "beta1", "adamw": "beta1"}
 
 common.define_study_flags()
-flags.DEFINE_enum("dataset", "moons", [*DATASETS, "mnist1d"],
+common.define_task_flag()
+flags.DEFINE_enum("dataset", "moons", [*DATASETS, *REGRESSION_DATASETS, "mnist1d"],
                   "Generated data set, or mnist1d (its 4000 training examples split by --dev_fraction, its 1000 test "
                   "examples; the datasets extra); ignored with --data.")
 flags.DEFINE_integer("n_train", 300, "Generated training examples.", lower_bound=2)
@@ -262,19 +264,44 @@ def _flag_text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def generator() -> tuple[Any, float]:
+    """The generated data set of ``--dataset`` and its noise, checked against ``--task``.
+
+    ``--task regression`` generates ``friedman1`` (the default there), at ``--noise`` when given, else 1.
+    """
+    regression = common.study_task().targets == tasks.FLOATS
+    if regression and FLAGS.dataset not in REGRESSION_DATASETS:
+        if FLAGS["dataset"].present:
+            raise common.StudyInputError(f"--dataset {FLAGS.dataset} holds class labels; --task regression needs "
+                                         f"{' or '.join(REGRESSION_DATASETS)} or --data with a float last column")
+        return REGRESSION_DATASETS["friedman1"], FLAGS.noise if FLAGS["noise"].present else 1.0
+    if regression:
+        return REGRESSION_DATASETS[FLAGS.dataset], FLAGS.noise if FLAGS["noise"].present else 1.0
+    if FLAGS.dataset in REGRESSION_DATASETS:
+        raise common.StudyInputError(f"--dataset {FLAGS.dataset} is a regression set: pass --task regression")
+    return DATASETS[FLAGS.dataset], FLAGS.noise
+
+
+def dataset_name() -> str:
+    """The generated data set the sweep trains on (``generator``'s), for reports."""
+    if common.study_task().targets == tasks.FLOATS and FLAGS.dataset not in REGRESSION_DATASETS:
+        return "friedman1"
+    return FLAGS.dataset
+
+
 def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
     """``(train, dev, test)``: generated, or ``--data`` (dev held out of it) and ``--test_data``."""
     train_key, dev_key, test_key, split_key = jax.random.split(data_key, 4)
     user_data = common.load_user_data(split_key)
-    if user_data is None and FLAGS.dataset == "mnist1d":
+    if user_data is None and FLAGS.dataset == "mnist1d" and common.study_task().targets == tasks.CLASS_IDS:
         try:
             user_data = data_lib.load_mnist1d()
         except ImportError as error:
             raise common.StudyInputError(str(error)) from None
     if user_data is None:
-        make = DATASETS[FLAGS.dataset]
+        make, noise = generator()
         return tuple(
-            data_lib.Dataset(*map(np.asarray, make(k, n, FLAGS.noise)))
+            data_lib.Dataset(*map(np.asarray, make(k, n, noise)))
             for k, n in ((train_key, FLAGS.n_train), (dev_key, FLAGS.n_dev), (test_key, FLAGS.n_test))
         )
     train_set, test_set = user_data
@@ -313,8 +340,8 @@ def describe(space: dict[str, Any]) -> list[str]:
     return lines
 
 
-def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int]) -> str:
-    """The markdown leaderboard of seed-aggregated configs."""
+def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int], primary: str = "accuracy") -> str:
+    """The markdown leaderboard of seed-aggregated configs: the task's ``primary`` metric on dev, train and test."""
 
     def beta(entry: dict[str, Any]) -> str:
         field = BETA_FIELD.get(entry["config"]["optimizer"])
@@ -329,9 +356,7 @@ def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int]) -> str:
             beta(e),
             f"{e['hparams']['l2']:.3g}",
             f"{e['hparams']['keep_prob']:.2f}",
-            common.percent(e["dev_accuracy"]),
-            common.percent(e["train_accuracy"]),
-            common.percent(e["test_accuracy"]),
+            *(formatted(f"{split}_{primary}", e.get(f"{split}_{primary}", {})) for split in ("dev", "train", "test")),
             e["diverged"],
         ]
         for rank, e in enumerate(entries, start=1)
@@ -344,46 +369,66 @@ def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int]) -> str:
         "β",
         "λ",
         "keep_prob",
-        "dev accuracy",
-        "train accuracy",
-        "test accuracy",
+        *(f"{split} {primary}" for split in ("dev", "train", "test")),
         "diverged",
     ]
     return common.markdown_table(headers, rows)
 
 
-def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]]) -> None:
-    """Seed-mean dev accuracy of every config against its learning rate, one colour per optimizer."""
+def ranked_metric() -> str:
+    """The row field the sweep ranks by: the task's primary dev metric (``dev_accuracy``, ``dev_mse``)."""
+    return f"dev_{common.study_task().primary}"
+
+
+def metric_words(metric: str) -> str:
+    """A metric's name in words: ``dev_accuracy`` -> ``dev accuracy``."""
+    return metric.replace("_", " ")
+
+
+def formatted(metric: str, stats: dict[str, Any]) -> str:
+    """``mean ± std`` of a metric: accuracies in percent, other metrics to four significant digits."""
+    if stats.get("mean") is None:
+        return "—"
+    if metric.endswith("accuracy"):
+        return common.percent(stats)
+    return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+
+
+def plot_learning_rate(path: pathlib.Path, entries: list[dict[str, Any]], metric: str = "dev_accuracy") -> None:
+    """Seed-mean ``metric`` (dev accuracy) of every config against its learning rate, one colour per optimizer."""
     plt = common.pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for optimizer in dict.fromkeys(e["config"]["optimizer"] for e in entries):
-        mine = [e for e in entries if e["config"]["optimizer"] == optimizer and e["dev_accuracy"]["mean"] is not None]
+        mine = [e for e in entries if e["config"]["optimizer"] == optimizer and e[metric]["mean"] is not None]
         axis.scatter(
             [e["hparams"]["learning_rate"] for e in mine],
-            [e["dev_accuracy"]["mean"] for e in mine],
+            [e[metric]["mean"] for e in mine],
             s=14,
             alpha=0.7,
             label=optimizer,
         )
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
-    axis.set_ylabel("dev accuracy (mean over seeds)")
-    axis.set_title("Dev accuracy against learning rate")
+    axis.set_ylabel(f"{metric_words(metric)} (mean over seeds)")
+    axis.set_title(f"{metric_words(metric).capitalize()} against learning rate")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def plot_axes(path: pathlib.Path, entries: list[dict[str, Any]], space: dict[str, Any], bins: int = 8) -> bool:
-    """The playbook's hyperparameter-axis plots: seed-mean dev accuracy against each searched field, best per bin marked.
+def plot_axes(
+    path: pathlib.Path, entries: list[dict[str, Any]], space: dict[str, Any], bins: int = 8,
+    metric: str = "dev_accuracy", maximize: bool = True,
+) -> bool:
+    """The playbook's hyperparameter-axis plots: seed-mean ``metric`` against each searched field, best per bin marked.
 
     One panel per continuous field, on its own scale (log for log-uniform; ``1 - β`` on a log axis for
     β, over the configs whose optimizer uses it); the bins split that scale into ``bins`` equal parts.
     False when no field is searched.
     """
     fields = [name for name, value in space.items() if isinstance(value, sweep.Uniform)]
-    kept = [e for e in entries if e["dev_accuracy"]["mean"] is not None]
+    kept = [e for e in entries if e[metric]["mean"] is not None]
     if not fields or not kept:
         return False
     plt = common.pyplot()
@@ -396,33 +441,34 @@ def plot_axes(path: pathlib.Path, entries: list[dict[str, Any]], space: dict[str
             axis.set_visible(False)
             continue
         values = np.asarray([e["hparams"][name] for e in uses], np.float64)
-        accuracy = np.asarray([e["dev_accuracy"]["mean"] for e in uses])
+        scores = np.asarray([e[metric]["mean"] for e in uses])
         shown = 1.0 - values if one_minus else values
-        axis.scatter(shown, accuracy, s=10, alpha=0.6)
+        axis.scatter(shown, scores, s=10, alpha=0.6)
+        pick = np.argmax if maximize else np.argmin
         lo, hi = distribution.scaled_bounds
         where = np.clip(((distribution.to_scale(values) - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)
-        best = [int(np.flatnonzero(where == b)[np.argmax(accuracy[where == b])]) for b in range(bins) if np.any(where == b)]
+        best = [int(np.flatnonzero(where == b)[pick(scores[where == b])]) for b in range(bins) if np.any(where == b)]
         order = sorted(best, key=lambda i: shown[i])
-        axis.plot(shown[order], accuracy[order], "r.-", label="best per bin")
+        axis.plot(shown[order], scores[order], "r.-", label="best per bin")
         if isinstance(distribution, (sweep.LogUniform, sweep.OneMinusLogUniform)):
             axis.set_xscale("log")
         axis.set_xlabel(f"1 − {name}" if one_minus else name)
-        axis.set_ylabel("dev accuracy (mean over seeds)")
+        axis.set_ylabel(f"{metric_words(metric)} (mean over seeds)")
     axes[0][0].legend(fontsize=8)
-    figure.suptitle("Dev accuracy against each searched hyperparameter")
+    figure.suptitle(f"{metric_words(metric).capitalize()} against each searched hyperparameter")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
 
 
-def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 8) -> None:
-    """Mean dev accuracy of the configs in each (log λ, log learning rate) cell."""
+def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 8, metric: str = "dev_accuracy") -> None:
+    """Mean ``metric`` (dev accuracy) of the configs in each (log λ, log learning rate) cell."""
     plt = common.pyplot()
-    kept = [e for e in entries if e["dev_accuracy"]["mean"] is not None]
+    kept = [e for e in entries if e[metric]["mean"] is not None]
     x = np.log10([e["hparams"]["learning_rate"] for e in kept])
     y = np.log10([e["hparams"]["l2"] for e in kept])
-    z = np.asarray([e["dev_accuracy"]["mean"] for e in kept])
+    z = np.asarray([e[metric]["mean"] for e in kept])
     x_edges, y_edges = np.linspace(x.min(), x.max() + 1e-9, bins + 1), np.linspace(y.min(), y.max() + 1e-9, bins + 1)
     totals, _, _ = np.histogram2d(x, y, [x_edges, y_edges], weights=z)
     counts, _, _ = np.histogram2d(x, y, [x_edges, y_edges])
@@ -434,8 +480,8 @@ def plot_heatmap(path: pathlib.Path, entries: list[dict[str, Any]], bins: int = 
     axis.set_yscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("L2 λ")
-    axis.set_title("Mean dev accuracy per cell (all optimizers)")
-    figure.colorbar(mesh, ax=axis, label="dev accuracy")
+    axis.set_title(f"Mean {metric_words(metric)} per cell (all optimizers)")
+    figure.colorbar(mesh, ax=axis, label=metric_words(metric))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -453,8 +499,10 @@ def bayes_estimate() -> tuple[float, str, bool]:
     return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)", False
 
 
-def plot_top_curves(path: pathlib.Path, results: sweep.Results, top: list[dict[str, Any]]) -> bool:
-    """Dev accuracy and dev cost per epoch of the ``top`` configs (mean over seeds, min..max band); False without curves."""
+def plot_top_curves(
+    path: pathlib.Path, results: sweep.Results, top: list[dict[str, Any]], metric: str = "dev_accuracy"
+) -> bool:
+    """``metric`` (dev accuracy) and dev cost per epoch of the ``top`` configs (mean over seeds, min..max band); False without curves."""
     curves = []
     for rank, entry in enumerate(top, start=1):
         try:
@@ -467,7 +515,7 @@ def plot_top_curves(path: pathlib.Path, results: sweep.Results, top: list[dict[s
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for rank, entry, curve in curves:
         label = f"#{rank} {entry['config']['optimizer']} lr {entry['hparams']['learning_rate']:.3g}"
-        for axis, name in zip(axes, ("dev_accuracy", "dev_cost")):
+        for axis, name in zip(axes, (metric, "dev_cost")):
             values = np.asarray(curve[name], np.float64)
             epochs = np.arange(1, values.shape[1] + 1)
             with warnings.catch_warnings():  # epochs where every seed was frozen (early stopping) are NaN
@@ -476,7 +524,7 @@ def plot_top_curves(path: pathlib.Path, results: sweep.Results, top: list[dict[s
             line = axis.plot(epochs, mean, label=label)[0]
             if values.shape[0] > 1:
                 axis.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
-    for axis, name in zip(axes, ("dev accuracy", "dev cost")):
+    for axis, name in zip(axes, (metric_words(metric), "dev cost")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
     axes[1].set_yscale("log")
@@ -534,6 +582,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         base = train.Config(
             layer_sizes, activation=FLAGS.activation, init=FLAGS.init, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
             schedule=FLAGS.schedule, early_stopping=FLAGS.early_stopping, batchnorm=FLAGS.batchnorm,
+            task=common.study_task(),
         )
         space = search_space()
         sweep.check_space(space)
@@ -554,7 +603,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         memory_budget_bytes=int(FLAGS.memory_budget_mb * 2**20) or None,
         test=test_set,
         progress=say,
-        curves=True,  # every run's per-epoch dev accuracy and cost, for the top configs' curves
+        curves=True,  # every run's per-epoch primary dev metric and cost, for the top configs' curves
         tensorboard_dir=FLAGS.tensorboard_dir,
     )
     say(
@@ -649,16 +698,19 @@ def retrain_winner(
 ) -> dict[str, Any]:
     """The honest protocol's last step: the winner trained again on train + dev (each seed's key), tested once."""
     full = common.train_plus_dev(train_set, dev_set)
-    accuracies = common.retrained_test_accuracies(results.rows, winner["config_id"], full, test_set)
-    mean = float(np.mean(accuracies))
-    std = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
-    seeds = len(accuracies)
+    primary = common.study_task().primary
+    values = common.retrained_test_metrics(results.rows, winner["config_id"], full, test_set, primary)
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    seeds = len(values)
+    scale, unit, digits = (100, "%", ".1f") if primary == "accuracy" else (1, "", ".4g")
     text = (
         f"The winner retrained on train + dev ({len(full.y)} examples) with each of its {seeds} seed keys: "
-        f"test accuracy {100 * mean:.1f}%" + (f" ± {100 * std:.1f}% (sample std)" if seeds > 1 else "")
+        f"test {primary} {scale * mean:{digits}}{unit}"
+        + (f" ± {scale * std:{digits}}{unit} (sample std)" if seeds > 1 else "")
         + ". This is the one number to quote: the test set chose nothing."
     )
-    return {"test_accuracy": accuracies, "mean": mean, "std": std, "seeds": seeds, "text": text}
+    return {f"test_{primary}": values, "mean": mean, "std": std, "seeds": seeds, "text": text}
 
 
 def write_summaries(
@@ -674,33 +726,47 @@ def write_summaries(
 ) -> None:
     """The leaderboard, the winner's verdict, the cost, results.csv / results.json / report.md and the plots."""
     train_set, dev_set, test_set = splits
+    task = common.study_task()
+    metric, primary = ranked_metric(), task.primary
     combined = sweep.Results(
         rows=[row for r in rounds for row in r.rows],
         space=space,
-        metric="dev_accuracy",
+        metric=metric,
         curves={run_id: curve for r in rounds for run_id, curve in r.curves.items()},
+        directions=task.row_directions(),
     )
     entries = combined.by_config()
     round_of = {row["config_id"]: number for number, r in enumerate(rounds, start=1) for row in r.rows}
     top = combined.best(10)
     retrained = retrain_winner(combined, top[0], train_set, dev_set, test_set)
-    bayes_error, bayes_source, bayes_known = bayes_estimate()
-    diagnosis = combined.bias_variance(bayes_error, tolerance=FLAGS.tolerance)
-    table = leaderboard(top, round_of)
+    table = leaderboard(top, round_of, primary)
     used_beta = BETA_FIELD.get(top[0]["config"]["optimizer"])  # a β the winner's optimizer does not use says nothing
-    boundaries = [str(w) for w in sweep.Results(rows=rounds[0].rows, space=space).boundary_warnings()
+    boundaries = [str(w) for w in sweep.Results(rows=rounds[0].rows, space=space, metric=metric,
+                                                directions=task.row_directions()).boundary_warnings()
                   if w.field not in set(BETA_FIELD.values()) or w.field == used_beta]
     importance = importance_lines(combined)
     runs, seconds = sum(r.stats["runs"] for r in rounds), sum(r.stats["seconds"] for r in rounds)
     computed = sum(r.stats["runs_computed"] for r in rounds)
     diverged = sum(bool(row["diverged"]) for row in combined.rows)
-    verdict = (
-        f"Winner: {top[0]['config']['optimizer']} at learning rate {top[0]['hparams']['learning_rate']:.3g}: "
-        f"train error {diagnosis.train_error:.1%}, dev error {diagnosis.dev_error:.1%} "
-        f"(Bayes error {diagnosis.bayes_error:.1%}: {bayes_source}): avoidable bias "
-        f"{'at most ' if not bayes_known else ''}{diagnosis.avoidable_bias:+.1%}, "
-        f"variance {diagnosis.variance:+.1%} -> {diagnosis.verdict}. Next: {'; '.join(diagnosis.advice)}."
-    )
+    winner_text = f"Winner: {top[0]['config']['optimizer']} at learning rate {top[0]['hparams']['learning_rate']:.3g}: "
+    if task.name == "classification":
+        bayes_error, bayes_source, bayes_known = bayes_estimate()
+        diagnosis = combined.bias_variance(bayes_error, tolerance=FLAGS.tolerance)
+        verdict = (
+            winner_text + f"train error {diagnosis.train_error:.1%}, dev error {diagnosis.dev_error:.1%} "
+            f"(Bayes error {diagnosis.bayes_error:.1%}: {bayes_source}): avoidable bias "
+            f"{'at most ' if not bayes_known else ''}{diagnosis.avoidable_bias:+.1%}, "
+            f"variance {diagnosis.variance:+.1%} -> {diagnosis.verdict}. Next: {'; '.join(diagnosis.advice)}."
+        )
+        diagnosis_record, bayes_record = diagnosis._asdict(), {"value": bayes_error, "source": bayes_source,
+                                                               "known": bayes_known}
+    else:  # bias and variance against a Bayes error is a classification diagnosis: report the gap instead
+        gap = {name: (top[0][f"train_{name}"]["mean"], top[0][f"dev_{name}"]["mean"]) for name in task.metrics}
+        verdict = winner_text + ", ".join(f"train {name} {a:.4g}, dev {b:.4g}" for name, (a, b) in gap.items()) + (
+            f" (a {task.name}: the classification bias/variance verdict does not apply; a dev {primary} well "
+            f"beyond the train {primary} is variance, a train {primary} far above the noise is bias)."
+        )
+        diagnosis_record, bayes_record = {"train_dev": gap}, None
     if fine_space is None:  # an adaptive search: rows are run-stages, the work is counted in config-steps
         stats = rounds[0].stats
         full = len({row["config_id"] for row in combined.rows}) * FLAGS.num_seeds * FLAGS.epochs
@@ -721,14 +787,15 @@ def write_summaries(
     combined.to_csv(output_dir / "results.csv")
     plots = []
     if common.plots_available():
-        plot_learning_rate(output_dir / "dev_accuracy_vs_learning_rate.png", entries)
-        plots = ["dev_accuracy_vs_learning_rate.png"]
+        plot_learning_rate(output_dir / f"{metric}_vs_learning_rate.png", entries, metric)
+        plots = [f"{metric}_vs_learning_rate.png"]
         if isinstance(space["l2"], sweep.Uniform):  # a fixed λ has no axis to plot
-            plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries)
+            plot_heatmap(output_dir / "l2_learning_rate_heatmap.png", entries, metric=metric)
             plots.append("l2_learning_rate_heatmap.png")
-        if plot_axes(output_dir / "hyperparameter_axes.png", entries, space):
+        if plot_axes(output_dir / "hyperparameter_axes.png", entries, space, metric=metric,
+                     maximize=task.higher_is_better):
             plots.append("hyperparameter_axes.png")
-        if plot_top_curves(output_dir / "top_curves.png", combined, top[:5]):
+        if plot_top_curves(output_dir / "top_curves.png", combined, top[:5], metric):
             plots.append("top_curves.png")
     settings_record = {
         "layer_sizes": layer_sizes,
@@ -751,7 +818,8 @@ def write_summaries(
         "chunk_size": FLAGS.chunk_size,
         "memory_budget_mb": FLAGS.memory_budget_mb,
         "seed": FLAGS.seed,
-        "data": common.data_source() if FLAGS.data else FLAGS.dataset,
+        "task": task.name,
+        "data": common.data_source() if FLAGS.data else dataset_name(),
         "n_train": len(train_set.y),
         "n_dev": len(dev_set.y),
         "n_test": len(test_set.y),
@@ -764,8 +832,9 @@ def write_summaries(
             "space": describe(space),
             "zoomed_space": None if fine_space is None else describe(fine_space),
             "leaderboard": top,
-            "diagnosis": diagnosis._asdict(),
-            "bayes_error": {"value": bayes_error, "source": bayes_source, "known": bayes_known},
+            "task": task.name,
+            "diagnosis": diagnosis_record,
+            "bayes_error": bayes_record,
             "verdict": verdict,
             "boundary_warnings": boundaries,
             "importance": importance,
@@ -796,7 +865,7 @@ def write_summaries(
             else []
         ),
         f"## Leaderboard (mean ± sample std over {FLAGS.num_seeds} seed{'s' if FLAGS.num_seeds > 1 else ''}, "
-        "ranked by dev accuracy"
+        f"ranked by {metric_words(metric)}"
         + (")" if fine_space is not None else "; runs trained to the full budget first)"),
         "",
         table,
@@ -805,7 +874,7 @@ def write_summaries(
         "",
         *([f"- {line}" for line in boundaries] or ["No searched range has its best configs at an edge."]),
         "",
-        "## What explains dev accuracy (fANOVA importance over the configs)",
+        f"## What explains {metric_words(metric)} (fANOVA importance over the configs)",
         "",
         *[f"- {line}" for line in importance],
         "",
@@ -817,7 +886,7 @@ def write_summaries(
         "",
         retrained["text"],
         "",
-        "## Bias and variance of the winner",
+        "## Bias and variance of the winner" if task.name == "classification" else "## Train and dev of the winner",
         "",
         verdict,
         "",

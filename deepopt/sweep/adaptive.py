@@ -41,7 +41,7 @@ from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import _as_dataset, _key_words, _metric_fields, _sampler_text, model_based_source
+from deepopt.sweep.search import _as_dataset, _key_words, _sampler_text, check_metric, model_based_source
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip, lock_results, read_rows
@@ -91,14 +91,15 @@ class Trial(NamedTuple):
 
 
 def rank_trials(
-    trials: Sequence[Trial], rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str
+    trials: Sequence[Trial], rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str,
+    directions: Mapping[str, str] | None = None,
 ) -> list[Trial]:
     """``trials`` best first by the seed-mean ``metric`` of ``rows[position]``; ties: the earlier config.
 
-    A config with a diverged seed or no finite metric ranks below every other (accuracies: higher
-    is better; costs: lower).
+    A config with a diverged seed or no finite metric ranks below every other; ``metric`` ranks in
+    its ``analysis.direction`` (a task's ``directions``, e.g. ``Search.directions``).
     """
-    sign = 1.0 if direction(metric) == "minimize" else -1.0
+    sign = 1.0 if direction(metric, directions) == "minimize" else -1.0
 
     def key(trial: Trial) -> tuple:
         values = [row.get(metric) for row in rows[trial.position]]
@@ -198,14 +199,12 @@ class Search:
         """Check every argument (before anything compiles), plan the configs, check the data against each group."""
         if not isinstance(base_config, train_lib.Config):
             raise TypeError(f"config must be a deepopt.train.Config, got {type(base_config).__name__}")
-        splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
+        task = base_config.task
+        splits = tuple(_as_dataset(name, split, task) for name, split in (("train", train), ("dev", dev), ("test", test)))
         if splits[0] is None:
             raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
-        allowed = _metric_fields(dev, test)
-        if metric not in allowed:
-            raise ValueError(
-                f"metric must be one of {list(allowed)} (dev_accuracy needs dev, test_accuracy needs test), got {metric!r}"
-            )
+        metric = f"dev_{task.primary}" if metric is None else metric
+        check_metric(metric, task, dev, test)
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
         if chunk_size is not None:
@@ -238,6 +237,7 @@ class Search:
             **{name: _describe_value(value) for name, value in arguments.items()},
             "seeds": seeds,
             "metric": metric,
+            **({} if task.name == "classification" else {"directions": task.row_directions()}),
             "sampler": _sampler_text(sampler),
             "config": _describe_value(train_lib.describe_config(config)),
             "space": _describe_value(dict(space)),
@@ -251,6 +251,11 @@ class Search:
             progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
         )
+
+    @property
+    def directions(self) -> dict[str, str]:
+        """The task's row fields and their directions (``Task.row_directions``): how ``metric`` ranks."""
+        return self.config.task.row_directions()
 
     def ask_trials(self, n: int) -> tuple[list[dict[str, Any]], list[str], list[Trial]]:
         """A model-based search's next ``n`` configs: the assignments, their config ids, the new trials.
@@ -291,6 +296,8 @@ class Search:
             if self.resume and os.path.exists(manifest):
                 with open(manifest, encoding="utf-8") as stream:
                     before = json.load(stream)
+                if isinstance(before.get("config"), dict):  # written before Config had a task: a classification
+                    before["config"].setdefault("task", "classification")
                 differ = sorted(name for name in set(before) | set(self.arguments)
                                 if before.get(name) != self.arguments.get(name))
                 if differ:
@@ -658,6 +665,7 @@ class Search:
             **extra_stats,
         }
         results = Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
+                          directions=self.directions,
                           history=list(self.history))
         if self.results_path is not None:
             reopen.record_call(self.results_path, self._call(), fresh=False, results=results)
@@ -665,7 +673,8 @@ class Search:
 
     def _call(self) -> dict[str, Any]:
         """What identifies this search in the results record (``reopen.record_call``)."""
-        return {"method": self.method, "space": self.space, "metric": self.metric, "arguments": self.arguments}
+        return {"method": self.method, "space": self.space, "metric": self.metric, "directions": self.directions,
+                "arguments": self.arguments}
 
 
 def write_board(tensorboard_dir: str | os.PathLike | None, results: Results) -> Results:

@@ -15,6 +15,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt import tasks as tasks_lib
 from deepopt.sweep.model_based import import_optuna, optuna_distributions, parameter_name, quiet_optuna, to_parameters
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, unread_fields
 from deepopt.sweep.store import _canonical
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
 LOWER_IS_BETTER = ("final_cost",)  # and any metric named *cost; accuracies: higher is better
 
 
-def direction(metric: str) -> str:
-    """``"minimize"`` for a cost (``LOWER_IS_BETTER`` or a name ending in ``cost``), ``"maximize"`` for the rest."""
+def direction(metric: str, directions: Mapping[str, str] | None = None) -> str:
+    """``"minimize"`` or ``"maximize"``: ``directions[metric]`` (a task's, ``Task.row_directions``) when it names it;
+    else ``"minimize"`` for a cost (``LOWER_IS_BETTER`` or a name ending in ``cost``), ``"maximize"`` for the rest."""
+    if directions and metric in directions:
+        return directions[metric]
     return "minimize" if metric in LOWER_IS_BETTER or metric.endswith("cost") else "maximize"
 
 
@@ -64,12 +68,14 @@ class Results:
         them), ``config_index``, ``seed``, ``key``, ``config`` (every Config field), ``hparams``
         (every HParams field), the metrics, ``seconds``.
       space: the search space the rows were sampled from (for ``zoom``).
-      metric: the row field that ranks configs (accuracies: higher is better; costs: lower).
+      metric: the row field that ranks configs, in its ``direction``.
       stats: bookkeeping of the call (groups, chunks, compilations, devices, seconds, runs computed).
-      curves: ``{run id: {"cost", "dev_accuracy", "dev_cost": (epochs,) float32}}`` with
-        ``curves=True`` (``curves_of`` stacks one config's seeds).
+      curves: ``{run id: {"cost", "dev_<primary>", "dev_cost": (epochs,) float32}}`` with
+        ``curves=True`` (``dev_accuracy`` for classification; ``curves_of`` stacks one config's seeds).
       history: the adaptive searches' every row (each rung or generation of each run, in the order
         trained); ``rows`` then holds each run's last one. Empty for ``sweep.run``.
+      directions: ``{row field: "maximize" | "minimize"}`` of the task's metrics
+        (``Task.row_directions``); a field not named here: costs are minimized, the rest maximized.
     """
 
     rows: list[dict[str, Any]]
@@ -78,6 +84,7 @@ class Results:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     curves: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    directions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def config_steps(self) -> int | None:
@@ -94,7 +101,7 @@ class Results:
     def curves_of(self, config_id: str) -> dict[str, np.ndarray]:
         """One config's learning curves over its seeds: ``{metric: (seeds, epochs)}`` (``sweep.run(curves=True)``).
 
-        Metrics: ``cost`` (training cost per epoch), ``dev_accuracy``, ``dev_cost``. Seeds without
+        Metrics: ``cost`` (training cost per epoch), ``dev_<primary>`` (``dev_accuracy``), ``dev_cost``. Seeds without
         recorded curves are left out; a config with none raises a ``KeyError``.
         """
         ids = self.curve_run_ids().get(config_id)
@@ -198,7 +205,7 @@ class Results:
         """
         _check_count("k", k)
         self._check_metric()
-        sign = 1.0 if direction(self.metric) == "minimize" else -1.0
+        sign = 1.0 if direction(self.metric, self.directions) == "minimize" else -1.0
         trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
         full_budget = max(trained) if trained else None
 
@@ -307,7 +314,7 @@ class Results:
         if len(observed) < 2:
             raise ValueError(f"importance needs at least two configs with a finite {self.metric}, got {len(observed)}")
         with quiet_optuna(optuna):
-            study = optuna.create_study(direction=direction(self.metric))
+            study = optuna.create_study(direction=direction(self.metric, self.directions))
             for entry in observed:
                 study.add_trial(optuna.trial.create_trial(
                     params=to_parameters(self.space, entry["choices"]), distributions=distributions,
@@ -358,9 +365,18 @@ class Results:
         """``diagnostics.bias_variance`` of the best config.
 
         Train error ``1 - train_accuracy`` and dev error ``1 - dev_accuracy``, means over its seeds.
+        A classification diagnosis: error rates against a Bayes error. Other tasks are refused
+        (compare ``train_<metric>`` and ``dev_<metric>`` of ``best()`` against what you know of
+        the noise instead).
         """
         from deepopt import diagnostics  # reads results; the sweep itself does not need it
 
+        tasks_seen = sorted({str(row["config"].get("task", "classification")) for row in self.rows})
+        if tasks_seen and tasks_seen != ["classification"]:
+            raise ValueError(
+                f"bias_variance compares classification error rates (1 - accuracy) with a Bayes error; these rows are "
+                f"task {', '.join(tasks_seen)}: compare train and dev metrics of best() instead"
+            )
         winner = self.best(1)[0]
         train_accuracy, dev_accuracy = winner["train_accuracy"]["mean"], winner.get("dev_accuracy", {}).get("mean")
         if dev_accuracy is None:
@@ -393,9 +409,22 @@ class BoundaryWarning(NamedTuple):
                 f"{self.side} end ({self.bound:.4g}) of the searched range; widen it: {move}")
 
 
-def config_of(row: Mapping[str, Any], model: Any = None) -> train_lib.Config:
-    """The ``train.Config`` of a row; a row trained with ``Config.model`` records only its description: pass ``model``."""
+def config_of(row: Mapping[str, Any], model: Any = None, task: Any = None) -> train_lib.Config:
+    """The ``train.Config`` of a row; a row trained with ``Config.model`` records only its description: pass ``model``.
+
+    A row records its task by name: a built-in one (``tasks.by_name``) is restored; your own ``Task``
+    is passed as ``task`` (its name must match the row's).
+    """
     fields = {name: tuple(v) if isinstance(v, list) else v for name, v in row["config"].items()}
+    recorded_task = fields.pop("task", "classification")
+    if task is not None:
+        if task.describe() != recorded_task:
+            raise ValueError(f"the row was trained with task {recorded_task!r}; got task {task.describe()!r}")
+        fields["task"] = task
+    elif recorded_task in tasks_lib.BUILT_IN:
+        fields["task"] = tasks_lib.by_name(recorded_task)
+    else:
+        raise ValueError(f"the row was trained with your own task {recorded_task!r}; pass that Task as task=")
     recorded = fields.pop("model", None)
     if recorded is not None or model is not None:
         from deepopt import modules  # the description of a module, as rows record it
@@ -418,7 +447,8 @@ def key_of(row: Mapping[str, Any], impl: str | None = None) -> jax.Array:
 
 
 def retrain(
-    row: Mapping[str, Any], train: data_lib.Dataset, dev: data_lib.Dataset | None = None, *, model: Any = None
+    row: Mapping[str, Any], train: data_lib.Dataset, dev: data_lib.Dataset | None = None, *, model: Any = None,
+    task: Any = None,
 ) -> train_lib.TrainState:
     """Train the run of ``row`` again from scratch on ``train`` (train plus dev, for the honest protocol).
 
@@ -428,7 +458,7 @@ def retrain(
     hyperparameters. With early stopping and no ``dev`` (train plus dev leaves none to stop on), it
     trains without early stopping for the epochs the row's run kept (``best_epoch + 1``).
     """
-    config = config_of(row, model)
+    config = config_of(row, model, task)
     base = hparams_of(row)
     epochs = int(row.get("epochs_trained") or config.epochs)
     if config.early_stopping is not None and dev is None:

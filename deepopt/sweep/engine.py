@@ -74,13 +74,16 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
             result, log = train_lib.fit_with_curves(config, hp, key, train_set, dev_set, dropout=dropout)
         else:
             result = train_lib.fit(config, hp, key, train_set, dev_set, dropout=dropout)
-        scalars = {name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0}
+        scalars = {
+            **{f"train_{name}": value for name, value in result.train_metrics.items()},
+            **{f"dev_{name}": value for name, value in result.dev_metrics.items()},
+            **{name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0},
+        }
         if curves:
-            scalars.update({CURVE_PREFIX + name: getattr(log, name) for name in store.CURVE_METRICS})
+            scalars.update({CURVE_PREFIX + name: value for name, value in store.curve_values(config.task, log).items()})
         if with_test:
-            scalars["test_accuracy"] = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)[
-                "accuracy"
-            ].astype(result.train_accuracy.dtype)
+            on_test = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)
+            scalars.update({f"test_{name}": on_test[name].astype(result.final_cost.dtype) for name in config.task.metrics})
         return scalars
 
     over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None, None))

@@ -102,7 +102,7 @@ def _halve(
     for rung, target in enumerate(rungs):
         if rung:
             keep = max(len(alive) // eta, 1)
-            ranked = rank_trials(alive, last, search.metric)
+            ranked = rank_trials(alive, last, search.metric, search.directions)
             alive = sorted(ranked[:keep], key=lambda t: t.position)
             search.pool.drop([t.position for t in ranked[keep:]])
         last.update(search.train_stage(

@@ -107,7 +107,7 @@ def median_stopping(
         arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
                    "grace_epochs": grace_epochs, "min_trials": MIN_TRIALS},
     )
-    maximize = direction(search.metric) == "maximize"
+    maximize = direction(search.metric, search.directions) == "maximize"
     stages = [(len(search.trials), epochs - (checkpoints[i - 1] if i else 0)) for i, epochs in enumerate(checkpoints)]
     total = sum(n for n, _ in stages) * search.seeds
     last: dict[int, list[dict[str, Any]]] = {}

@@ -22,12 +22,14 @@ class Options:
 
     Attributes:
       seeds: PRNG keys per config (mean and spread over seeds).
-      metric: the row field that ranks configs (``dev_accuracy``; a name ending in ``cost`` is minimized).
+      metric: the row field that ranks configs, in the task's direction for it (None, the default:
+        ``dev_<primary>``, the task's primary dev metric: ``dev_accuracy`` for classification,
+        ``dev_mse`` for regression; a name ending in ``cost`` is minimized).
       sampler: ``"random"``, ``"quasi"``, ``"grid"``, ``"tpe"`` or an Optuna sampler instance.
       results_path: the JSON-lines file the rows go to (None: kept in memory only).
       resume: continue the search already in ``results_path`` (recompute only unfinished chunks)
         rather than start it again; never loses rows already written.
-      test: a test split, measured for every row (``test_accuracy``); never used to rank.
+      test: a test split, measured for every row (``test_<metric>``: ``test_accuracy``); never used to rank.
       progress: called after each chunk with a progress record (``print`` prints a line).
       devices: the devices to shard over (None: every device).
       chunk_size: runs per chunk; ``"auto"``: the search's own choice; None: one chunk per group.
@@ -38,7 +40,7 @@ class Options:
     """
 
     seeds: int = 1
-    metric: str = "dev_accuracy"
+    metric: str | None = None
     sampler: Any = "random"
     results_path: str | os.PathLike | None = None
     resume: bool = True
@@ -53,6 +55,11 @@ class Options:
 
 
 FIELDS = tuple(field.name for field in dataclasses.fields(Options))
+
+
+def metric_of(options: Options, task: Any) -> str:
+    """The metric a search ranks by: ``options.metric``, or ``dev_<primary>`` of the ``task`` when it is None."""
+    return f"dev_{task.primary}" if options.metric is None else options.metric
 
 
 def resolve(where: str, options: Options | None, overrides: Mapping[str, Any]) -> Options:

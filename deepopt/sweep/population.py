@@ -249,7 +249,7 @@ def pbt(
             for group, members in subpopulations.items():
                 cut = math.floor(fraction * len(members))
                 slot = {m.position: i for i, m in enumerate(members)}
-                ranked = rank_trials(members, last_rows, search.metric)
+                ranked = rank_trials(members, last_rows, search.metric, search.directions)
                 top, bottom = ranked[:cut], ranked[-cut:]
                 sources[group] = list(range(slots[group]))
                 for loser in bottom:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from deepopt import data as data_lib
+from deepopt import tasks
 from deepopt import perf
 from deepopt import train as train_lib
 from deepopt.sweep.analysis import Results
@@ -71,19 +72,31 @@ class Progress(NamedTuple):
         )
 
 
-def _metric_fields(dev: Any, test: Any) -> tuple[str, ...]:
+def _metric_fields(task: tasks.Task, dev: Any, test: Any) -> tuple[str, ...]:
+    """The row fields a search may rank by: ``train_<m>``, ``final_cost``, ``dev_<m>`` with dev, ``test_<m>`` with test."""
+    names = tuple(task.metrics)
     return (
-        ("train_accuracy", "final_cost")
-        + (("dev_accuracy",) if dev is not None else ())
-        + (("test_accuracy",) if test is not None else ())
+        tuple(f"train_{name}" for name in names) + ("final_cost",)
+        + (tuple(f"dev_{name}" for name in names) if dev is not None else ())
+        + (tuple(f"test_{name}" for name in names) if test is not None else ())
     )
 
 
-def _as_dataset(name: str, split: Any) -> data_lib.Dataset | None:
-    """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, labels >= 0): X float, y int32."""
+def check_metric(metric: str, task: tasks.Task, dev: Any, test: Any) -> None:
+    """``metric`` must be one of ``_metric_fields`` (before anything compiles)."""
+    allowed = _metric_fields(task, dev, test)
+    if metric not in allowed:
+        raise ValueError(
+            f"metric must be one of {list(allowed)} for task {task.name!r} (dev_ metrics need dev, test_ metrics "
+            f"need test), got {metric!r}"
+        )
+
+
+def _as_dataset(name: str, split: Any, task: tasks.Task) -> data_lib.Dataset | None:
+    """Host copy of a split after ``data.check_dataset`` (shapes, dtypes, finite X, the task's kind of targets)."""
     if split is None:
         return None
-    return data_lib.check_dataset(split, name, on_host=True)
+    return data_lib.check_dataset(split, name, on_host=True, targets=task.targets)
 
 
 def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float) -> dict[str, Any]:
@@ -128,7 +141,7 @@ def run(
     Args:
       base_config: the static choices not in ``space``.
       space: ``{field: distribution or fixed value}`` over HParams (traced) and Config (static) fields.
-      train, dev, test: datasets (``dev``/``test`` optional; ``test_accuracy`` is recorded with ``test``).
+      train, dev, test: datasets (``dev``/``test`` optional; ``test_<metric>`` is recorded with ``test``).
       key: PRNG key; split into the sampling key and the ``seeds`` model keys (``seed_keys``),
         the same ``seeds`` keys for every config.
       num_configs: configs to sample (None with ``sampler="grid"``: the whole product).
@@ -157,8 +170,8 @@ def run(
         in one chunk. A smaller group is padded to the next power of two (``chunk_layout``) so
         that groups of similar size share one compiled program.
       progress: called with a ``Progress`` after each chunk (``progress=print`` prints a line).
-      curves: also record every run's learning curves (per-epoch training cost, dev accuracy and
-        dev cost; needs ``dev``), in ``Results.curves`` and, beside ``results_path``, in
+      curves: also record every run's learning curves (per-epoch training cost, the primary dev
+        metric and dev cost; needs ``dev``), in ``Results.curves`` and, beside ``results_path``, in
         ``store.curves_path(results_path)`` (one line per run: float32 curves in base64), written
         before the chunk's rows. The training is the same bit for bit. A resumed run whose curves
         were never recorded (an earlier call without ``curves``) has none. None (the default):
@@ -186,12 +199,14 @@ def _run(
 ) -> Results:
     """``run``'s body, its options resolved (``settings``)."""
     seeds, sampler, results_path, resume = settings.seeds, settings.sampler, settings.results_path, settings.resume
-    devices, memory_budget_bytes, metric, test = (settings.devices, settings.memory_budget_bytes, settings.metric,
-                                                  settings.test)
+    devices, memory_budget_bytes, test = settings.devices, settings.memory_budget_bytes, settings.test
+    train_lib._check_config(base_config)
+    task = base_config.task
+    metric = options_lib.metric_of(settings, task)
     chunk_size, progress, curves = settings.chunk_size, settings.progress, settings.curves
     tensorboard_dir, concurrent_chunks = settings.tensorboard_dir, settings.concurrent_chunks
     start = time.perf_counter()
-    splits = tuple(_as_dataset(name, split) for name, split in (("train", train), ("dev", dev), ("test", test)))
+    splits = tuple(_as_dataset(name, split, task) for name, split in (("train", train), ("dev", dev), ("test", test)))
     if splits[0] is None:
         raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
     if tensorboard_dir is not None:
@@ -201,12 +216,8 @@ def _run(
     if not isinstance(curves, bool):
         raise TypeError(f"curves must be a bool or None, got {curves!r}")
     if curves and dev is None:
-        raise ValueError("curves=True records dev accuracy and dev cost per epoch: it needs a dev set")
-    allowed = _metric_fields(dev, test)
-    if metric not in allowed:
-        raise ValueError(
-            f"metric must be one of {list(allowed)} (dev_accuracy needs dev, test_accuracy needs test), got {metric!r}"
-        )
+        raise ValueError(f"curves=True records dev {task.primary} and dev cost per epoch: it needs a dev set")
+    check_metric(metric, task, dev, test)
     if memory_budget_bytes is not None and (
         isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int) or memory_budget_bytes < 1
     ):
@@ -276,7 +287,8 @@ def _run(
         stats = _stats(sweep, runs, grouped, seeds, devices, compiled_before)
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         results = Results(
-            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
+            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded,
+            directions=task.row_directions(),
         )
         if writer:
             reopen.record_call(results_path, call, fresh=False, results=results)
@@ -289,7 +301,8 @@ def _call_record(
 ) -> dict[str, Any]:
     """What identifies one ``run`` call in the results record (``reopen.record_call``)."""
     return {
-        "method": "run", "space": dict(space), "metric": metric, "num_configs": num_configs, "seeds": seeds,
+        "method": "run", "space": dict(space), "metric": metric, "directions": config.task.row_directions(),
+        "num_configs": num_configs, "seeds": seeds,
         "sampler": _sampler_text(sampler), "key": _key_words(key), "data": data_digest,
         "config": train_lib.describe_config(config), "hparams": None if hparams is None else hparams._asdict(),
     }
@@ -355,6 +368,7 @@ def _write_board(
         return
     results = Results(
         rows=[sweep.done[run_.id] for run_ in complete], space=dict(space), metric=metric,
+        directions=runs[0].config.task.row_directions(),
         curves={run_.id: sweep.curve_data[run_.id] for run_ in complete if run_.id in sweep.curve_data},
     )
     tensorboard_log.write_runs(tensorboard_dir, results)
@@ -476,7 +490,8 @@ def model_based_source(
     _check_data(corner_groups, splits, key, devices)
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
     sample_key = host_keys.split_key(key, 2, 0)  # jax.random.split(key)[0], as plan samples with
-    return make_sampler(sampler, space, sample_key, direction=direction(metric)), dropout_of
+    maximize_or_minimize = direction(metric, base_config.task.row_directions())
+    return make_sampler(sampler, space, sample_key, direction=maximize_or_minimize), dropout_of
 
 
 def _tell_values(
@@ -511,6 +526,7 @@ def _run_model_based(
     tensorboard_dir: str | None,
 ) -> Results:
     """``run`` with a model-based sampler: rounds of ask ``C``, train, tell ``C``."""
+    task = base_config.task
     if num_configs is None:
         raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
     num_configs = _check_count("num_configs", num_configs)
@@ -558,7 +574,8 @@ def _run_model_based(
                       "configs_per_round": per_round, "asked": source.asked})
         recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
         results = Results(
-            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded
+            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded,
+            directions=task.row_directions(),
         )
         if writer:
             reopen.record_call(results_path, call, fresh=False, results=results)

@@ -215,6 +215,11 @@ def check_space(space: Mapping[str, Any]) -> None:
                 f"space has unknown field {name!r}; valid names are the HParams fields {list(traced)} "
                 f"and the Config fields {list(static)}"
             )
+        if name == "task":
+            raise ValueError(
+                "space['task']: a search ranks every run by one task's metrics; set the task on the base "
+                "Config (Config(task=tasks.regression())) and search one task per call"
+            )
         if name in static and _is_distribution(value) and not isinstance(value, Choice):
             raise ValueError(
                 f"space[{name!r}] is a static Config field (one compilation per value): give choice([...]), "

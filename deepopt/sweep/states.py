@@ -6,7 +6,7 @@ chunk program (``_state_program``) takes the chunk's batched ``TrainState`` (its
 left out: the seed keys travel separately, unbatched along the configs as in ``engine``), a flag
 ``fresh`` (start every run with ``train.init_state`` instead) and the number of epochs to train,
 both traced scalars: one compilation serves every rung, generation and epoch count. It returns the
-new states and ``fit``'s per-run scalars (``train.final_metrics``, plus ``test_accuracy``).
+new states and ``fit``'s per-run scalars (``train.final_metrics``, plus ``test_<metric>``).
 
 Training ``k`` epochs is ``k`` calls of ``train.advance``'s one-epoch body in a loop, and the keys
 of every epoch and batch derive from ``(run key, epoch, batch)``: a run continued in any number of
@@ -68,7 +68,8 @@ def _state_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
         scalars = train_lib.final_metrics(config, hp, state, train_set, dev_set)
         if with_test:
             params, model_state = train_lib.result_params(config, state)
-            scalars["test_accuracy"] = train_lib.evaluate_params(config, params, model_state, test_set)["accuracy"]
+            on_test = train_lib.evaluate_params(config, params, model_state, test_set)
+            scalars.update({f"test_{name}": on_test[name] for name in config.task.metrics})
         return state._replace(key=None), scalars
 
     over_seeds = jax.vmap(one_run, in_axes=(None, 0, 0, None, None, None, None, None))

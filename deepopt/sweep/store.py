@@ -101,6 +101,8 @@ def static_text(name: str, value: Any) -> str:
         from deepopt import modules
 
         return modules.describe(value)
+    if name == "task" and hasattr(value, "describe"):
+        return _canonical(value.describe())
     return _canonical(value)
 
 
@@ -168,6 +170,8 @@ def config_defaults(config_type: type = train_lib.Config) -> dict[str, Any]:
             defaults[field.name] = field.default
         elif field.default_factory is not dataclasses.MISSING:
             defaults[field.name] = field.default_factory()
+    if "task" in defaults and hasattr(defaults["task"], "describe"):  # recorded as its name (describe_config)
+        defaults["task"] = defaults["task"].describe()
     return defaults
 
 
@@ -360,7 +364,14 @@ def _resume(
 
 # ------------------------------------------------------------------------------ learning curves
 
-CURVE_METRICS = ("cost", "dev_accuracy", "dev_cost")
+def curve_names(task: Any) -> tuple[str, ...]:
+    """The learning curves of a run of ``task``: ``cost``, ``dev_<primary>``, ``dev_cost``."""
+    return ("cost", f"dev_{task.primary}", "dev_cost")
+
+
+def curve_values(task: Any, log: Any) -> dict[str, Any]:
+    """A ``train.EpochLog``'s curves by ``curve_names``: the training cost, the primary dev metric, the dev cost."""
+    return dict(zip(curve_names(task), (log.cost, log.dev_metric, log.dev_cost)))
 
 
 def beside(results_path: str | os.PathLike, suffix: str) -> str:
@@ -385,9 +396,9 @@ def decode_curve(text: str) -> np.ndarray:
 
 
 def curve_row(run_id: str, curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """The curves file's line of one run: its id, the epoch count and every ``CURVE_METRICS`` curve encoded."""
+    """The curves file's line of one run: its id, the epoch count and every curve (``curve_names``) encoded."""
     epochs = len(next(iter(curves.values())))
-    return {"id": run_id, "epochs": epochs, **{name: encode_curve(curves[name]) for name in CURVE_METRICS}}
+    return {"id": run_id, "epochs": epochs, **{name: encode_curve(values) for name, values in curves.items()}}
 
 
 def read_curves(path: str | os.PathLike, ids: Iterable[str], *, repair: bool = False) -> dict[str, dict[str, np.ndarray]]:
@@ -395,7 +406,7 @@ def read_curves(path: str | os.PathLike, ids: Iterable[str], *, repair: bool = F
     wanted, curves = set(ids), {}
     for row in read_rows(path, repair=repair):
         if row["id"] in wanted and row["id"] not in curves:
-            curves[row["id"]] = {name: decode_curve(row[name]) for name in CURVE_METRICS}
+            curves[row["id"]] = {name: decode_curve(text) for name, text in row.items() if name not in ("id", "epochs")}
     return curves
 
 

@@ -11,7 +11,7 @@ event file with
   (nulls, i.e. non-finite values, are left out, as in ``by_config``), at step = the epochs trained
   (the rows' ``epochs_trained`` when they have it, else the Config's ``epochs``), plus
   ``final/diverged_seeds`` (how many of its seeds diverged);
-- ``curves/cost``, ``curves/dev_accuracy``, ``curves/dev_cost``: the seed mean of each epoch's
+- ``curves/cost``, ``curves/dev_<primary>`` (``dev_accuracy``), ``curves/dev_cost``: the seed mean of each epoch's
   value at steps ``1..epochs``, when the sweep recorded curves (``sweep.run(..., curves=True)``);
   an epoch where some seed's value is not finite (a diverged or stopped seed) is left out.
 

@@ -1,0 +1,306 @@
+"""Tasks: regression and a user's own task through fit, the open run, every search, Results and the studies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from background import study
+
+from deepopt import data, sweep, tasks, train
+
+MAIN = study("sweep", "--output_dir={dir}/out", "--task=regression", "--num_configs=8", "--num_seeds=1",
+             "--epochs=20", "--zoom_configs=4", "--n_train=200", "--n_dev=100", "--n_test=100")
+ADAPTIVE = study("adaptive_search", "--output_dir={dir}/out", "--quick", "--task=regression",
+                 "--methods=random,halving,median")
+WRONG_DATASET = study("sweep", "--output_dir={dir}/out", "--task=regression", "--dataset=moons")
+BASELINE = study("regression_baseline", "--num_configs=2", "--epochs=3", "--n_train=60", "--n_dev=30", "--n_test=30",
+                 "--hidden=8", "--output={dir}/baseline.json")
+BACKGROUND = {"main_regression": [MAIN], "adaptive_regression": [ADAPTIVE], "wrong_dataset": [WRONG_DATASET],
+              "baseline": [BASELINE]}
+
+REGRESSION = tasks.regression()
+SPACE = {"learning_rate": sweep.log_uniform(1e-3, 0.1), "l2": sweep.log_uniform(1e-4, 1e-1)}
+
+
+def friedman(key: int, n: int, dtype=np.float32) -> data.Dataset:
+    split = data.make_friedman1(jax.random.key(key), n, noise=1.0)
+    return data.Dataset(np.asarray(split.X, dtype), np.asarray(split.y, dtype))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return friedman(1, 256), friedman(2, 128), friedman(3, 128)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return train.Config((10, 16, 1), optimizer="adam", batch_size=64, epochs=30, task=REGRESSION)
+
+
+@pytest.fixture(scope="module")
+def fitted(config, splits):
+    train_set, dev_set, _ = splits
+    stopping = dataclasses.replace(config, early_stopping=train.KEEP_BEST)
+    hp = train.HParams(learning_rate=0.02)
+    return stopping, hp, train.fit(stopping, hp, jax.random.key(0), train_set, dev_set)
+
+
+# ------------------------------------------------------------------------------------------ the Task value
+
+
+def test_built_in_tasks_are_equal_hashable_values():
+    assert tasks.regression() == tasks.regression() and hash(tasks.regression()) == hash(tasks.regression())
+    assert train.Config((2, 1)) == train.Config((2, 1), task=tasks.classification())
+    assert train.Config((2, 1)) != train.Config((2, 1), task=REGRESSION)
+    assert REGRESSION.direction("mse") == "minimize" and REGRESSION.direction("r2") == "maximize"
+    assert tasks.classification().row_directions()["dev_accuracy"] == "maximize"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"primary": "nll"}, "Task.primary must be one of the metrics"),
+        ({"metrics": {"cost": np.abs}}, "not a usable metric name"),
+        ({"metrics": {"Bad Name": np.abs}}, "not a usable metric name"),
+        ({"targets": "labels"}, "Task.targets must be one of"),
+        ({"directions": {"mae": "up"}}, "must be one of"),
+        ({"aggregate": {"other": np.mean}}, "not one of the metrics"),
+    ],
+)
+def test_a_malformed_task_names_its_field(changes, message):
+    fields = dict(name="mine", loss=tasks.squared_error, metrics={"mae": tasks.absolute_error}, primary="mae",
+                  higher_is_better=False)
+    with pytest.raises((ValueError, TypeError), match=message):
+        tasks.Task(**{**fields, **changes})
+
+
+def test_config_refuses_a_task_that_is_not_a_task():
+    with pytest.raises(TypeError, match="Config.task must be a deepopt.tasks.Task"):
+        train.Config((2, 1), task="regression")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_regression_fit_learns_and_reports_every_metric(fitted, splits):
+    config, hp, result = fitted
+    train_set, dev_set, _ = splits
+    assert sorted(result.dev_metrics) == ["mae", "mse", "r2"]
+    assert float(result.dev_metrics["r2"]) > 0.5  # Friedman #1 is learnable: a constant predictor scores 0
+    # The metrics are what numpy computes from the predictions of the returned parameters.
+    params, state = result.params, result.bn_state
+    outputs = np.asarray(train._logits(config, params, state, jnp.asarray(dev_set.X)), np.float64)[:, 0]
+    y = np.asarray(dev_set.y, np.float64)
+    mse = np.mean((outputs - y) ** 2)
+    np.testing.assert_allclose(float(result.dev_metrics["mse"]), mse, rtol=1e-4)
+    np.testing.assert_allclose(float(result.dev_metrics["mae"]), np.mean(np.abs(outputs - y)), rtol=1e-4)
+    np.testing.assert_allclose(float(result.dev_metrics["r2"]), 1 - mse / np.var(y), rtol=1e-4)
+    with pytest.raises(AttributeError, match="has no 'accuracy' metric"):
+        _ = result.dev_accuracy
+
+
+def test_early_stopping_keeps_the_lowest_dev_mse(fitted):
+    _, _, result = fitted
+    curve = np.asarray(result.dev_curve)
+    assert int(result.best_epoch) == int(np.nanargmin(curve))
+    np.testing.assert_allclose(float(result.dev_metrics["mse"]), curve[int(result.best_epoch)], rtol=1e-6)
+
+
+def test_the_open_run_and_evaluate_speak_the_task(config, splits):
+    train_set, dev_set, _ = splits
+    hp = train.HParams(learning_rate=0.02)
+    state = train.init_state(config, hp, jax.random.key(0), train_set)
+    state, log = train.advance(config, hp, state, train_set, dev_set, epochs=3, log_metrics=True)
+    measured = train.evaluate(config, state, dev_set)
+    assert sorted(measured) == ["cost", "mae", "mse", "r2"]
+    assert float(log.dev_metric[-1]) == float(measured["mse"])  # the log's metric is the primary one
+    result, curves = train.fit_with_curves(dataclasses.replace(config, epochs=3), hp, jax.random.key(0), train_set,
+                                           dev_set)
+    np.testing.assert_array_equal(np.asarray(curves.dev_metric), np.asarray(log.dev_metric))
+
+
+def test_targets_are_checked_for_the_task(config, splits):
+    train_set = splits[0]
+    labels = data.Dataset(train_set.X, (train_set.y > 14).astype(np.float32))
+    with pytest.raises(TypeError, match="integer class ids.*tasks.regression"):
+        train.fit(train.Config((10, 4, 1), epochs=1), train.HParams(), jax.random.key(0), labels)
+    bad = np.array(train_set.y)
+    bad[7] = np.nan
+    with pytest.raises(ValueError, match=r"train.y has a non-finite target \(nan\) at index 7"):
+        train.fit(config, train.HParams(), jax.random.key(0), data.Dataset(train_set.X, bad))
+    two_columns = data.Dataset(train_set.X, np.stack([train_set.y, train_set.y], axis=1))
+    with pytest.raises(ValueError, match="2 target columns need 2 output unit"):
+        train.fit(config, train.HParams(), jax.random.key(0), two_columns)
+    wide = dataclasses.replace(config, layer_sizes=(10, 8, 2), epochs=2)
+    result = train.fit(wide, train.HParams(learning_rate=0.01), jax.random.key(0), two_columns)
+    assert np.isfinite(float(result.train_metrics["r2"]))
+    counts = data.Dataset(train_set.X, np.round(train_set.y).astype(np.int32))  # integer targets are numbers too
+    assert np.isfinite(float(train.fit(dataclasses.replace(config, epochs=1), train.HParams(), jax.random.key(0),
+                                       counts).final_cost))
+
+
+def test_regression_in_float64_and_with_a_flax_module(splits):
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            return nn.Dense(1)(nn.relu(nn.Dense(16)(x)))
+
+    train_set, dev_set, _ = splits
+    module_config = train.Config(model=Net(), optimizer="adam", batch_size=64, epochs=20, task=REGRESSION)
+    result = train.fit(module_config, train.HParams(learning_rate=0.02), jax.random.key(1), train_set, dev_set)
+    assert float(result.dev_metrics["r2"]) > 0.3
+    with jax.enable_x64(True):
+        wide = friedman(1, 256, np.float64)
+        result64 = train.fit(train.Config((10, 8, 1), epochs=3, task=REGRESSION), train.HParams(learning_rate=0.01),
+                             jax.random.key(0), wide)
+        assert result64.train_metrics["mse"].dtype == jnp.float64
+
+
+def huber(outputs, y):
+    error = outputs[:, 0] - y.astype(outputs.dtype)
+    return jnp.where(jnp.abs(error) < 1, 0.5 * error**2, jnp.abs(error) - 0.5)
+
+
+HUBER = tasks.Task(name="huber", loss=huber, metrics={"huber": huber, "mae": tasks.absolute_error}, primary="huber",
+                   higher_is_better=False)
+
+
+def test_a_users_own_task_trains_and_is_searched(splits):
+    train_set, dev_set, _ = splits
+    config = train.Config((10, 8, 1), optimizer="adam", batch_size=64, epochs=5, task=HUBER)
+    results = sweep.run(config, SPACE, train_set, dev_set, key=jax.random.key(0), num_configs=4)
+    assert results.metric == "dev_huber"
+    values = [row["dev_huber"] for row in results.rows]
+    assert results.best(1)[0]["dev_huber"]["mean"] == min(values)  # lower is better, as the task says
+    assert results.rows[0]["config"]["task"] == "huber"
+    with pytest.raises(ValueError, match="pass that Task as task="):
+        sweep.config_of(results.rows[0])
+    assert sweep.config_of(results.rows[0], task=HUBER).task == HUBER
+
+
+# ------------------------------------------------------------------------------------------ searches
+
+
+@pytest.fixture(scope="module")
+def regression_sweep(config, splits, tmp_path_factory):
+    train_set, dev_set, test_set = splits
+    path = tmp_path_factory.mktemp("regression") / "results.jsonl"
+    results = sweep.run(dataclasses.replace(config, epochs=8), {**SPACE, "optimizer": sweep.choice(["adam", "rmsprop"])},
+                        train_set, dev_set, key=jax.random.key(3), num_configs=8, seeds=2, test=test_set,
+                        curves=True, results_path=path)
+    return results, path
+
+
+def test_sweep_run_ranks_regression_by_dev_mse(regression_sweep):
+    results, _ = regression_sweep
+    assert results.metric == "dev_mse" and results.directions["dev_r2"] == "maximize"
+    row = results.rows[0]
+    for name in ("train_mse", "train_mae", "train_r2", "dev_mse", "dev_r2", "test_mae", "final_cost"):
+        assert isinstance(row[name], float), name
+    entries = results.by_config()
+    means = sorted(e["dev_mse"]["mean"] for e in entries if e["dev_mse"]["mean"] is not None)
+    assert results.best(1)[0]["dev_mse"]["mean"] == means[0]
+    by_r2 = dataclasses.replace(results, metric="dev_r2").best(1)[0]
+    assert by_r2["dev_r2"]["mean"] == max(e["dev_r2"]["mean"] for e in entries if e["dev_r2"]["mean"] is not None)
+    assert set(results.curves_of(row["config_id"])) == {"cost", "dev_mse", "dev_cost"}
+    zoomed = results.zoom(3)
+    assert set(zoomed) >= {"learning_rate", "l2"}
+    frame = results.to_pandas()
+    assert "dev_r2" in frame.columns
+    with pytest.raises(ValueError, match="bias_variance compares classification error rates"):
+        results.bias_variance()
+
+
+def test_a_regression_search_reopens_with_its_directions(regression_sweep):
+    results, path = regression_sweep
+    reopened = sweep.load(path)
+    assert reopened.directions == results.directions
+    assert reopened.best(2) == results.best(2)
+
+
+def test_model_based_search_minimizes_dev_mse(config, splits):
+    train_set, dev_set, _ = splits
+    results = sweep.run(dataclasses.replace(config, epochs=4), SPACE, train_set, dev_set, key=jax.random.key(4),
+                        num_configs=6, sampler="tpe", chunk_size=3)
+    assert results.stats["sampler"] and results.best(1)[0]["dev_mse"]["mean"] == min(
+        r["dev_mse"] for r in results.rows)
+
+
+def test_adaptive_searches_promote_the_lowest_dev_mse(config, splits):
+    train_set, dev_set, _ = splits
+    halving = sweep.successive_halving(config, SPACE, train_set, dev_set, key=jax.random.key(5), num_configs=4,
+                                       min_epochs=2, max_epochs=8, eta=2)
+    first = [row for row in halving.history if row["epochs_trained"] == 2]
+    promoted = {row["config_id"] for row in halving.history if row["epochs_trained"] == 4}
+    best_two = {row["config_id"] for row in sorted(first, key=lambda row: row["dev_mse"])[:2]}
+    assert promoted == best_two
+    for results in (
+        sweep.hyperband(config, SPACE, train_set, dev_set, key=jax.random.key(6), min_epochs=2, max_epochs=8, eta=2),
+        sweep.pbt(config, SPACE, train_set, dev_set, key=jax.random.key(7), population=4, epochs=8, interval=4),
+        sweep.median_stopping(config, SPACE, train_set, dev_set, key=jax.random.key(8), num_configs=4, max_epochs=8,
+                              interval=2),
+    ):
+        assert results.metric == "dev_mse"
+        best = results.best(1)[0]["dev_mse"]["mean"]
+        assert best == min(e["dev_mse"]["mean"] for e in results.by_config() if e["dev_mse"]["mean"] is not None)
+
+
+def test_a_search_refuses_a_metric_the_task_does_not_have(config, splits):
+    train_set, dev_set, _ = splits
+    with pytest.raises(ValueError, match="metric must be one of .*'dev_mse'.* for task 'regression'"):
+        sweep.run(config, SPACE, train_set, dev_set, key=jax.random.key(0), num_configs=2, metric="dev_accuracy")
+    with pytest.raises(ValueError, match=r"space\['task'\]"):
+        sweep.run(config, {**SPACE, "task": sweep.choice([REGRESSION])}, train_set, dev_set, key=jax.random.key(0),
+                  num_configs=2)
+
+
+# ------------------------------------------------------------------------------------------ the studies
+
+
+@pytest.fixture(scope="module")
+def main_regression(background_runs):
+    finished = background_runs.result(MAIN)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    return finished.dir / "out"
+
+
+def test_the_main_job_sweeps_a_regression(main_regression):
+    report = (main_regression / "report.md").read_text()
+    assert "ranked by dev mse" in report and "| dev mse | train mse | test mse |" in report
+    assert "## What explains dev mse" in report and "## Train and dev of the winner" in report
+    summary = json.loads((main_regression / "results.json").read_text())
+    assert summary["task"] == "regression" and summary["settings"]["data"] == "friedman1"
+    assert summary["retrained_winner"]["test_mse"][0] > 0
+    reopened = sweep.load(main_regression / "results.jsonl")
+    assert reopened.metric == "dev_mse" and reopened.directions["dev_mse"] == "minimize"
+
+
+def test_adaptive_search_compares_methods_on_a_regression(background_runs):
+    finished = background_runs.result(ADAPTIVE)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    summary = json.loads((finished.dir / "out" / "results.json").read_text())
+    assert summary["settings"]["task"] == "regression" and summary["settings"]["dataset"] == "friedman1"
+    for method in ("random", "halving", "median"):
+        assert summary["methods"][method]["best_dev_mse"] > 0
+        assert summary["methods"][method]["test_mse_after_retraining"] > 0
+
+
+def test_a_classification_dataset_under_task_regression_is_a_flag_error(background_runs):
+    completed = background_runs.result(WRONG_DATASET).completed
+    assert completed.returncode == 2
+    assert "--task regression needs friedman1" in completed.stderr.strip().splitlines()[-1]
+
+
+def test_the_regression_baseline_measures_sklearn_and_the_sweep(background_runs):
+    finished = background_runs.result(BASELINE)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    measured = json.loads((finished.dir / "baseline.json").read_text())["models"]
+    assert set(measured) == {"LinearRegression", "MLPRegressor", "deepopt sweep"}
+    assert all(np.isfinite(entry["dev_r2"]) for entry in measured.values())
+    assert "| deepopt sweep |" in finished.completed.stdout

@@ -217,6 +217,26 @@ def test_sweep_run_ranks_regression_by_dev_mse(regression_sweep):
         results.bias_variance()
 
 
+def test_a_sweep_row_is_what_fit_computes_on_the_float_targets(regression_sweep, splits):
+    results, _ = regression_sweep
+    train_set, dev_set, test_set = splits
+    for row in results.rows[:2]:  # the chunk program trains on the targets as given, not rounded
+        config = sweep.config_of(row)
+        fitted = train.fit(config, sweep.hparams_of(row), sweep.key_of(row), train_set, dev_set)
+        np.testing.assert_allclose(row["dev_mse"], float(fitted.dev_metrics["mse"]), rtol=1e-4)
+        np.testing.assert_allclose(row["train_r2"], float(fitted.train_metrics["r2"]), rtol=1e-4)
+
+
+def test_an_adaptive_row_is_what_the_open_run_computes(config, splits):
+    train_set, dev_set, _ = splits
+    results = sweep.successive_halving(config, SPACE, train_set, dev_set, key=jax.random.key(9), num_configs=2,
+                                       min_epochs=2, max_epochs=4, eta=2)
+    row = results.rows[0]
+    state = sweep.retrain(row, train_set, dev_set)
+    np.testing.assert_allclose(row["dev_mse"], float(train.evaluate(sweep.config_of(row), state, dev_set)["mse"]),
+                               rtol=1e-4)
+
+
 def test_a_regression_search_reopens_with_its_directions(regression_sweep):
     results, path = regression_sweep
     reopened = sweep.load(path)

@@ -36,7 +36,9 @@ from deepopt import train as train_lib
 from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
-from deepopt.sweep.engine import RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits
+from deepopt.sweep.engine import (
+    RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits, split_shapes,
+)
 from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
@@ -366,7 +368,7 @@ class Search:
         compiled = states_lib._compile(
             config, configs, self.seeds, str(jax.random.key_impl(self.key)),
             tuple(np.asarray(jax.random.key_data(self.key)).shape), str(self.splits[0].X.dtype),
-            tuple(None if s is None else (s.X.shape, s.y.shape) for s in self.splits), self.devices,
+            split_shapes(self.splits), self.devices,
             self.splits[2] is not None, dropout,
         )
         self.compilations += states_lib.state_compile_count() - before

@@ -192,23 +192,32 @@ def abstract_hparams(shape: tuple[int, ...], dtype: Any) -> train_lib.HParams:
 def abstract_inputs(
     configs: int, dtype: str, data_shapes: tuple
 ) -> tuple[train_lib.HParams, list[data_lib.Dataset | None]]:
-    """A chunk program's abstract ``HParams`` (``(configs,)`` per field) and splits (``None`` kept), for ``lower``."""
+    """A chunk program's abstract ``HParams`` (``(configs,)`` per field) and splits (``None`` kept), for ``lower``.
+
+    ``data_shapes`` holds ``(X shape, y shape, y dtype)`` per split (``split_shapes``): class ids are
+    int32, a regression's targets the run's float dtype.
+    """
     hp = abstract_hparams((configs,), dtype)
     datasets = [
         None
         if shapes is None
-        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype), jax.ShapeDtypeStruct(shapes[1], jnp.int32))
+        else data_lib.Dataset(jax.ShapeDtypeStruct(shapes[0], dtype),
+                              jax.ShapeDtypeStruct(shapes[1], shapes[2] if len(shapes) > 2 else jnp.int32))
         for shapes in data_shapes
     ]
     return hp, datasets
 
 
+def split_shapes(splits: Sequence[data_lib.Dataset | None]) -> tuple:
+    """``(X shape, y shape, y dtype)`` of each host split (None kept): what the compiled programs are keyed on."""
+    return tuple(None if s is None else (s.X.shape, s.y.shape, str(s.y.dtype)) for s in splits)
+
+
 def replicate_splits(mesh: Mesh, splits: Sequence[data_lib.Dataset | None]) -> list[data_lib.Dataset | None]:
-    """Host splits as global arrays replicated on every device of ``mesh`` (``y`` as int32; None kept)."""
+    """Host splits (``data.check_dataset``'s: ``y`` int32 class ids or float targets) replicated on every device of ``mesh``."""
     replicated = NamedSharding(mesh, P())
     return [
-        None if s is None
-        else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y.astype(np.int32), replicated))
+        None if s is None else data_lib.Dataset(_global_array(s.X, replicated), _global_array(s.y, replicated))
         for s in splits
     ]
 

@@ -30,6 +30,7 @@ from deepopt.sweep.engine import (
     _group_dropout,
     _group_hparams,
     replicate_splits,
+    split_shapes,
     _seeds_per_config,
     auto_chunk_size,
     compile_count,
@@ -234,7 +235,7 @@ def _run(
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must name at least one device, got an empty sequence")
-    data_bytes = sum(s.X.nbytes + 4 * s.y.size for s in splits if s is not None)
+    data_bytes = sum(s.X.nbytes + s.y.nbytes for s in splits if s is not None)
     if memory_budget_bytes is not None and memory_budget_bytes <= data_bytes:
         raise ValueError(
             f"memory_budget_bytes={memory_budget_bytes} is below the data alone ({data_bytes} bytes on every device)"
@@ -426,7 +427,7 @@ def _new_sweep(
             str(jax.random.key_impl(key)),
             tuple(np.asarray(jax.random.key_data(key)).shape),
             str(splits[0].X.dtype),
-            tuple(None if s is None else (s.X.shape, s.y.shape) for s in splits),
+            split_shapes(splits),
             tuple(devices),
             splits[2] is not None,
         ),

@@ -237,6 +237,66 @@ def test_an_adaptive_row_is_what_the_open_run_computes(config, splits):
                                rtol=1e-4)
 
 
+def test_importance_and_tensorboard_read_a_regression(regression_sweep, tmp_path):
+    results, _ = regression_sweep
+    shares = results.importance()
+    assert set(shares) == {"learning_rate", "l2", "optimizer"} and abs(sum(shares.values()) - 1) < 1e-6
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from deepopt.sweep import tensorboard_log
+
+    tensorboard_log.write_runs(tmp_path, results)
+    entry = results.best(1)[0]
+    events = EventAccumulator(str(tmp_path / tensorboard_log.run_name(entry)))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"final/dev_mse", "final/dev_r2", "final/test_mae", "curves/dev_mse", "curves/dev_cost"} <= tags
+    assert events.Scalars("final/dev_mse")[0].value == pytest.approx(entry["dev_mse"]["mean"], rel=1e-6)
+
+
+def test_a_diverging_regression_is_frozen_and_ranked_last(config, splits):
+    train_set, dev_set, _ = splits
+    space = {"learning_rate": sweep.grid([0.01, 1e4])}
+    results = sweep.run(dataclasses.replace(config, optimizer="gd", epochs=5), space, train_set, dev_set,
+                        key=jax.random.key(0), num_configs=None, sampler="grid")
+    by_rate = {row["hparams"]["learning_rate"]: row for row in results.rows}
+    assert by_rate[1e4]["diverged"] and not by_rate[0.01]["diverged"]
+    assert by_rate[1e4]["dev_mse"] is not None and np.isfinite(by_rate[1e4]["dev_mse"])  # the last finite params
+    assert results.best(1)[0]["hparams"]["learning_rate"] == 0.01
+
+
+def smoothed_cross_entropy(logits, y):  # label smoothing 0.1 over the softmax's classes
+    log_probs = jax.nn.log_softmax(logits, axis=1)
+    targets = 0.9 * jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype) + 0.1 / logits.shape[1]
+    return -jnp.sum(targets * log_probs, axis=1)
+
+
+def test_a_users_classification_task_checks_class_ids(splits):
+    task = tasks.Task(name="smoothed", loss=smoothed_cross_entropy,
+                      metrics={"accuracy": lambda logits, y: jnp.argmax(logits, axis=1) == y}, primary="accuracy",
+                      higher_is_better=True, targets=tasks.CLASS_IDS)
+    train_set, dev_set, _ = splits
+    labels = lambda split: data.Dataset(split.X, (split.y > np.median(split.y)).astype(np.int32))  # noqa: E731
+    config = train.Config((10, 8, 2), optimizer="adam", batch_size=64, epochs=10, task=task)
+    result = train.fit(config, train.HParams(learning_rate=0.01), jax.random.key(0), labels(train_set),
+                       labels(dev_set))
+    assert float(result.dev_accuracy) > 0.6  # a classification's name reads its accuracy
+    three = data.Dataset(train_set.X, np.full(len(train_set.y), 2, np.int32))
+    with pytest.raises(ValueError, match=r"class ids in 0..1 for n_out=2"):
+        train.fit(config, train.HParams(), jax.random.key(0), three)
+
+
+def test_several_targets_sweep_as_one_regression(splits):
+    train_set, dev_set, _ = splits
+    two = lambda split: data.Dataset(split.X, np.stack([split.y, -split.y], axis=1))  # noqa: E731
+    config = train.Config((10, 8, 2), optimizer="adam", batch_size=64, epochs=4, task=REGRESSION)
+    results = sweep.run(config, SPACE, two(train_set), two(dev_set), key=jax.random.key(0), num_configs=2)
+    row = results.rows[0]
+    fitted = train.fit(config, sweep.hparams_of(row), sweep.key_of(row), two(train_set), two(dev_set))
+    np.testing.assert_allclose(row["dev_r2"], float(fitted.dev_metrics["r2"]), rtol=1e-4)
+
+
 def test_a_regression_search_reopens_with_its_directions(regression_sweep):
     results, path = regression_sweep
     reopened = sweep.load(path)

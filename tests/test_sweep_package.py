@@ -341,7 +341,7 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
 
 CHAIN = ("options", "host_keys", "space", "samplers", "store", "model_based", "planning", "jax_config", "engine", "analysis", "reopen",
          "tensorboard_log", "search",
-         "states", "state_files", "adaptive", "halving", "population", "median")
+         "states", "state_files", "adaptive", "driver", "halving", "population", "median")
 
 
 def test_submodules_import_only_earlier_ones() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from deepopt import train, vmap_hints
-from deepopt.sweep import engine, states
+from deepopt.sweep import engine
 
 
 def _instructions(compiled: object) -> list[str]:
@@ -127,10 +127,10 @@ def test_the_state_program_is_the_program_the_fixpoint_builds(monkeypatch: pytes
     key_shape = tuple(np.asarray(jax.random.key_data(key)).shape)
 
     def compile_once() -> object:
-        return states._compile.__wrapped__(
+        return engine._compile.__wrapped__(
             config, 2, 2, str(jax.random.key_impl(key)), key_shape, "float32", _SHAPES, tuple(jax.devices()[:1]),
-            False, False,
-        )
+            False, False, stage=True,
+        )[0]
 
     hinted, plain = _compile_both(monkeypatch, compile_once)
     assert len(hinted) > 100 and hinted == plain

@@ -38,7 +38,8 @@ Distributions (``uniform``, ``log_uniform``, ``one_minus_log_uniform``, ``choice
 defined in ``space``, with their formulas.
 
 The adaptive searches stop bad runs early or replace them, on runs that continue from their state
-(``train.TrainState``), in one compiled program per group and chunk shape (``states``):
+(``train.TrainState``), in one compiled program per group and chunk shape (the engine's chunk
+program in its stage form): an algorithm decides the stages, ``driver.drive`` trains them:
 ``successive_halving`` and ``hyperband`` (Li et al., 2018; ``halving``), ``pbt``
 (population-based training; ``population``) and ``median_stopping`` (Golovin et al., 2017;
 ``median``; it takes the shared ``Options``, ``options``). Their rows record ``epochs_trained`` and the rung and
@@ -52,10 +53,10 @@ Modules, each importing only from those before it:
 ``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) ->
 ``samplers`` (ask/tell, Halton) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``jax_config`` (the caller's JAX configuration in threads and caches) -> ``engine`` (chunk sizes,
-compiled programs, the mesh, one chunk's execution) -> ``analysis`` (``Results``, a row's Config /
+the one chunk program, whole runs or stages, compiled per group and shape, the mesh, one chunk's execution) -> ``analysis`` (``Results``, a row's Config /
 HParams / key) -> ``reopen`` (the results record, ``load``) -> ``search`` (``run``, ``Progress``) -> ``states``
-(the state chunk program) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
--> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``) ->
+(states on the host, one stage call) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
+-> ``driver`` (``Stage``, ``Algorithm``, ``drive``) -> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``) ->
 ``median`` (``median_stopping``); ``options`` (``Options``) imports none of them.
 """
 

@@ -37,8 +37,9 @@ from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
-    RUN_AXIS, _check_data, _group_hparams, concurrent_chunks, in_order, replicate_splits, split_shapes,
+    RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, in_order, replicate_splits, split_shapes,
 )
+from deepopt.sweep.engine import _compile as engine_compile
 from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
@@ -254,6 +255,10 @@ class Search:
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
         )
 
+    def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
+        """``rank_trials`` by the search's metric, in its task's direction: best first."""
+        return rank_trials(trials, last, self.metric, self.directions)
+
     @property
     def directions(self) -> dict[str, str]:
         """The task's row fields and their directions (``Task.row_directions``): how ``metric`` ranks."""
@@ -364,14 +369,13 @@ class Search:
         return chosen
 
     def _program(self, config: train_lib.Config, configs: int, dropout: bool) -> Any:
-        before = states_lib.state_compile_count()
-        compiled = states_lib._compile(
+        before = compile_count()
+        compiled, _ = engine_compile(
             config, configs, self.seeds, str(jax.random.key_impl(self.key)),
             tuple(np.asarray(jax.random.key_data(self.key)).shape), str(self.splits[0].X.dtype),
-            split_shapes(self.splits), self.devices,
-            self.splits[2] is not None, dropout,
+            split_shapes(self.splits), self.devices, self.splits[2] is not None, dropout, stage=True,
         )
-        self.compilations += states_lib.state_compile_count() - before
+        self.compilations += compile_count() - before
         return compiled
 
     def _data_on_devices(self, mesh: Mesh) -> list:

@@ -13,6 +13,7 @@ fits the budget, and ``_execute`` runs one chunk. Nothing here reads or writes f
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,36 +38,67 @@ RUN_AXIS = "runs"
 # ------------------------------------------------------------------------------ compiled programs
 
 _compilations = 0
+_stage_compilations = 0
 
 
 def compile_count() -> int:
-    """How many chunk programs this process has compiled.
+    """How many chunk programs this process has compiled: whole runs (``sweep.run``) and stages alike.
 
-    One per group, plus one per shrinking step of a group whose chunk exceeds the memory budget.
+    One per group and chunk shape, plus one per shrinking step of a group whose chunk exceeds the
+    memory budget.
     """
     return _compilations
 
 
-def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool, curves: bool) -> Callable:
-    """``fit`` over ``C`` configs × ``S`` seeds; returns every per-run scalar of ``TrainResult`` (no params).
+def stage_compile_count() -> int:
+    """How many of ``compile_count``'s programs were stage programs (``stage=True``: the adaptive searches')."""
+    return _stage_compilations
 
-    Takes ``hp`` with a leading axis of ``C`` configs and ``key_data`` with one of ``S`` seed keys
-    and returns ``(C · S,)`` arrays in plan order (config-major, then seed). Two nested ``vmap``s:
-    the outer one maps the configs with the key *unbatched*, the inner one the seeds, so whatever
-    depends on the key alone
-    (initial draws, each epoch's permutation and mini-batch gathers, dropout's uniform draws) is
-    computed once per seed instead of once per run: every config's seed ``s`` trains with the same
-    key, so nothing changes but the work. ``dropout=False`` (every run of the group has
-    ``keep_prob == 1``) compiles the masks out. ``curves=True`` trains with
-    ``train.fit_with_curves`` (the same training) and also returns ``curve_cost``,
-    ``curve_dev_accuracy`` and ``curve_dev_cost``, ``(C · S, epochs)`` each.
+
+def _chunk_program(
+    config: train_lib.Config, key_impl: str, with_test: bool, dropout: bool, curves: bool = False, stage: bool = False
+) -> Callable:
+    """The one chunk program: ``C`` configs × ``S`` seeds of training, every per-run scalar of ``fit``.
+
+    Two nested ``vmap``s: the outer one maps the configs with the key *unbatched*, the inner one the
+    seeds, so whatever depends on the key alone (initial draws, each epoch's permutation and
+    mini-batch gathers, dropout's uniform draws) is computed once per seed instead of once per run:
+    every config's seed ``s`` trains with the same key, so nothing changes but the work.
+    ``dropout=False`` (every run of the group has ``keep_prob == 1``) compiles the masks out. The
+    scalars are ``train.final_metrics`` (``train_<metric>``, ``dev_<metric>``, ``final_cost``,
+    divergence and early stopping), plus ``test_<metric>`` with a test split, ``(C · S,)`` each in
+    plan order (config-major, then seed).
+
+    A stage is what every search trains, in one of two forms (both static):
+
+    - ``stage=False``, a whole run (``sweep.run``): ``(hp (C,), key_data (S, ...), train, dev, test)
+      -> scalars``: ``init_state``, ``config.epochs`` epochs, the scalars: ``fit``'s own program.
+      ``curves=True`` also returns ``curve_<name>`` ``(C · S, epochs)`` (``store.curve_names``: the
+      training cost, the primary dev metric, the dev cost per epoch), from the same training.
+    - ``stage=True``, a stage continued from states (the adaptive searches): ``(hp (C,), state (C,
+      S, ...), key_data, fresh, epochs, train, dev, test) -> (state, scalars)``, the states' ``key``
+      left out; ``fresh`` (start from ``init_state``) and ``epochs`` are traced, so one program
+      serves every rung, bracket and generation; ``epochs`` one-epoch bodies of ``advance`` in a
+      loop compute what ``fit`` computes straight through, bit for bit.
     """
+    if stage and curves:
+        raise ValueError("a stage program records no learning curves")
 
-    def one_run(
-        hp: train_lib.HParams,
-        key_data: jax.Array,
-        train_set: data_lib.Dataset,
-        dev_set: data_lib.Dataset | None,
+    def test_scalars(params: Any, model_state: Any, test_set: data_lib.Dataset) -> dict[str, jax.Array]:
+        on_test = train_lib.evaluate_params(config, params, model_state, test_set)
+        return {f"test_{name}": on_test[name] for name in config.task.metrics}
+
+    def scalars_of(
+        hp: train_lib.HParams, state: train_lib.TrainState, train_set: data_lib.Dataset,
+        dev_set: data_lib.Dataset | None, test_set: data_lib.Dataset | None,
+    ) -> dict[str, jax.Array]:
+        scalars = train_lib.final_metrics(config, hp, state, train_set, dev_set)
+        if with_test:
+            scalars.update(test_scalars(*train_lib.result_params(config, state), test_set))
+        return scalars
+
+    def whole_run(
+        hp: train_lib.HParams, key_data: jax.Array, train_set: data_lib.Dataset, dev_set: data_lib.Dataset | None,
         test_set: data_lib.Dataset | None,
     ) -> dict[str, jax.Array]:
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
@@ -74,28 +106,53 @@ def _chunk_program(config: train_lib.Config, key_impl: str, with_test: bool, dro
             result, log = train_lib.fit_with_curves(config, hp, key, train_set, dev_set, dropout=dropout)
         else:
             result = train_lib.fit(config, hp, key, train_set, dev_set, dropout=dropout)
-        scalars = {
+        scalars = {  # train.final_metrics' names and order, as a stage's
             **{f"train_{name}": value for name, value in result.train_metrics.items()},
             **{f"dev_{name}": value for name, value in result.dev_metrics.items()},
             **{name: value for name, value in result._asdict().items() if getattr(value, "ndim", None) == 0},
         }
+        if with_test:
+            scalars.update(test_scalars(result.params, result.bn_state, test_set))
         if curves:
             scalars.update({CURVE_PREFIX + name: value for name, value in store.curve_values(config.task, log).items()})
-        if with_test:
-            on_test = train_lib.evaluate_params(config, result.params, result.bn_state, test_set)
-            scalars.update({f"test_{name}": on_test[name].astype(result.final_cost.dtype) for name in config.task.metrics})
         return scalars
 
-    over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None, None))
-    over_configs = jax.vmap(over_seeds, in_axes=(0, None, None, None, None))
+    def continued(
+        hp: train_lib.HParams, state: train_lib.TrainState, key_data: jax.Array, fresh: jax.Array, epochs: jax.Array,
+        train_set: data_lib.Dataset, dev_set: data_lib.Dataset | None, test_set: data_lib.Dataset | None,
+    ) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
+        key = jax.random.wrap_key_data(key_data, impl=key_impl)
+        state = jax.lax.cond(
+            fresh,
+            lambda: train_lib._init_state(config, hp, key, train_set.X, None)._replace(key=None),
+            lambda: state,
+        )
 
-    def chunk_program(
-        hp: train_lib.HParams, key_data: jax.Array, *splits: data_lib.Dataset | None
-    ) -> dict[str, jax.Array]:
-        by_config = over_configs(hp, key_data, *splits)  # (C, S) scalars, (C, S, epochs) curves
-        return {name: value.reshape(-1, *value.shape[2:]) for name, value in by_config.items()}
+        def one_epoch(_: Any, current: train_lib.TrainState) -> train_lib.TrainState:
+            return train_lib._advance(config, dropout, 1, False, False, hp, current, train_set, dev_set)[0]
 
-    return chunk_program
+        state = jax.lax.fori_loop(0, epochs, one_epoch, state._replace(key=key))
+        return state._replace(key=None), scalars_of(hp, state, train_set, dev_set, test_set)
+
+    if not stage:
+        over_configs = jax.vmap(jax.vmap(whole_run, in_axes=(None, 0, None, None, None)),
+                                in_axes=(0, None, None, None, None))
+
+        def whole_program(hp: train_lib.HParams, key_data: jax.Array, *splits: data_lib.Dataset | None) -> Any:
+            by_config = over_configs(hp, key_data, *splits)  # (C, S) scalars, (C, S, epochs) curves
+            return {name: value.reshape(-1, *value.shape[2:]) for name, value in by_config.items()}
+
+        return whole_program
+
+    over_configs = jax.vmap(jax.vmap(continued, in_axes=(None, 0, 0, None, None, None, None, None)),
+                            in_axes=(0, 0, None, None, None, None, None, None))
+
+    def stage_program(hp: train_lib.HParams, state: Any, key_data: jax.Array, fresh: jax.Array, epochs: jax.Array,
+                      *splits: data_lib.Dataset | None) -> Any:
+        state, by_config = over_configs(hp, state, key_data, fresh, epochs, *splits)
+        return state, {name: value.reshape(-1) for name, value in by_config.items()}
+
+    return stage_program
 
 
 def gather_runs(outputs: Any) -> Any:
@@ -150,26 +207,41 @@ def _compile(
     with_test: bool,
     dropout: bool,
     curves: bool = False,
+    stage: bool = False,
 ) -> tuple[Any, int]:
-    """Compile the chunk program for ``configs`` × ``seeds`` runs, configs sharded over ``devices``.
+    """Compile the chunk program (``_chunk_program``) for ``configs`` × ``seeds`` runs, configs sharded over ``devices``.
 
-    Returns it and its bytes per device.
+    The hyperparameters (and a stage's states) are sharded by config, the seed keys and the data
+    replicated; each device runs its own configs (``sharded_program``); the scalars are gathered,
+    a stage's new states stay sharded. Returns the program and its bytes per device.
     """
-    global _compilations
+    global _compilations, _stage_compilations
     _compilations += 1
+    _stage_compilations += stage
     mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
     hp, datasets = abstract_inputs(configs, dtype, data_shapes)
     keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
-    in_shardings = (by_run, replicated, *(None if d is None else replicated for d in datasets))
-    program = jax.jit(
-        sharded_program(
-            config, _chunk_program(config, key_impl, with_test, dropout, curves), mesh,
-            (P(RUN_AXIS), P(), *(P() for _ in datasets)), P(), gather_runs,
-        ),
-        in_shardings=in_shardings, out_shardings=replicated,
-    )
-    compiled = program.lower(hp, keys, *datasets).compile(compiler_options=xla_options.compiler_options(devices[0].platform))
+    data_specs, data_shardings = tuple(P() for _ in datasets), tuple(None if d is None else replicated for d in datasets)
+    program = _chunk_program(config, key_impl, with_test, dropout, curves, stage)
+    if stage:
+        per_run = state_shape(config, datasets[0], np.zeros(key_shape, np.uint32), key_impl)
+        state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((configs, seeds, *leaf.shape), leaf.dtype), per_run)
+        scalar_bool, scalar_int = jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32)
+        jitted = jax.jit(
+            sharded_program(config, program, mesh, (P(RUN_AXIS), P(RUN_AXIS), P(), P(), P(), *data_specs),
+                            (P(RUN_AXIS), P()), lambda outputs: (outputs[0], gather_runs(outputs[1]))),
+            in_shardings=(by_run, by_run, replicated, replicated, replicated, *data_shardings),
+            out_shardings=(by_run, replicated),
+        )
+        lowered = jitted.lower(hp, state, keys, scalar_bool, scalar_int, *datasets)
+    else:
+        jitted = jax.jit(
+            sharded_program(config, program, mesh, (P(RUN_AXIS), P(), *data_specs), P(), gather_runs),
+            in_shardings=(by_run, replicated, *data_shardings), out_shardings=replicated,
+        )
+        lowered = jitted.lower(hp, keys, *datasets)
+    compiled = lowered.compile(compiler_options=xla_options.compiler_options(devices[0].platform))
     stats = compiled.memory_analysis()
     size = (
         0
@@ -182,6 +254,17 @@ def _compile(
         )
     )
     return compiled, int(size)
+
+
+def state_shape(config: train_lib.Config, example: data_lib.Dataset, key_data: np.ndarray, key_impl: str) -> Any:
+    """The abstract per-run ``TrainState`` (``key=None``) of ``config`` for data like ``example``."""
+    key = jax.eval_shape(  # the key's shape and dtype only: wrapping real data would compile a program
+        functools.partial(jax.random.wrap_key_data, impl=key_impl), jax.ShapeDtypeStruct(key_data.shape, np.uint32)
+    )
+    abstract = train_lib._state_shape(
+        config, tuple(example.X.shape), jnp.dtype(example.X.dtype), tuple(key.shape), key.dtype
+    )
+    return abstract._replace(key=None)
 
 
 def abstract_hparams(shape: tuple[int, ...], dtype: Any) -> train_lib.HParams:

@@ -14,7 +14,7 @@ bracket :math:`s = s_{max}, \dots, 0` is a successive halving of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,8 +22,9 @@ import jax
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, Trial, rank_trials, write_board
+from deepopt.sweep.adaptive import Search, Trial, write_board
 from deepopt.sweep.analysis import Results
+from deepopt.sweep.driver import Rows, Stage, drive
 from deepopt.sweep.space import _check_count
 
 
@@ -87,34 +88,91 @@ def _stages(sizes: Sequence[int], rungs: Sequence[int]) -> list[tuple[int, int]]
     return [(n, e - (rungs[i - 1] if i else 0)) for i, (n, e) in enumerate(zip(sizes, rungs))]
 
 
-def _halve(
-    search: Search,
-    trials: Sequence[Trial],
-    rungs: Sequence[int],
-    eta: int,
-    bracket: int,
-    stages: Sequence[tuple[int, int]],
-    total: int,
-) -> dict[int, list[dict[str, Any]]]:
-    """One successive halving over ``trials``; returns each trial's last rows (by position)."""
-    last: dict[int, list[dict[str, Any]]] = {}
-    alive = list(trials)
-    for rung, target in enumerate(rungs):
+class Halving:
+    """Successive halving of ``trials`` over ``rungs`` (an ``Algorithm`` of ``driver``): it only decides.
+
+    Rung 0 trains every trial from scratch to ``rungs[0]`` epochs; rung ``i`` keeps the top
+    :math:`\lfloor n_{i-1}/\eta \rfloor` (at least one) of the rung before by ``rank`` (best first)
+    and advances them to ``rungs[i]``; the rest are forgotten, and a rung's saved states are done
+    with once the next rung is trained.
+    """
+
+    def __init__(
+        self, trials: Sequence[Trial], rungs: Sequence[int], eta: int, bracket: int,
+        rank: Callable[[Sequence[Trial], Rows], list[Trial]],
+    ) -> None:
+        self.alive, self.rungs, self.eta, self.bracket, self.rank = list(trials), list(rungs), eta, bracket, rank
+        self.rung = 0
+
+    def planned(self) -> list[tuple[int, int]]:
+        return _stages(rung_sizes(len(self.alive), len(self.rungs), self.eta), self.rungs)
+
+    def next_stage(self, last: Rows) -> Stage | None:
+        rung = self.rung
+        if rung == len(self.rungs):
+            return None
+        forget: list[int] = []
         if rung:
-            keep = max(len(alive) // eta, 1)
-            ranked = rank_trials(alive, last, search.metric, search.directions)
-            alive = sorted(ranked[:keep], key=lambda t: t.position)
-            search.pool.drop([t.position for t in ranked[keep:]])
-        last.update(search.train_stage(
-            alive, epochs=target - (rungs[rung - 1] if rung else 0), fresh=rung == 0, stage=f"b{bracket}r{rung}",
-            stages=stages, total=total, label=f"bracket {bracket} rung {rung} ({target} epochs)",
-            extra=lambda trial, rung=rung, target=target: {
-                "method": search.method, "bracket": bracket, "rung": rung, "epochs_trained": target,
-            },
-        ))
-        if rung:
-            search.delete_states(f"b{bracket}r{rung - 1}")
-    return last
+            keep = max(len(self.alive) // self.eta, 1)
+            ranked = self.rank(self.alive, last)
+            self.alive = sorted(ranked[:keep], key=lambda t: t.position)
+            forget = [t.position for t in ranked[keep:]]
+        self.rung += 1
+        target = self.rungs[rung]
+        return Stage(
+            name=f"b{self.bracket}r{rung}", trials=tuple(self.alive), epochs=target - (self.rungs[rung - 1] if rung else 0),
+            fresh=rung == 0, label=f"bracket {self.bracket} rung {rung} ({target} epochs)",
+            fields={"bracket": self.bracket, "rung": rung, "epochs_trained": target}, forget=forget,
+            done_with=f"b{self.bracket}r{rung - 1}" if rung else None,
+        )
+
+
+class Hyperband:
+    """Hyperband's brackets, one ``Halving`` after another (an ``Algorithm`` of ``driver``).
+
+    ``assigned`` holds each bracket's trials, or None where they are to be asked when the bracket
+    starts (a model-based sampler: ``ask(n) -> (assignments, config_ids, trials)``, then
+    ``tell(assignments, config_ids, last)`` once the bracket is done). Each bracket's record in
+    ``brackets`` gets its configs, sizes and ``config_steps`` as it runs.
+    """
+
+    def __init__(
+        self, brackets: list[dict[str, Any]], assigned: list[Sequence[Trial] | None], eta: int,
+        rank: Callable[[Sequence[Trial], Rows], list[Trial]], batches_per_epoch: int,
+        ask: Callable[[int], tuple] | None = None, tell: Callable[..., None] | None = None,
+    ) -> None:
+        self.brackets, self.assigned, self.eta, self.rank = brackets, assigned, eta, rank
+        self.batches_per_epoch, self.ask, self.tell = batches_per_epoch, ask, tell
+        self.index, self.current, self.asked = 0, None, None
+
+    def planned(self) -> list[tuple[int, int]]:
+        return [stage for b in self.brackets if b["sizes"] for stage in _stages(b["sizes"], b["rungs"])]
+
+    def next_stage(self, last: Rows) -> Stage | None:
+        while self.index < len(self.brackets):
+            bracket = self.brackets[self.index]
+            if self.current is None:
+                members = self.assigned[self.index]
+                if members is None:
+                    assignments, config_ids, members = self.ask(bracket["configs"])
+                    self.asked = (assignments, config_ids)
+                    bracket["configs"] = len(members)
+                    bracket["sizes"] = rung_sizes(len(members), len(bracket["rungs"]), self.eta) if members else []
+                if not members:
+                    self.index += 1
+                    continue
+                self.current = Halving(members, bracket["rungs"], self.eta, bracket["bracket"], self.rank)
+                self.members = list(members)
+            stage = self.current.next_stage(last)
+            if stage is not None:
+                return stage
+            if self.asked is not None:
+                self.tell(*self.asked, last)
+            bracket["config_steps"] = self.batches_per_epoch * sum(
+                int(row["epochs_trained"]) for trial in self.members for row in last[trial.position]
+            )
+            self.index, self.current, self.asked = self.index + 1, None, None
+        return None
 
 
 def successive_halving(
@@ -166,11 +224,9 @@ def successive_halving(
     )
     rungs = rung_epochs(min_epochs, max_epochs, eta)
     sizes = rung_sizes(len(search.trials), len(rungs), eta)
-    stages = _stages(sizes, rungs)
     bracket = {"bracket": 0, "s": len(rungs) - 1, "configs": len(search.trials), "rungs": rungs, "sizes": sizes,
                "budget": _budget(sizes, rungs)}
-    with search.opened():
-        last = _halve(search, search.trials, rungs, eta, 0, stages, total=sum(sizes) * search.seeds)
+    last = drive(search, Halving(search.trials, rungs, eta, 0, search.rank))
     final = [row for trial in search.trials for row in last[trial.position]]
     results = search.results(final, {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)
@@ -219,25 +275,8 @@ def hyperband(
         bracket["configs"] = count
         bracket["sizes"] = rung_sizes(count, len(bracket["rungs"]), eta) if count else []
         assigned.append(members)
-    stages = [stage for b in brackets if b["sizes"] for stage in _stages(b["sizes"], b["rungs"])]
-    total = sum(sum(b["sizes"]) for b in brackets) * search.seeds
-    last: dict[int, list[dict[str, Any]]] = {}
-    with search.opened():
-        for bracket, members in zip(brackets, assigned):
-            if members is None:
-                assignments, config_ids, members = search.ask_trials(bracket["configs"])
-                bracket["configs"] = len(members)
-                bracket["sizes"] = rung_sizes(len(members), len(bracket["rungs"]), eta) if members else []
-            if not members:
-                continue
-            bracket_last = _halve(search, members, bracket["rungs"], eta, bracket["bracket"], stages, total)
-            last.update(bracket_last)
-            if search.source is not None:
-                search.tell_trials(assignments, config_ids, last)
-            bracket["config_steps"] = (
-                sum(int(row["epochs_trained"]) for rows in bracket_last.values() for row in rows)
-                * search.batches_per_epoch
-            )
+    last = drive(search, Hyperband(brackets, assigned, eta, search.rank, search.batches_per_epoch,
+                                   ask=search.ask_trials, tell=search.tell_trials))
     final = [row for trial in search.trials if trial.position in last for row in last[trial.position]]
     results = search.results(final, {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)

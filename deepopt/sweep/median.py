@@ -27,8 +27,9 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, write_board
+from deepopt.sweep.adaptive import Search, Trial, write_board
 from deepopt.sweep.analysis import Results, direction, seed_mean
+from deepopt.sweep.driver import Rows, Stage, drive
 from deepopt.sweep.space import _check_count
 
 MIN_TRIALS = 3  # others to compare with before the rule stops anyone (Ray Tune's min_samples_required)
@@ -60,6 +61,51 @@ def stopped_by_rule(
         if (own_best < median) if maximize else (own_best > median):
             stopped.append(position)
     return stopped
+
+
+class MedianStopping:
+    """The median stopping rule over ``trials`` (an ``Algorithm`` of ``driver``): it only decides.
+
+    Stage ``i`` advances the trials still training to ``checkpoints[i]`` epochs; after it, from
+    ``grace_epochs`` on and before the last checkpoint, ``stopped_by_rule`` stops configs (their
+    states forgotten). ``stopped`` records ``{config_id: epoch}``.
+    """
+
+    def __init__(
+        self, trials: Sequence[Trial], checkpoints: Sequence[int], grace_epochs: int, metric: str, maximize: bool
+    ) -> None:
+        self.trials, self.alive, self.checkpoints = list(trials), list(trials), list(checkpoints)
+        self.grace_epochs, self.metric, self.maximize = grace_epochs, metric, maximize
+        self.reports: dict[int, list[float | None]] = {trial.position: [] for trial in trials}
+        self.stopped: dict[str, int] = {}
+        self.index = 0
+
+    def planned(self) -> list[tuple[int, int]]:
+        return [(len(self.trials), epochs - (self.checkpoints[i - 1] if i else 0))
+                for i, epochs in enumerate(self.checkpoints)]
+
+    def next_stage(self, last: Rows) -> Stage | None:
+        index, out = self.index, set()
+        if index:  # the stage before has trained: report, then maybe stop
+            trained = self.checkpoints[index - 1]
+            for trial in self.alive:
+                self.reports[trial.position].append(seed_mean([row.get(self.metric) for row in last[trial.position]]))
+            if self.grace_epochs <= trained < self.checkpoints[-1]:
+                out = set(stopped_by_rule(
+                    {t.position: _best(self.reports[t.position], self.maximize) for t in self.alive},
+                    {t.position: _average(self.reports[t.position]) for t in self.alive}, self.maximize, MIN_TRIALS,
+                ))
+                self.stopped.update({t.config_id: trained for t in self.alive if t.position in out})
+                self.alive = [t for t in self.alive if t.position not in out]
+        if index == len(self.checkpoints) or not self.alive:
+            return None
+        self.index += 1
+        target = self.checkpoints[index]
+        return Stage(
+            name=f"m{index}", trials=tuple(self.alive), epochs=self.planned()[index][1], fresh=index == 0,
+            label=f"checkpoint {index} ({target} epochs)", fields={"checkpoint": index, "epochs_trained": target},
+            forget=sorted(out), done_with=f"m{index - 1}" if index else None,
+        )
 
 
 def median_stopping(
@@ -107,36 +153,10 @@ def median_stopping(
         arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
                    "grace_epochs": grace_epochs, "min_trials": MIN_TRIALS},
     )
-    maximize = direction(search.metric, search.directions) == "maximize"
-    stages = [(len(search.trials), epochs - (checkpoints[i - 1] if i else 0)) for i, epochs in enumerate(checkpoints)]
-    total = sum(n for n, _ in stages) * search.seeds
-    last: dict[int, list[dict[str, Any]]] = {}
-    reports: dict[int, list[float | None]] = {trial.position: [] for trial in search.trials}
-    stopped: dict[str, int] = {}
-    with search.opened():
-        alive = list(search.trials)
-        for index, target in enumerate(checkpoints):
-            if not alive:
-                break
-            trained = search.train_stage(
-                alive, epochs=stages[index][1], fresh=index == 0, stage=f"m{index}", stages=stages, total=total,
-                label=f"checkpoint {index} ({target} epochs)",
-                extra=lambda trial, index=index, target=target: {
-                    "method": search.method, "checkpoint": index, "epochs_trained": target},
-            )
-            for trial in alive:
-                last[trial.position] = trained[trial.position]
-                reports[trial.position].append(seed_mean([row.get(search.metric) for row in trained[trial.position]]))
-            if index:
-                search.delete_states(f"m{index - 1}")
-            if target >= grace_epochs and target < max_epochs:
-                out = set(stopped_by_rule(
-                    {t.position: _best(reports[t.position], maximize) for t in alive},
-                    {t.position: _average(reports[t.position]) for t in alive}, maximize, MIN_TRIALS,
-                ))
-                stopped.update({t.config_id: target for t in alive if t.position in out})
-                search.pool.drop(sorted(out))
-                alive = [t for t in alive if t.position not in out]
+    rule = MedianStopping(search.trials, checkpoints, grace_epochs, search.metric,
+                          direction(search.metric, search.directions) == "maximize")
+    last = drive(search, rule)
+    stopped = rule.stopped
     final = [row for trial in search.trials for row in last[trial.position]]
     results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
                                      "min_trials": MIN_TRIALS, "stopped": stopped, "max_epochs": max_epochs})

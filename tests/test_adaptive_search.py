@@ -21,6 +21,7 @@ from background import Run
 
 from deepopt import data, sweep, train
 from deepopt.sweep import population as pbt_lib
+from deepopt.sweep import states as states_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "adaptive_worker.py"
@@ -185,8 +186,11 @@ def test_exploit_copies_the_whole_state_of_the_chosen_member() -> None:
     keys = jax.random.split(jax.random.key(0), 4)
     states = jax.vmap(lambda h, k: train.init_state(ADAM, h, k, train_set))(hp, keys)
     states, _ = jax.vmap(lambda h, s: train.advance(ADAM, h, s, train_set, epochs=2))(hp, states)
-    states = states._replace(key=None)
-    copied = pbt_lib._exploit_compiled(states, jnp.asarray([0, 3, 2, 3]))  # member 1 takes member 3's state
+    states = jax.device_get(states._replace(key=None))
+    pool = states_lib.StatePool()
+    pool.scatter([0, 1, 2, 3], states)
+    pool.copy({1: 3})  # member 1 takes member 3's state (PBT's exploit)
+    copied = pool.gather([0, 1, 2, 3], 4)
     for name in ("params", "opt_state", "step", "epoch", "model_state"):
         got, want = getattr(copied, name), getattr(states, name)
         for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

@@ -431,20 +431,21 @@ class Search:
             if call is None:
                 return prepared, None
             new_state, outputs, seconds = call()
-            return prepared, (jax.device_get(new_state), outputs, seconds)
+            return prepared, (states_lib.DeviceChunk(new_state), outputs, seconds)
 
         streams = concurrent_chunks(self.devices) if len(chunks) > 1 else 1
         rows = []
         with contextlib.closing(in_order(compute, (prepare(m) for m in chunks), streams)) as computed:
             for (members, configs, values, _), result in computed:
-                if result is None:
+                if result is None:  # read back: any state held for these members predates the stage
+                    self.pool.drop([m.position for m in members])
                     rows.append(self.recorded(members, stage, label, total))
                     continue
-                host_state, outputs, seconds = result
+                new_state, outputs, seconds = result
                 positions = [m.position for m in members]
-                self.pool.scatter(positions, host_state)
+                self.pool.scatter(positions, new_state)  # left on the devices for the next stage
                 if self.results_path is not None:
-                    self.save_states(stage, positions, host_state)
+                    self.save_states(stage, positions, new_state.host())
                 rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total))
         return rows
 
@@ -459,10 +460,12 @@ class Search:
         stages: Sequence[tuple[int, int]],
         label: str,
         total: int,
+        hparams: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> dict[int, list[dict[str, Any]]]:
         """Advance ``trials`` by ``epochs``: group by group, in chunks of the group's shape (``train_chunks``).
 
-        Each chunk is registered as saved at ``stage`` (its states load from there on demand).
+        ``hparams`` overrides trials' hyperparameters by position (PBT's explored values). Each
+        chunk is registered as saved at ``stage`` (its states load from there on demand).
         Returns each trial's rows, one per seed, by position.
         """
         by_group: dict[train_lib.Config, list[Trial]] = {}
@@ -474,6 +477,7 @@ class Search:
             chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
             rows_of_chunks = self.train_chunks(  # several at once where the CPU has cores to spare
                 chunks, epochs=epochs, fresh=fresh, stage=stage, stages=stages, total=total, label=label, extra=extra,
+                hparams=hparams,
             )
             for chunk, rows in zip(chunks, rows_of_chunks):
                 self.register_saved(stage, chunk, configs)

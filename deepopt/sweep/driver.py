@@ -11,13 +11,13 @@ that the engine fixes one chunk shape per group for the whole search.
 trains each stage on the engine's stage program (``Search.train_stage``: chunks of one group, their
 states saved before their rows are appended), forgets the states the algorithm drops, deletes a
 stage's saved states once the algorithm says they are done with, and returns each trial's last
-rows. Successive halving, Hyperband (``halving``) and the median stopping rule (``median``) are
-algorithms on it; a new search is one more class.
+rows. Successive halving, Hyperband (``halving``), population-based training (``population``) and
+the median stopping rule (``median``) are algorithms on it; a new search is one more class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from deepopt.sweep.adaptive import Search, Trial
@@ -35,9 +35,12 @@ class Stage(NamedTuple):
       epochs: epochs to add to each.
       fresh: start from ``init_state`` (the trials' first stage) instead of their states.
       label: the progress text of the stage.
-      fields: row fields recorded with every row of the stage (``epochs_trained``, the rung, ...).
+      fields: row fields recorded with every row of the stage (``epochs_trained``, the rung, ...),
+        or a function of the trial giving its own (PBT's parent and schedule).
       forget: positions whose states the search will not continue (dropped before the stage runs).
       done_with: a stage whose saved states no later stage reads (deleted after this one is trained).
+      hparams: hyperparameters by position that replace the trials' own (PBT's explored values).
+      copy: ``{position: source position}``: before the stage, a trial takes another's state (PBT's exploit).
     """
 
     name: str
@@ -45,9 +48,11 @@ class Stage(NamedTuple):
     epochs: int
     fresh: bool
     label: str
-    fields: Mapping[str, Any]
+    fields: Mapping[str, Any] | Callable[[Trial], Mapping[str, Any]]
     forget: Sequence[int] = ()
     done_with: str | None = None
+    hparams: Mapping[int, Mapping[str, Any]] | None = None
+    copy: Mapping[int, int] | None = None
 
 
 class Algorithm(Protocol):
@@ -68,9 +73,13 @@ def drive(search: Search, algorithm: Algorithm) -> dict[int, list[dict[str, Any]
     with search.opened():
         while (stage := algorithm.next_stage(last)) is not None:
             search.pool.drop(list(stage.forget))
+            if stage.copy:
+                search.pool.copy(stage.copy)
+            fields = stage.fields if callable(stage.fields) else (lambda trial, fields=stage.fields: fields)
             last.update(search.train_stage(
                 stage.trials, epochs=stage.epochs, fresh=stage.fresh, stage=stage.name, stages=planned, total=total,
-                label=stage.label, extra=lambda trial, fields=stage.fields: {"method": search.method, **fields},
+                label=stage.label, extra=lambda trial, fields=fields: {"method": search.method, **fields(trial)},
+                hparams=stage.hparams,
             ))
             if stage.done_with is not None:
                 search.delete_states(stage.done_with)

@@ -89,7 +89,7 @@ def _stages(sizes: Sequence[int], rungs: Sequence[int]) -> list[tuple[int, int]]
 
 
 class Halving:
-    """Successive halving of ``trials`` over ``rungs`` (an ``Algorithm`` of ``driver``): it only decides.
+    r"""Successive halving of ``trials`` over ``rungs`` (an ``Algorithm`` of ``driver``): it only decides.
 
     Rung 0 trains every trial from scratch to ``rungs[0]`` epochs; rung ``i`` keeps the top
     :math:`\lfloor n_{i-1}/\eta \rfloor` (at least one) of the rung before by ``rank`` (best first)

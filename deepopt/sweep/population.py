@@ -1,4 +1,4 @@
-r"""Population-based training (Jaderberg et al., 2017) in one vmapped program, the population kept on the devices.
+r"""Population-based training (Jaderberg et al., 2017) on the driver, each sub-population one chunk kept on the devices.
 
 A population of ``P`` configs (× ``seeds``) trains ``interval`` epochs per generation. After each
 generation but the last, members are ranked on the seed-mean metric (ties: the earlier config);
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,8 +31,9 @@ from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt.sweep import host_keys
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.adaptive import Search, Trial, rank_trials, static_in_space, write_board
+from deepopt.sweep.adaptive import Search, Trial, static_in_space, write_board
 from deepopt.sweep.analysis import Results, retrain
+from deepopt.sweep.driver import Stage, drive
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, static_fields
 
 EXPLORE_SALT = 0x9B7  # fold_in(key, EXPLORE_SALT): the exploit/explore draws, apart from plan's keys
@@ -86,12 +87,6 @@ def explore_value(
     return float(min(max(moved, lo), hi))
 
 
-def _exploit(state: Any, source: jax.Array) -> Any:
-    """Member ``i`` takes member ``source[i]``'s state: a gather along the config axis, on the devices."""
-    return jax.tree.map(lambda leaf: leaf[source], state)
-
-
-_exploit_compiled = jax.jit(_exploit)
 
 
 def _segments_with(schedule: list[dict[str, Any]], segment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,6 +161,7 @@ def pbt(
     population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
         population, epochs, interval, fraction, perturb, resample_probability
     )
+    exploit = Exploit(fraction, perturb, resample_probability)
     search = Search.create(
         "pbt", config, space, train, dev, key=key, num_configs=population, max_epochs=epochs, hparams=hparams,
         chunk_size=None, **arguments,
@@ -182,94 +178,109 @@ def pbt(
                 f"pbt: the sub-population {choices or 'of the space'} has {len(members)} member(s); "
                 f"fraction={fraction} of it is less than one member: raise population or fraction"
             )
-    num_devices = len(search.devices)
-    slots = {group: -(-len(members) // num_devices) * num_devices for group, members in subpopulations.items()}
-    search.chunks_per_group.update(slots)
-    generations = -(-epochs // interval)
+    num_devices = len(search.devices)  # each sub-population is one chunk of its group's program
+    search.chunks_per_group.update(
+        {group: -(-len(members) // num_devices) * num_devices for group, members in subpopulations.items()})
     varying = {  # the traced hyperparameters PBT explores (static choices stay with their sub-population)
         name: value for name, value in space.items()
         if isinstance(value, (Uniform, Choice)) and name not in static_fields()
     }
     explore_key = host_keys.fold_in(search.key, EXPLORE_SALT)  # jax.random.fold_in, on the host
-    total = generations * len(search.trials) * search.seeds
-
-    everyone = search.trials
-    current = {m.position: {name: m.hparams[name] for name in varying} for m in everyone}
-    schedules: dict[int, list[dict[str, Any]]] = {m.position: [] for m in everyone}
-    parents: dict[int, str | None] = {m.position: None for m in everyone}
-    lineage = []
-    sources = {group: list(range(slots[group])) for group in subpopulations}  # slot i continues slot source[i]
-    device_states: dict[train_lib.Config, Any] = {}  # each sub-population's states after the last generation
-    saved_stage = None  # the stage whose checkpoints hold them when a resumed search read that generation back
-    last_rows: dict[int, list[dict[str, Any]]] = {}
-    with search.opened():
-        for generation in range(generations):
-            start, end = generation * interval, min((generation + 1) * interval, epochs)
-            stage, label = f"g{generation}", f"generation {generation} (epochs {start}-{end})"
-            segments = {
-                m.position: _segments_with(schedules[m.position], {
-                    "member": m.config_id, "from_epoch": start, "to_epoch": end, "hparams": dict(current[m.position])
-                })
-                for m in everyone
-            }
-
-            def extra(member: Trial, generation=generation, end=end) -> dict[str, Any]:
-                return {"method": "pbt", "generation": generation, "epochs_trained": end,
-                        "parent": parents[member.position], "schedule": segments[member.position]}
-
-            for group, members in subpopulations.items():
-                configs = slots[group]
-                if all(f"{run_.id}.{stage}" in search.done for m in members for run_ in m.runs):
-                    rows = search.recorded(members, stage, label, total)
-                    device_states.pop(group, None)
-                else:
-                    state = device_states.get(group)
-                    if generation and state is None:  # resumed: the last generation read back, then its exploit
-                        restored = search.load_states(saved_stage, members, configs)
-                        state = _exploit_compiled(restored, np.asarray(sources[group], np.int32))
-                    values = search.member_hparams(members, configs, current)
-                    state, outputs, seconds = search.execute(members, configs, state, end - start, values)
-                    device_states[group] = state
-                    if search.results_path is not None:
-                        search.save_states(stage, [m.position for m in members], jax.device_get(state))
-                    rows = search.record(members, configs, outputs, values, stage, extra, seconds, end - start,
-                                         label, total)
-                last_rows.update({m.position: member_rows for m, member_rows in zip(members, rows)})
-            saved_stage = stage
-            if generation:  # generation g is recorded: no restart needs g - 1's states again
-                search.delete_states(f"g{generation - 1}")
-            schedules = segments
-            if generation == generations - 1:
-                break
-            # exploit and explore, decided from the rows (the same whether trained now or read back)
-            rng = np.random.default_rng(
-                np.asarray(jax.random.key_data(host_keys.fold_in(explore_key, generation)), np.uint32)
-            )
-            parents = {m.position: None for m in everyone}
-            for group, members in subpopulations.items():
-                cut = math.floor(fraction * len(members))
-                slot = {m.position: i for i, m in enumerate(members)}
-                ranked = rank_trials(members, last_rows, search.metric, search.directions)
-                top, bottom = ranked[:cut], ranked[-cut:]
-                sources[group] = list(range(slots[group]))
-                for loser in bottom:
-                    winner = top[int(rng.integers(len(top)))]
-                    sources[group][slot[loser.position]] = slot[winner.position]
-                    parents[loser.position] = winner.config_id
-                    schedules[loser.position] = list(schedules[winner.position])
-                    current[loser.position] = {
-                        name: explore_value(varying[name], current[winner.position][name], rng, perturb,
-                                            resample_probability)
-                        for name in varying
-                    }
-                    lineage.append({"generation": generation, "epoch": end, "member": loser.config_id,
-                                    "parent": winner.config_id, "hparams": dict(current[loser.position])})
-                if group in device_states:  # the copy, on the devices
-                    device_states[group] = _exploit_compiled(device_states[group], np.asarray(sources[group], np.int32))
-    final = [row for m in everyone for row in last_rows[m.position]]
-    results = search.results(final, {"generations": generations, "interval": interval, "exploits": lineage,
-                                     "subpopulations": len(subpopulations), "max_epochs": epochs})
+    algorithm = PopulationBasedTraining(search.trials, subpopulations, varying, epochs, interval, exploit,
+                                        explore_key, search.rank)
+    last_rows = drive(search, algorithm)
+    final = [row for m in search.trials for row in last_rows[m.position]]
+    results = search.results(final, {"generations": algorithm.generations, "interval": interval,
+                                     "exploits": algorithm.lineage, "subpopulations": len(subpopulations),
+                                     "max_epochs": epochs})
     return write_board(settings.tensorboard_dir, results)
+
+
+class PopulationBasedTraining:
+    """PBT's generations (an ``Algorithm`` of ``driver``): it only decides.
+
+    Generation ``g`` advances every member from epoch ``g · interval`` with its current
+    hyperparameters; before it (``g > 0``), each sub-population's bottom ``fraction`` copy a
+    top-``fraction`` member's state (``Stage.copy``) and explore its hyperparameters
+    (``explore_value``, a generator seeded from ``explore_key`` and ``g - 1``). Rows carry the
+    generation, the parent and the schedule (the lineage of the weights); ``lineage`` records every
+    exploit.
+    """
+
+    def __init__(
+        self, trials: Sequence[Trial], subpopulations: Mapping[Any, Sequence[Trial]], varying: Mapping[str, Any],
+        epochs: int, interval: int, exploit: Exploit, explore_key: jax.Array,
+        rank: Callable[[Sequence[Trial], Any], list[Trial]],
+    ) -> None:
+        self.trials, self.subpopulations, self.varying = list(trials), subpopulations, varying
+        self.epochs, self.interval, self.exploit, self.explore_key, self.rank = epochs, interval, exploit, explore_key, rank
+        self.generations = -(-epochs // interval)
+        self.generation = 0
+        self.current = {m.position: {name: m.hparams[name] for name in varying} for m in trials}
+        self.schedules: dict[int, list[dict[str, Any]]] = {m.position: [] for m in trials}
+        self.segments = self.schedules
+        self.parents: dict[int, str | None] = {m.position: None for m in trials}
+        self.lineage: list[dict[str, Any]] = []
+
+    def planned(self) -> list[tuple[int, int]]:
+        return [(len(self.trials), min((g + 1) * self.interval, self.epochs) - g * self.interval)
+                for g in range(self.generations)]
+
+    def next_stage(self, last: Any) -> Stage | None:
+        generation = self.generation
+        copies: dict[int, int] = {}
+        if generation:  # the generation before has trained
+            self.schedules = self.segments
+            if generation == self.generations:
+                return None
+            copies = self._exploit_and_explore(generation - 1, last)
+        self.generation += 1
+        start, end = generation * self.interval, min((generation + 1) * self.interval, self.epochs)
+        self.segments = {
+            m.position: _segments_with(self.schedules[m.position], {
+                "member": m.config_id, "from_epoch": start, "to_epoch": end,
+                "hparams": dict(self.current[m.position]),
+            })
+            for m in self.trials
+        }
+        parents, segments = dict(self.parents), self.segments
+
+        def fields(member: Trial) -> dict[str, Any]:
+            return {"generation": generation, "epochs_trained": end, "parent": parents[member.position],
+                    "schedule": segments[member.position]}
+
+        return Stage(
+            name=f"g{generation}", trials=tuple(self.trials), epochs=end - start, fresh=generation == 0,
+            label=f"generation {generation} (epochs {start}-{end})", fields=fields,
+            done_with=f"g{generation - 1}" if generation else None,
+            hparams={position: dict(values) for position, values in self.current.items()}, copy=copies,
+        )
+
+    def _exploit_and_explore(self, generation: int, last: Any) -> dict[int, int]:
+        """After ``generation``: who copies whom (``{loser: winner}`` positions); the losers' new values and lineage."""
+        rng = np.random.default_rng(
+            np.asarray(jax.random.key_data(host_keys.fold_in(self.explore_key, generation)), np.uint32)
+        )
+        end = min((generation + 1) * self.interval, self.epochs)
+        self.parents = {m.position: None for m in self.trials}
+        copies = {}
+        for members in self.subpopulations.values():
+            cut = math.floor(self.exploit.fraction * len(members))
+            ranked = self.rank(members, last)
+            top, bottom = ranked[:cut], ranked[-cut:]
+            for loser in bottom:
+                winner = top[int(rng.integers(len(top)))]
+                copies[loser.position] = winner.position
+                self.parents[loser.position] = winner.config_id
+                self.schedules[loser.position] = list(self.schedules[winner.position])
+                self.current[loser.position] = {
+                    name: explore_value(self.varying[name], self.current[winner.position][name], rng,
+                                        self.exploit.perturb, self.exploit.resample_probability)
+                    for name in self.varying
+                }
+                self.lineage.append({"generation": generation, "epoch": end, "member": loser.config_id,
+                                     "parent": winner.config_id, "hparams": dict(self.current[loser.position])})
+        return copies
 
 
 def replay(

@@ -16,8 +16,8 @@ axis per config, and are gathered into chunks (padding repeats the last config) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -39,11 +39,41 @@ def empty_states(abstract: Any, leading: tuple[int, ...]) -> Any:
     return jax.tree.map(lambda leaf: np.zeros((*leading, *leaf.shape), leaf.dtype), abstract)
 
 
-class StatePool:
-    """Every config's state between calls, on the host: ``{config position: pytree with a leading (S,) axis}``.
+class DeviceChunk:
+    """A chunk's new states as the program returned them, left on the devices; copied to the host once, if ever."""
 
-    ``gather`` stacks a chunk's states (repeating the last to pad it to ``C``), ``scatter`` stores a
-    chunk's outputs back; ``loaders`` fetch states not in memory (from a checkpoint) on demand.
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self._host: Any = None
+
+    def host(self) -> Any:
+        if self._host is None:
+            self._host = jax.device_get(self.state)
+        return self._host
+
+
+class _Slot(NamedTuple):
+    """A position's state: row ``index`` of a ``DeviceChunk``."""
+
+    chunk: DeviceChunk
+    index: int
+
+
+@jax.jit
+def _take(state: Any, rows: jax.Array) -> Any:
+    """Rows ``rows`` of every leaf of a chunk's states, on the devices (a re-packed or exploited chunk)."""
+    return jax.tree.map(lambda leaf: leaf[rows], state)
+
+
+class StatePool:
+    """Every config's state between calls: ``{config position: pytree with a leading (S,) axis}``.
+
+    A trained chunk's states stay where the program left them (``scatter`` of a ``DeviceChunk``:
+    each position a row of it); ``gather`` hands the next call the same chunk when it holds the
+    same members in the same rows, a gather of its rows on the devices when they come from one
+    chunk in another order (PBT's exploit), and otherwise host arrays stacked from each position's
+    row (repeating the last to pad to ``C``). ``loaders`` fetch states not in memory (from a
+    checkpoint) on demand.
     """
 
     def __init__(self) -> None:
@@ -53,24 +83,57 @@ class StatePool:
     def has(self, position: int) -> bool:
         return position in self.states or position in self.loaders
 
-    def get(self, position: int) -> Any:
+    def _entry(self, position: int) -> Any:
+        """The held entry of ``position`` (a ``_Slot`` or host arrays), loaded on demand.
+
+        A loader reads a whole saved chunk; a position of that chunk whose state is newer (trained
+        since, or registered to a later chunk) keeps its own.
+        """
         if position not in self.states:
             if position not in self.loaders:
                 raise KeyError(f"no state for config {position}: it was never trained")
-            self.states.update(self.loaders.pop(position)())
+            loader = self.loaders.pop(position)
+            for loaded, state in loader().items():
+                if loaded == position or self.loaders.get(loaded) is loader:
+                    self.states[loaded] = state
+                    self.loaders.pop(loaded, None)
         return self.states[position]
+
+    def get(self, position: int) -> Any:
+        """``position``'s state as host arrays."""
+        entry = self._entry(position)
+        if isinstance(entry, _Slot):
+            return jax.tree.map(lambda leaf: leaf[entry.index], entry.chunk.host())
+        return entry
 
     def gather(self, positions: Sequence[int], configs: int) -> Any:
         """The chunk's states ``(C, S, ...)``: ``positions`` then the last one again up to ``configs``."""
         padded = list(positions) + [positions[-1]] * (configs - len(positions))
+        entries = [self._entry(p) for p in padded]
+        if all(isinstance(e, _Slot) and e.chunk is entries[0].chunk for e in entries):
+            rows = [e.index for e in entries]
+            leading = jax.tree.leaves(entries[0].chunk.state)[0].shape[0]
+            if leading == configs and rows[: len(positions)] == list(range(len(positions))):
+                return entries[0].chunk.state  # the members where the last call left them
+            return _take(entries[0].chunk.state, np.asarray(rows, np.int32))
         trees = [self.get(p) for p in padded]
         return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
 
     def scatter(self, positions: Sequence[int], chunk_state: Any) -> None:
-        """Store rows ``0 .. len(positions) - 1`` of a chunk's ``(C, S, ...)`` states under ``positions``."""
+        """Store rows ``0 .. len(positions) - 1`` of a chunk's ``(C, S, ...)`` states (a ``DeviceChunk`` or host arrays)."""
         for i, position in enumerate(positions):
-            self.states[position] = jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), chunk_state)
+            if isinstance(chunk_state, DeviceChunk):
+                self.states[position] = _Slot(chunk_state, i)
+            else:
+                self.states[position] = jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), chunk_state)
             self.loaders.pop(position, None)
+
+    def copy(self, sources: Mapping[int, int]) -> None:
+        """Position ``p`` takes the state of position ``sources[p]`` (all read before any is replaced): PBT's exploit."""
+        taken = {target: self._entry(source) for target, source in sources.items()}
+        for target, entry in taken.items():
+            self.states[target] = entry
+            self.loaders.pop(target, None)
 
     def drop(self, positions: Sequence[int]) -> None:
         """Forget the states of ``positions`` (runs cut from the search)."""

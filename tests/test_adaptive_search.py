@@ -393,3 +393,22 @@ def test_sharded_over_two_devices_the_searches_find_the_same(two_devices, hyperb
         for row in first:  # the first stage, before any choice: the same runs up to float32 rounding
             assert row["final_cost"] == pytest.approx(by_id[row["id"]]["final_cost"], rel=1e-4)
             assert abs(row["dev_accuracy"] - by_id[row["id"]]["dev_accuracy"]) <= 1 / m_dev + 1e-6
+
+
+def test_the_state_pool_reads_a_checkpoint_only_when_a_state_is_needed() -> None:
+    loads = []
+
+    def loader() -> dict[int, Any]:  # a saved chunk holding positions 0 and 1
+        loads.append(1)
+        return {0: {"w": np.zeros(2)}, 1: {"w": np.ones(2)}}
+
+    pool = states_lib.StatePool()
+    pool.loaders.update({0: loader, 1: loader})
+    pool.copy({2: 1})  # PBT's exploit of a state still on disk: nothing read
+    assert loads == [] and pool.has(2)
+    pool.scatter([0], {"w": np.full((1, 2), 7.0)})  # position 0 trained since the chunk was saved
+    np.testing.assert_array_equal(pool.get(2)["w"], np.ones(2))  # read now, for the copy
+    np.testing.assert_array_equal(pool.get(1)["w"], np.ones(2))
+    np.testing.assert_array_equal(pool.get(0)["w"], np.full(2, 7.0))  # the newer state is kept
+    pool.drop([2])
+    assert not pool.has(2)

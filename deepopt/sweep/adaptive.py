@@ -40,6 +40,7 @@ from deepopt.sweep.engine import (
     RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, in_order, replicate_splits, split_shapes,
 )
 from deepopt.sweep.engine import _compile as engine_compile
+from deepopt.sweep import options as options_lib
 from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
@@ -186,20 +187,21 @@ class Search:
         *,
         key: jax.Array,
         num_configs: int,
-        seeds: int,
-        metric: str,
         max_epochs: int,
-        results_path: str | os.PathLike | None,
-        resume: bool,
-        progress: Callable[[Any], None] | None,
-        test: data_lib.Dataset | None,
-        sampler: Any,
-        chunk_size: int | None,
-        devices: Sequence[Any] | None,
         hparams: train_lib.HParams | None,
+        options: options_lib.Options,
         arguments: Mapping[str, Any],
     ) -> Search:
-        """Check every argument (before anything compiles), plan the configs, check the data against each group."""
+        """Check every argument (before anything compiles), plan the configs, check the data against each group.
+
+        ``options``: the search's resolved ``Options`` (what the stage engine cannot honour yet is
+        refused, naming it; ``chunk_size="auto"`` is the search's own choice); ``arguments``: the
+        method's own, recorded in the manifest.
+        """
+        shared = options_lib.adaptive_arguments(method, options)
+        seeds, metric, results_path, resume = shared["seeds"], shared["metric"], shared["results_path"], shared["resume"]
+        progress, test, sampler, chunk_size = shared["progress"], shared["test"], shared["sampler"], shared["chunk_size"]
+        devices = shared["devices"]
         if not isinstance(base_config, train_lib.Config):
             raise TypeError(f"config must be a deepopt.train.Config, got {type(base_config).__name__}")
         task = base_config.task

@@ -219,7 +219,7 @@ def successive_halving(
     num_configs = _check_count("num_configs", num_configs)
     search = Search.create(
         "successive_halving", config, space, train, dev, key=key, num_configs=num_configs, max_epochs=max_epochs,
-        hparams=hparams, **options_lib.adaptive_arguments("successive_halving", settings),
+        hparams=hparams, options=settings,
         arguments={"num_configs": num_configs, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
     )
     rungs = rung_epochs(min_epochs, max_epochs, eta)
@@ -264,7 +264,7 @@ def hyperband(
     brackets = hyperband_brackets(min_epochs, max_epochs, eta)
     search = Search.create(
         "hyperband", config, space, train, dev, key=key, num_configs=sum(b["configs"] for b in brackets),
-        max_epochs=max_epochs, hparams=hparams, **options_lib.adaptive_arguments("hyperband", settings),
+        max_epochs=max_epochs, hparams=hparams, options=settings,
         arguments={"min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta},
     )
     start, assigned = 0, []

@@ -137,7 +137,7 @@ def median_stopping(
     ``stats["checkpoints"]`` the epochs looked at.
     """
     settings = options_lib.resolve("median_stopping", options, option_fields)
-    arguments = options_lib.adaptive_arguments("median_stopping", settings)
+    options_lib.adaptive_arguments("median_stopping", settings)  # what the engine cannot honour, refused first
     num_configs = _check_count("num_configs", num_configs)
     max_epochs = _check_count("max_epochs", max_epochs)
     interval = _check_count("interval", interval)
@@ -149,7 +149,7 @@ def median_stopping(
     grace_epochs = _check_count("grace_epochs", grace_epochs)
     search = Search.create(
         "median_stopping", config, space, train, dev, key=key, num_configs=num_configs, max_epochs=max_epochs,
-        hparams=hparams, **arguments,
+        hparams=hparams, options=settings,
         arguments={"num_configs": num_configs, "max_epochs": max_epochs, "interval": interval,
                    "grace_epochs": grace_epochs, "min_trials": MIN_TRIALS},
     )

@@ -153,8 +153,7 @@ def pbt(
         raise TypeError(f"pbt: exploit must be a deepopt.sweep.Exploit, got {type(exploit).__name__}")
     exploit = dataclasses.replace(exploit, **{name: fields.pop(name) for name in EXPLOIT_FIELDS if name in fields})
     settings = options_lib.resolve("pbt", options, fields)
-    arguments = options_lib.adaptive_arguments("pbt", settings)
-    if arguments.pop("chunk_size") is not None:
+    if options_lib.adaptive_arguments("pbt", settings)["chunk_size"] is not None:
         raise ValueError(f"pbt trains each sub-population as one chunk: leave chunk_size at 'auto', "
                          f"got {settings.chunk_size!r}")
     fraction, perturb, resample_probability = exploit.fraction, exploit.perturb, exploit.resample_probability
@@ -164,7 +163,7 @@ def pbt(
     exploit = Exploit(fraction, perturb, resample_probability)
     search = Search.create(
         "pbt", config, space, train, dev, key=key, num_configs=population, max_epochs=epochs, hparams=hparams,
-        chunk_size=None, **arguments,
+        options=settings,
         arguments={"population": population, "epochs": epochs, "interval": interval, "fraction": fraction,
                    "perturb": list(perturb), "resample_probability": resample_probability},
     )

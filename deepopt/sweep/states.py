@@ -59,6 +59,13 @@ class _Slot(NamedTuple):
     index: int
 
 
+class _Pending(NamedTuple):
+    """A position's state still in a saved chunk: ``loader()[source]``, read only if the state is ever needed."""
+
+    loader: Callable[[], dict[int, Any]]
+    source: int
+
+
 @jax.jit
 def _take(state: Any, rows: jax.Array) -> Any:
     """Rows ``rows`` of every leaf of a chunk's states, on the devices (a re-packed or exploited chunk)."""
@@ -97,7 +104,10 @@ class StatePool:
                 if loaded == position or self.loaders.get(loaded) is loader:
                     self.states[loaded] = state
                     self.loaders.pop(loaded, None)
-        return self.states[position]
+        entry = self.states[position]
+        if isinstance(entry, _Pending):  # a copy of a state that was still on disk
+            entry = self.states[position] = entry.loader()[entry.source]
+        return entry
 
     def get(self, position: int) -> Any:
         """``position``'s state as host arrays."""
@@ -129,8 +139,19 @@ class StatePool:
             self.loaders.pop(position, None)
 
     def copy(self, sources: Mapping[int, int]) -> None:
-        """Position ``p`` takes the state of position ``sources[p]`` (all read before any is replaced): PBT's exploit."""
-        taken = {target: self._entry(source) for target, source in sources.items()}
+        """Position ``p`` takes the state of position ``sources[p]`` as it is now: PBT's exploit.
+
+        Nothing is read: a state still on disk is copied as its loader (read if the target's state
+        is ever needed; a stage read back from the file needs none).
+        """
+        taken = {}
+        for target, source in sources.items():
+            if source in self.states:
+                taken[target] = self.states[source]
+            elif source in self.loaders:
+                taken[target] = _Pending(self.loaders[source], source)
+            else:
+                raise KeyError(f"no state for config {source}: it was never trained")
         for target, entry in taken.items():
             self.states[target] = entry
             self.loaders.pop(target, None)

@@ -412,3 +412,16 @@ def test_the_state_pool_reads_a_checkpoint_only_when_a_state_is_needed() -> None
     np.testing.assert_array_equal(pool.get(0)["w"], np.full(2, 7.0))  # the newer state is kept
     pool.drop([2])
     assert not pool.has(2)
+
+
+def test_every_search_reports_progress_with_one_record() -> None:
+    train_set, dev_set = tiny_data()
+    lines: list[sweep.Progress] = []
+    sweep.successive_halving(ADAM, SPACE, train_set, dev_set, key=jax.random.key(3), num_configs=4, min_epochs=1,
+                             max_epochs=2, eta=2, progress=lines.append)
+    sweep.run(ADAM, SPACE, train_set, dev_set, key=jax.random.key(3), num_configs=2, progress=lines.append)
+    assert all(isinstance(line, sweep.Progress) for line in lines)
+    stages = [line for line in lines if line.unit == "run-stages"]
+    assert stages[-1].done == stages[-1].total == (4 + 2) and stages[0].stage.startswith("bracket 0 rung 0")
+    assert str(stages[-1]).startswith("[6/6 run-stages] bracket 0 rung 1 (2 epochs): ")
+    assert str(lines[-1]).startswith("[2/2 runs] group 1/1 (all) chunk 1/1: ")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -45,7 +44,9 @@ from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import _as_dataset, _key_words, _sampler_text, check_metric, model_based_source
+from deepopt.sweep.search import (
+    Progress, _as_dataset, _key_words, _sampler_text, check_metric, model_based_source, progress_of,
+)
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip, lock_results, read_rows
@@ -64,23 +65,7 @@ def states_path(results_path: str | os.PathLike) -> str:
     return beside(results_path, STATES_SUFFIX)
 
 
-class StageProgress(NamedTuple):
-    """One finished chunk of an adaptive search; ``str(progress)`` is the progress line."""
-
-    done: int  # run-stages finished (computed now or read back)
-    total: int  # run-stages the search plans
-    resumed: int
-    stage: str  # e.g. "bracket 0 rung 2 (9 epochs)", "generation 3"
-    chunks: int  # chunks computed so far in this call
-    runs_per_second: float
-    eta_seconds: float
-    elapsed_seconds: float
-
-    def __str__(self) -> str:
-        eta = f"{self.eta_seconds:.0f} s" if math.isfinite(self.eta_seconds) else "?"
-        resumed = f" ({self.resumed} resumed)" if self.resumed else ""
-        return (f"[{self.done}/{self.total} run-stages{resumed}] {self.stage}: {self.runs_per_second:.1f} runs/s, "
-                f"ETA {eta}")
+StageProgress = Progress  # the stage searches' progress: run-stages, the stage as its label
 
 
 class Trial(NamedTuple):
@@ -501,16 +486,14 @@ class Search:
         padded = list(members) + [members[-1]] * (configs - len(members))
         return [dict(m.hparams) | dict((overrides or {}).get(m.position, {})) for m in padded]
 
-    def execute(
-        self, members: Sequence[Trial], configs: int, state_in: Any, epochs: int, values: Sequence[Mapping[str, Any]]
-    ) -> tuple[Any, dict[str, np.ndarray], float]:
-        """Run the group's program on one chunk: ``state_in`` (None: fresh) for ``epochs``; device states, scalars, s/run."""
-        return self.chunk_call(members, configs, state_in, epochs, values)()
-
     def chunk_call(
         self, members: Sequence[Trial], configs: int, state_in: Any, epochs: int, values: Sequence[Mapping[str, Any]]
     ) -> Callable[[], tuple[Any, dict[str, np.ndarray], float]]:
-        """``execute`` prepared here (program compiled, inputs made) as a call that any thread can make."""
+        """One chunk's run prepared here (program compiled, inputs made) as a call that any thread can make.
+
+        The call runs the group's stage program on the chunk, ``state_in`` (None: fresh) for
+        ``epochs``, and returns the device states, the host scalars and the seconds per run.
+        """
         config = members[0].config
         compiled = self._program(config, configs, self.group_dropout(config))
         mesh = Mesh(np.asarray(self.devices), (RUN_AXIS,))
@@ -646,11 +629,8 @@ class Search:
     def _report(self, label: str, total: int) -> None:
         if self.progress is None:
             return
-        elapsed = time.perf_counter() - self.start
-        finished = self.computed + self.resumed
-        rate = self.computed / elapsed if elapsed > 0 else float("inf")
-        eta = (total - finished) / rate if rate > 0 else float("inf")
-        self.progress(StageProgress(finished, total, self.resumed, label, self.chunks, rate, eta, elapsed))
+        self.progress(progress_of(self.start, self.computed, self.resumed, total, (0, 0, self.chunks, 0), label,
+                                  "run-stages"))
 
     def results(self, final_rows: list[dict[str, Any]], extra_stats: Mapping[str, Any]) -> Results:
         """``Results`` of the search: ``final_rows`` (each run's last row), the history, the stats."""

@@ -50,7 +50,13 @@ MODEL_BASED_ROUNDS = 8  # a model-based sweep's default rounds of ask, train, te
 
 
 class Progress(NamedTuple):
-    """One finished chunk; ``str(progress)`` is the progress line."""
+    """One finished chunk of any search (``sweep.run`` and the stage searches); ``str(progress)`` is the line.
+
+    ``done`` of ``total`` runs (``unit``: a stage search counts run-stages), ``resumed`` of them read
+    back; ``group`` of ``groups`` and ``chunk`` of ``chunks``: where ``sweep.run`` is in its plan (a
+    stage search has ``groups = 0`` and counts in ``chunk`` the chunks it computed); ``label``: the
+    group's static choices or the stage (``stage`` reads it).
+    """
 
     done: int
     total: int
@@ -63,14 +69,33 @@ class Progress(NamedTuple):
     eta_seconds: float
     elapsed_seconds: float
     label: str
+    unit: str = "runs"
+
+    @property
+    def stage(self) -> str:
+        """A stage search's stage (``label``), e.g. ``bracket 0 rung 2 (9 epochs)``."""
+        return self.label
 
     def __str__(self) -> str:
         eta = f"{self.eta_seconds:.0f} s" if math.isfinite(self.eta_seconds) else "?"
         resumed = f" ({self.resumed} resumed)" if self.resumed else ""
-        return (
-            f"[{self.done}/{self.total} runs{resumed}] group {self.group}/{self.groups} ({self.label}) "
-            f"chunk {self.chunk}/{self.chunks}: {self.runs_per_second:.1f} runs/s, ETA {eta}"
-        )
+        where = (f"group {self.group}/{self.groups} ({self.label}) chunk {self.chunk}/{self.chunks}" if self.groups
+                 else self.label)
+        return f"[{self.done}/{self.total} {self.unit}{resumed}] {where}: {self.runs_per_second:.1f} runs/s, ETA {eta}"
+
+
+def progress_of(
+    start: float, computed: int, resumed: int, total: int, where: tuple[int, int, int, int], label: str,
+    unit: str = "runs",
+) -> Progress:
+    """The ``Progress`` of a search that started at ``start`` (``perf_counter``) and has ``computed`` + ``resumed`` done.
+
+    Runs per second count this call's computed runs over its elapsed time; the ETA is the rest at that rate.
+    """
+    elapsed = time.perf_counter() - start
+    rate = computed / elapsed if elapsed > 0 else float("inf")
+    eta = (total - computed - resumed) / rate if rate > 0 else float("inf")
+    return Progress(computed + resumed, total, resumed, *where, rate, eta, elapsed, label, unit)
 
 
 def _metric_fields(task: tasks.Task, dev: Any, test: Any) -> tuple[str, ...]:
@@ -619,13 +644,8 @@ class _Sweep:
         """Send one ``Progress`` line: runs done, runs per second of this call, ETA."""
         if self.progress is None:
             return
-        elapsed = time.perf_counter() - self.start
-        finished = self.resumed + self.computed
-        rate = self.computed / elapsed if elapsed > 0 else float("inf")
-        eta = (self.total - finished) / rate if rate > 0 else float("inf")
-        self.progress(
-            Progress(finished, self.total, self.resumed, group, self.groups, chunk, chunks, rate, eta, elapsed, label)
-        )
+        self.progress(progress_of(self.start, self.computed, self.resumed, self.total,
+                                  (group, self.groups, chunk, chunks), label))
 
 
 def _group_program(

@@ -144,3 +144,34 @@ def test_a_torn_file_is_refused_saying_how_to_repair_it(searched, tmp_path) -> N
     path.write_text(whole.replace(whole.splitlines()[1], "{not json"))
     with pytest.raises(ValueError, match=r"results.jsonl:2 is not a JSON row of a sweep"):
         sweep.load(path)
+
+
+@pytest.mark.parametrize("name", ["random", "successive_halving"])
+def test_a_record_written_before_tasks_is_resumed_as_one_call(name, searched, tmp_path):
+    """A record of the version before tasks (no ``directions``, no ``task`` in the config) resumes in place."""
+    _, loaded, path = searched[name]
+    copy = tmp_path / path.name
+    for suffix in ("", ".record.json", ".curves.jsonl", ".search.json"):
+        source = pathlib.Path(str(path).removesuffix(".jsonl") + suffix) if suffix else path
+        if source.exists():
+            (tmp_path / source.name).write_bytes(source.read_bytes())
+    states = pathlib.Path(str(path).removesuffix(".jsonl") + ".states")
+    if states.exists():
+        import shutil
+
+        shutil.copytree(states, tmp_path / states.name)
+    record = sweep.record_path(copy)
+
+    def older(node):
+        if isinstance(node, dict):
+            return {k: older(v) for k, v in node.items() if k != "directions" and not (k == "task")}
+        return [older(v) for v in node] if isinstance(node, list) else node
+
+    with open(record, encoding="utf-8") as stream:
+        written = json.load(stream)
+    with open(record, "w", encoding="utf-8") as stream:
+        json.dump(older(written), stream)
+    SEARCHES[name](copy)  # the same call again, resumed
+    with open(record, encoding="utf-8") as stream:
+        assert len(json.load(stream)["calls"]) == 1
+    assert sweep.load(copy).rows == loaded.rows

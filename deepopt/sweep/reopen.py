@@ -135,6 +135,23 @@ def _write_record(path: str, calls: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _call_identity(call: Mapping[str, Any]) -> str:
+    """What identifies a recorded call, as canonical JSON: the call less its results (``stats``, ``finished``,
+    ``row_ids``) and less what a record written before tasks lacks: ``directions``, and a ``task`` that is
+    ``"classification"`` (the default). A resumed call thus replaces its own entry of an older record."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: strip(value) for key, value in node.items()
+                    if key != "directions" and not (key == "task" and value == "classification")}
+        if isinstance(node, list):
+            return [strip(item) for item in node]
+        return node
+
+    return json.dumps(strip({k: v for k, v in call.items() if k not in ("stats", "finished", "row_ids")}),
+                      sort_keys=True)
+
+
 def record_call(
     results_path: str | os.PathLike, call: Mapping[str, Any], *, fresh: bool, results: Results | None = None,
 ) -> None:
@@ -148,9 +165,8 @@ def record_call(
     path = record_path(results_path)
     entry = _plain({**call, "space": space_to_json(call["space"])})
     calls = [] if fresh else list((_read_record(path) or {"calls": []})["calls"])
-    identity = json.dumps(entry, sort_keys=True)
-    calls = [c for c in calls if json.dumps({k: v for k, v in c.items() if k not in ("stats", "finished", "row_ids")},
-                                            sort_keys=True) != identity]
+    identity = _call_identity(entry)
+    calls = [c for c in calls if _call_identity(c) != identity]
     finished = {} if results is None else {"stats": _plain(dict(results.stats)), "row_ids": [r["id"] for r in results.rows]}
     calls.append({**entry, "finished": results is not None, "stats": None, "row_ids": None, **finished})
     _write_record(path, calls)

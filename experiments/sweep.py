@@ -244,6 +244,8 @@ def check_manifest(output_dir: pathlib.Path, manifest: dict[str, Any], say: Any)
     differences = []
     old_flags, new_flags = recorded.get("flags", {}), common.to_jsonable(manifest["flags"])
     for name in sorted(set(old_flags) | set(new_flags)):
+        if name not in old_flags and name in FLAGS and new_flags.get(name) == common.to_jsonable(FLAGS[name].default):
+            continue  # a flag newer than the manifest, at its default: what the older sweep did (--task)
         if old_flags.get(name) != new_flags.get(name):
             differences.append(f"--{name} was {_flag_text(old_flags.get(name))}, now {_flag_text(new_flags.get(name))}")
     if recorded.get("data_fingerprint") != manifest["data_fingerprint"]:

@@ -102,6 +102,22 @@ def test_resume_with_other_flags_is_refused_naming_them(finished_sweep, changed,
     assert snapshot(directory) == before  # nothing appended, nothing rewritten
 
 
+def test_a_manifest_without_a_newer_flag_resumes_at_its_default(finished_sweep, tmp_path):
+    """A sweep written before --task existed (its manifest lacks it) resumes; another task is refused."""
+    directory, env = finished_sweep
+    older = tmp_path / "older"
+    older.mkdir()
+    for name, content in snapshot(directory).items():
+        (older / name).write_bytes(content)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["flags"]["task"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    other = run_study(f"--output_dir={older}", "--resume", "--task=regression", *TINY, env=env)
+    assert other.returncode == 2 and "--task was unset, now regression" in other.stderr, other.stderr
+    same = run_study(f"--output_dir={older}", "--resume", *TINY, env=env)
+    assert same.returncode == 0 and "0 trained now, 2 resumed" in same.stdout, same.stderr
+
+
 def test_resume_with_another_data_file_is_refused(finished_sweep, tmp_path):
     directory, env = finished_sweep
     for name, shift in (("a.csv", 0.0), ("b.csv", 1.0)):

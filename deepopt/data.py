@@ -469,7 +469,11 @@ def validate(
     if y.ndim == 1 and (
         not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0)
     ):
-        raise ValueError(f"{source}: labels must be integer class ids 0..C-1, got values {np.unique(y)[:10].tolist()}")
+        hint = (" (float targets are a regression: targets='floats', --task regression in the studies)"
+                if np.issubdtype(y.dtype, np.number) and np.all(np.isfinite(y)) and np.any(y != np.round(y)) else "")
+        raise ValueError(
+            f"{source}: labels must be integer class ids 0..C-1, got values {np.unique(y)[:10].tolist()}{hint}"
+        )
     labels = y.astype(np.int32) if y.ndim == 1 else y
     checked = check_dataset(
         Dataset(X, labels), source, num_classes=num_classes, classes_from="the classes of the training data",

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from background import study
+from background import Run, study
 
 from deepopt import data, sweep, tasks, train
 
@@ -21,8 +21,17 @@ ADAPTIVE = study("adaptive_search", "--output_dir={dir}/out", "--quick", "--task
 WRONG_DATASET = study("sweep", "--output_dir={dir}/out", "--task=regression", "--dataset=moons")
 BASELINE = study("regression_baseline", "--num_configs=2", "--epochs=3", "--n_train=60", "--n_dev=30", "--n_test=30",
                  "--hidden=8", "--output={dir}/baseline.json")
+WRITE_CSV_THEN_RUN = (  # a user's float-target CSV (header, last column the target), then the study on it
+    "import numpy as np, runpy, sys; out = sys.argv.pop(1); rng = np.random.default_rng(0); "
+    "X = rng.uniform(size=(160, 3)); y = X @ [1.0, 2.0, 3.0] + 0.1 * rng.normal(size=160); "
+    "np.savetxt(out, np.c_[X, y], delimiter=',', header='a,b,c,target', comments=''); "
+    "sys.argv.append('--data=' + out); runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+MAIN_CSV = Run(("-c", WRITE_CSV_THEN_RUN, "{dir}/reg.csv", "experiments.sweep", "--output_dir={dir}/out",
+                "--task=regression", "--num_configs=4", "--num_seeds=1", "--epochs=10", "--zoom_configs=0"),
+               name="main-regression-csv")
 BACKGROUND = {"main_regression": [MAIN], "adaptive_regression": [ADAPTIVE], "wrong_dataset": [WRONG_DATASET],
-              "baseline": [BASELINE]}
+              "baseline": [BASELINE], "main_csv": [MAIN_CSV]}
 
 REGRESSION = tasks.regression()
 SPACE = {"learning_rate": sweep.log_uniform(1e-3, 0.1), "l2": sweep.log_uniform(1e-4, 1e-1)}
@@ -384,3 +393,22 @@ def test_the_regression_baseline_measures_sklearn_and_the_sweep(background_runs)
     assert set(measured) == {"LinearRegression", "MLPRegressor", "deepopt sweep"}
     assert all(np.isfinite(entry["dev_r2"]) for entry in measured.values())
     assert "| deepopt sweep |" in finished.completed.stdout
+
+
+def test_a_float_label_file_names_the_regression_way(tmp_path):
+    path = tmp_path / "reg.csv"
+    path.write_text("a,target\n0.1,1.5\n0.2,2.25\n0.3,0.75\n")
+    with pytest.raises(ValueError, match="float targets are a regression: targets='floats', --task regression"):
+        data.load(path)
+    loaded = data.load(path, targets="floats")
+    np.testing.assert_array_equal(loaded.y, np.asarray([1.5, 2.25, 0.75], np.float32))
+    with pytest.raises(ValueError, match=r"non-finite target \(nan\) at index 1"):
+        data.validate(np.ones((2, 1)), np.asarray([1.0, np.nan]), targets="floats")
+
+
+def test_the_main_job_reads_a_float_target_csv(background_runs):
+    finished = background_runs.result(MAIN_CSV)
+    assert finished.completed.returncode == 0, finished.completed.stderr
+    summary = json.loads((finished.dir / "out" / "results.json").read_text())
+    assert summary["task"] == "regression" and summary["settings"]["data"].endswith("reg.csv (test: 25% held out)")
+    assert summary["leaderboard"][0]["dev_r2"]["mean"] > 0.5  # a linear target: learnt

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -49,7 +48,7 @@ from deepopt.sweep.search import (
 )
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip, lock_results, read_rows
+from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip
 
 MANIFEST_SUFFIX = ".search.json"
 STATES_SUFFIX = ".states"
@@ -281,45 +280,16 @@ class Search:
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Search]:
-        """Hold the results file's lock; check or write the manifest; read the rows already there (``resume``)."""
+        """Hold the results file (``reopen.writing``: the lock, the manifest, the rows already there, the record)."""
         if self.results_path is None:
             yield self
             return
-        with lock_results(self.results_path):
-            manifest = manifest_path(self.results_path)
-            if self.resume and os.path.exists(manifest):
-                with open(manifest, encoding="utf-8") as stream:
-                    before = json.load(stream)
-                if isinstance(before.get("config"), dict):  # written before Config had a task: a classification
-                    before["config"].setdefault("task", "classification")
-                differ = sorted(name for name in set(before) | set(self.arguments)
-                                if before.get(name) != self.arguments.get(name))
-                if differ:
-                    raise ValueError(
-                        f"resume: {self.results_path} holds another search (its {', '.join(differ)} "
-                        f"{'differs' if len(differ) == 1 else 'differ'}: was "
-                        + "; ".join(f"{name}={before.get(name)!r}" for name in differ[:3])
-                        + "); use another results_path or resume=False"
-                    )
-            elif self.resume and os.path.getsize(self.results_path) > 0:
-                raise ValueError(
-                    f"resume: {self.results_path} holds rows but no {os.path.basename(manifest)}: "
-                    "it was not written by an adaptive search; use another results_path or resume=False"
-                )
-            if self.resume:
-                for row in read_rows(self.results_path, repair=True):
-                    self.done.setdefault(row["id"], row)
-            else:
-                with open(self.results_path, "w", encoding="utf-8") as stream:
-                    os.fsync(stream.fileno())
-                shutil.rmtree(states_path(self.results_path), ignore_errors=True)
-            tmp = manifest + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as stream:
-                json.dump(self.arguments, stream, indent=1, sort_keys=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, manifest)
-            reopen.record_call(self.results_path, self._call(), fresh=not self.resume)
+        with reopen.writing(
+            self.results_path, self._call(), resume=self.resume,
+            manifest=(manifest_path(self.results_path), self.arguments), fresh_files=[states_path(self.results_path)],
+        ) as done:
+            for row_id, row in done.items():
+                self.done.setdefault(row_id, row)
             yield self
 
     # ---------------------------------------------------------------- chunks

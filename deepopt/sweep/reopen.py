@@ -10,17 +10,21 @@ yesterday's search as on today's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+import jax
 
 import numpy as np
 
 from deepopt import modules
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.space import Choice, Grid, LogUniform, OneMinusLogUniform, Uniform
-from deepopt.sweep.store import beside, curves_path, read_curves, read_rows
+from deepopt.sweep.store import _resume, beside, curves_path, lock_results, read_curves, read_rows
 
 RECORD_FORMAT = "deepopt.sweep results record"
 RECORD_VERSION = 1
@@ -130,6 +134,75 @@ def _write_record(path: str, calls: list[dict[str, Any]]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as stream:
         json.dump({"format": RECORD_FORMAT, "version": RECORD_VERSION, "calls": calls}, stream, indent=1)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def writing(
+    results_path: str | os.PathLike | None,
+    call: Mapping[str, Any],
+    *,
+    resume: bool,
+    ids: Iterable[str] | None = None,
+    legacy: Mapping[str, Any] | None = None,
+    manifest: tuple[str, Mapping[str, Any]] | None = None,
+    fresh_files: Sequence[str] = (),
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """One search call's hold on its results file: the one place every search opens it (process 0 writes).
+
+    Holds the writer's lock (``lock_results``) for the call. With ``manifest`` (``(path, arguments)``,
+    an adaptive search's), a resumed file must hold the same search (refused, naming what
+    differs) and the manifest is written. Reads the rows already there (``store._resume``: the
+    planned ``ids``, every row when None; ``legacy`` v1 rows; every process gets them) or, with
+    ``resume=False``, empties the file and removes ``fresh_files`` (a states directory). Records the
+    call's start (``record_call``). Yields the rows read, by id.
+    """
+    writer = results_path is not None and jax.process_index() == 0
+    with lock_results(results_path) if writer else contextlib.nullcontext():
+        if writer and manifest is not None:
+            _check_manifest(os.fspath(results_path), *manifest, resume)
+        done = _resume(results_path, ids, resume, legacy)
+        if writer:
+            if not resume:
+                for path in fresh_files:
+                    shutil.rmtree(path, ignore_errors=True)
+            if manifest is not None:
+                _write_json_atomically(*manifest)
+            record_call(results_path, call, fresh=not resume)
+        yield done
+
+
+def _check_manifest(results_path: str, manifest: str, arguments: Mapping[str, Any], resume: bool) -> None:
+    """With ``resume``: the manifest beside ``results_path`` must record ``arguments`` (a file with rows needs one)."""
+    if not resume:
+        return
+    if os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as stream:
+            before = json.load(stream)
+        if isinstance(before.get("config"), dict):  # written before Config had a task: a classification
+            before["config"].setdefault("task", "classification")
+        differ = sorted(name for name in set(before) | set(arguments) if before.get(name) != arguments.get(name))
+        if differ:
+            raise ValueError(
+                f"resume: {results_path} holds another search (its {', '.join(differ)} "
+                f"{'differs' if len(differ) == 1 else 'differ'}: was "
+                + "; ".join(f"{name}={before.get(name)!r}" for name in differ[:3])
+                + "); use another results_path or resume=False"
+            )
+    elif os.path.exists(results_path) and os.path.getsize(results_path) > 0:
+        raise ValueError(
+            f"resume: {results_path} holds rows but no {os.path.basename(manifest)}: "
+            "it was not written by an adaptive search; use another results_path or resume=False"
+        )
+
+
+def _write_json_atomically(path: str, value: Mapping[str, Any]) -> None:
+    """``value`` as JSON at ``path``: written to a sibling, fsynced, renamed into place."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as stream:
+        json.dump(value, stream, indent=1, sort_keys=True)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(tmp, path)

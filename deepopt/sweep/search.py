@@ -43,7 +43,7 @@ from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.store import _append_rows, _resume, curve_row, data_fingerprint, lock_results, read_curves
+from deepopt.sweep.store import _append_rows, curve_row, data_fingerprint, read_curves
 
 
 MODEL_BASED_ROUNDS = 8  # a model-based sweep's default rounds of ask, train, tell
@@ -293,13 +293,10 @@ def _run(
     _check_data(grouped, splits, key, devices)
 
     writer = results_path is not None and jax.process_index() == 0
-    with lock_results(results_path) if writer else contextlib.nullcontext():  # one writer per file, from here on
-        reads_file = resume and results_path is not None and jax.process_index() == 0
-        legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
-        done = _resume(results_path, [run_.id for run_ in runs], resume, legacy)
-        call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
-        if writer:
-            reopen.record_call(results_path, call, fresh=not resume)
+    reads_file = resume and writer
+    legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
+    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+    with reopen.writing(results_path, call, resume=resume, ids=[run_.id for run_ in runs], legacy=legacy) as done:
         curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, [r.id for r in runs])
         sweep = _new_sweep(
             devices, splits, data_bytes, memory_budget_bytes, chunk_size, results_path, done, curves, curve_file,
@@ -562,11 +559,8 @@ def _run_model_based(
     rounds = -(-num_configs // per_round)
 
     writer = results_path is not None and jax.process_index() == 0
-    with lock_results(results_path) if writer else contextlib.nullcontext():
-        done = _resume(results_path, None if resume else [], resume)
-        call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
-        if writer:
-            reopen.record_call(results_path, call, fresh=not resume)
+    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+    with reopen.writing(results_path, call, resume=resume, ids=None if resume else []) as done:
         curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, list(done))
         sweep = _new_sweep(
             devices, splits, data_bytes, budget, per_round * seeds, results_path, done, curves, curve_file,

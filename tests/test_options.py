@@ -56,7 +56,7 @@ def test_an_unknown_option_is_refused_naming_it(name) -> None:
 
 
 @pytest.mark.parametrize("name", ["successive_halving", "hyperband", "pbt", "median_stopping"])
-@pytest.mark.parametrize("option, value", [("curves", True), ("memory_budget_bytes", 2**30), ("concurrent_chunks", 1)])
+@pytest.mark.parametrize("option, value", [("curves", True), ("memory_budget_bytes", 2**30)])
 def test_the_adaptive_searches_refuse_what_their_engine_cannot_do_yet(name, option, value) -> None:
     train_set, dev_set = tiny_data()
     before = sweep.compile_count() + sweep.state_compile_count()
@@ -90,3 +90,13 @@ def test_no_public_function_takes_more_than_twelve_parameters() -> None:
     wide = {f"{path.relative_to(ROOT)}:{name}": count for path in sorted((ROOT / "deepopt").rglob("*.py"))
             for name, count in _public_functions(path) if count > 12}
     assert not wide, f"public functions over 12 parameters (group shared options in a dataclass): {wide}"
+
+
+def test_the_stage_searches_take_concurrent_chunks_with_the_same_rows() -> None:
+    train_set, dev_set = tiny_data()
+    one_at_a_time = SEARCHES["successive_halving"](train_set, dev_set, concurrent_chunks=1, chunk_size=2)
+    together = SEARCHES["successive_halving"](train_set, dev_set, concurrent_chunks=2, chunk_size=2)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(one_at_a_time.history) == strip(together.history)
+    with pytest.raises(ValueError, match="concurrent_chunks must be a positive int or None"):
+        SEARCHES["median_stopping"](train_set, dev_set, concurrent_chunks=0)

@@ -157,6 +157,7 @@ class Search:
     compilations: int = 0
     padded_config_steps: int = 0
     device_data: list | None = None
+    concurrent_chunks: int | None = None  # chunks of a stage in flight at once; None: engine.concurrent_chunks
 
     # ---------------------------------------------------------------- setup
 
@@ -185,7 +186,7 @@ class Search:
         shared = options_lib.adaptive_arguments(method, options)
         seeds, metric, results_path, resume = shared["seeds"], shared["metric"], shared["results_path"], shared["resume"]
         progress, test, sampler, chunk_size = shared["progress"], shared["test"], shared["sampler"], shared["chunk_size"]
-        devices = shared["devices"]
+        devices, streams = shared["devices"], shared["concurrent_chunks"]
         if not isinstance(base_config, train_lib.Config):
             raise TypeError(f"config must be a deepopt.train.Config, got {type(base_config).__name__}")
         task = base_config.task
@@ -239,6 +240,7 @@ class Search:
             results_path=None if results_path is None else os.fspath(results_path), resume=resume,
             progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
+            concurrent_chunks=streams,
         )
 
     def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
@@ -390,7 +392,7 @@ class Search:
             new_state, outputs, seconds = call()
             return prepared, (states_lib.DeviceChunk(new_state), outputs, seconds)
 
-        streams = concurrent_chunks(self.devices) if len(chunks) > 1 else 1
+        streams = min(self.concurrent_chunks or concurrent_chunks(self.devices), len(chunks)) if len(chunks) > 1 else 1
         rows = []
         with contextlib.closing(in_order(compute, (prepare(m) for m in chunks), streams)) as computed:
             for (members, configs, values, _), result in computed:

@@ -83,7 +83,15 @@ def refuse_unsupported(where: str, options: Options, unsupported: Sequence[str])
                              f"leave it at {getattr(defaults, name)!r}")
 
 
-ADAPTIVE_UNSUPPORTED = ("concurrent_chunks", "memory_budget_bytes", "curves")
+ADAPTIVE_UNSUPPORTED = ("memory_budget_bytes", "curves")
+
+
+def check_concurrent_chunks(value: Any) -> int | None:
+    """``Options.concurrent_chunks``: a positive int or None (as many as the CPU's cores per device)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"concurrent_chunks must be a positive int or None (as many as the CPU's cores per device), "
+                         f"got {value!r}")
+    return value
 
 
 def adaptive_arguments(where: str, options: Options) -> dict[str, Any]:
@@ -97,4 +105,5 @@ def adaptive_arguments(where: str, options: Options) -> dict[str, Any]:
         "seeds": options.seeds, "metric": options.metric, "results_path": options.results_path,
         "resume": options.resume, "progress": options.progress, "test": options.test, "sampler": options.sampler,
         "chunk_size": None if options.chunk_size == AUTO else options.chunk_size, "devices": options.devices,
+        "concurrent_chunks": check_concurrent_chunks(options.concurrent_chunks),
     }

@@ -265,11 +265,7 @@ def _run(
         raise ValueError(
             f"memory_budget_bytes={memory_budget_bytes} is below the data alone ({data_bytes} bytes on every device)"
         )
-    if concurrent_chunks is not None and (
-        isinstance(concurrent_chunks, bool) or not isinstance(concurrent_chunks, int) or concurrent_chunks < 1
-    ):
-        raise ValueError(f"concurrent_chunks must be a positive int or None (as many as the CPU's cores per device), "
-                         f"got {concurrent_chunks!r}")
+    options_lib.check_concurrent_chunks(concurrent_chunks)
     key = _typed_key(key)
     data_digest = data_fingerprint(*splits)
     if is_model_based(sampler):

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepopt import data as data_lib
 from deepopt import losses, model
 
 CLASS_IDS = "class_ids"
@@ -160,8 +161,6 @@ class Task:
         """Concrete targets ``y`` (host values; tracers are skipped) fit ``n_out`` outputs; a ``ValueError`` names ``y_name``."""
         if isinstance(y, jax.core.Tracer):
             return
-        from deepopt import data as data_lib
-
         if self.targets == CLASS_IDS:
             data_lib.check_labels(y, 2 if n_out == 1 else n_out, y_name, outputs_from)
             return

@@ -219,13 +219,16 @@ _check_key = check_key  # the name the training functions use
 
 
 def check_split(name: str, split: Any, config: Config, dtype: Any = None, on_host: bool = False) -> data_lib.Dataset:
-    """Validate a split against ``config`` as ``fit`` does (``data.check_dataset``); return it as arrays (X float, y int32).
+    """Validate a split against ``config`` as ``fit`` does (``data.check_dataset``); return it as arrays.
+
+    ``X`` float; ``y`` int32 class ids, or float targets in ``X``'s dtype for a regression.
 
     ``on_host=True``: numpy arrays (``check_dataset``'s host conversion), no XLA program dispatched.
 
     The MLP needs ``X`` of shape ``(m, layer_sizes[0])``; a ``Config.model`` takes ``(m, ...)``,
     checked by one abstract evaluation of the module (``modules.output_units``). Values must be
-    finite and labels class ids below ``max(2, n_out)``.
+    finite and the targets what ``config.task`` learns with ``n_out`` outputs (``Task.check_targets``:
+    class ids below ``max(2, n_out)`` for classification).
     """
     return networks.network_of(config).check_split(name, split, config.task, dtype, on_host)
 
@@ -415,7 +418,7 @@ def fit(
       hp: traced hyperparameters (scalars; vmap ``fit`` to run many).
       key: PRNG key (initialization, shuffling, dropout).
       train: training ``Dataset``; its float dtype is the run's dtype.
-      dev: optional dev ``Dataset`` for ``dev_accuracy``.
+      dev: optional dev ``Dataset`` for ``dev_metrics`` (and early stopping).
       init_params: start from these parameters instead of ``config.init`` (their dtype is kept).
       dropout: compile the dropout masks in (True, the default: ``keep_prob`` stays a traced
         hyperparameter) or out (False: for runs whose ``keep_prob`` is 1, where dropout is exactly
@@ -760,24 +763,24 @@ def _advance(
             diverged=carry.diverged | diverged_now,
             diverged_epoch=jnp.where(diverged_now, epoch, carry.diverged_epoch),
         )
-        train_accuracy = dev_accuracy = dev_cost = nan
+        train_metric = dev_metric = dev_cost = nan
         if log_train:
-            train_accuracy = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)[task.primary])
+            train_metric = jnp.where(frozen, jnp.nan, _evaluate(config, params, bn_state, train)[task.primary])
         if not measure_dev:
-            return carry, (epoch_cost, train_accuracy, dev_accuracy, dev_cost)
+            return carry, (epoch_cost, train_metric, dev_metric, dev_cost)
         on_dev = _evaluate(config, params, bn_state, dev)
-        dev_accuracy, dev_cost = on_dev[task.primary], on_dev["cost"]
-        logged = (epoch_cost, train_accuracy, jnp.where(frozen, jnp.nan, dev_accuracy), jnp.where(frozen, jnp.nan, dev_cost))
+        dev_metric, dev_cost = on_dev[task.primary], on_dev["cost"]
+        logged = (epoch_cost, train_metric, jnp.where(frozen, jnp.nan, dev_metric), jnp.where(frozen, jnp.nan, dev_cost))
         if not early_stopping:
             return carry, logged
-        better = task.better(dev_accuracy, dev_cost, carry.best_dev_accuracy, carry.best_dev_cost)
+        better = task.better(dev_metric, dev_cost, carry.best_dev_accuracy, carry.best_dev_cost)
         improved = better & ~frozen & ~diverged_now
         best_epoch = jnp.where(improved, epoch, carry.best_epoch)
         stopped_now = ~frozen & ~diverged_now & (epoch - best_epoch >= patience) if patience else jnp.array(False)
         carry = carry._replace(
             best_params=_tree_select(improved, params, carry.best_params),
             best_model_state=_tree_select(improved, bn_state, carry.best_model_state),
-            best_dev_accuracy=jnp.where(improved, dev_accuracy, carry.best_dev_accuracy),
+            best_dev_accuracy=jnp.where(improved, dev_metric, carry.best_dev_accuracy),
             best_dev_cost=jnp.where(improved, dev_cost, carry.best_dev_cost),
             best_epoch=best_epoch,
             stopped=carry.stopped | stopped_now,
@@ -787,9 +790,9 @@ def _advance(
 
     state = _carried_batched(state, hp, early_stopping, patience)
     epoch_indices = state.epoch + jnp.arange(epochs, dtype=jnp.int32)
-    state, (costs, train_accuracies, dev_accuracies, dev_costs) = jax.lax.scan(run_epoch, state, epoch_indices)
+    state, (costs, train_metrics, dev_metrics, dev_costs) = jax.lax.scan(run_epoch, state, epoch_indices)
     state = state._replace(epoch=state.epoch + jnp.int32(epochs))
-    return state, EpochLog(costs, train_accuracies, dev_accuracies, dev_costs)
+    return state, EpochLog(costs, train_metrics, dev_metrics, dev_costs)
 
 
 @xla_options.jit(static_argnums=(0,))
@@ -901,7 +904,7 @@ def fit_with_curves(
     """``fit``, plus the ``EpochLog`` with every epoch's dev accuracy and dev cost (the learning curves).
 
     The training is ``fit``'s, bit for bit; measuring ``dev`` after every epoch is all it adds.
-    Traceable like ``fit`` (``sweep.run(curves=True)`` vmaps it); ``EpochLog.train_accuracy`` is NaN.
+    Traceable like ``fit`` (``sweep.run(curves=True)`` vmaps it); ``EpochLog.train_metric`` is NaN.
     """
     if dev is None:
         raise ValueError("fit_with_curves needs a dev set: its curves are dev accuracy and dev cost per epoch")

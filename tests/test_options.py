@@ -7,10 +7,11 @@ import dataclasses
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 from adaptive_worker import ADAM, PBT_SPACE, SPACE, tiny_data
 
-from deepopt import sweep
+from deepopt import data, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHORT = dataclasses.replace(ADAM, epochs=3)
@@ -56,7 +57,7 @@ def test_an_unknown_option_is_refused_naming_it(name) -> None:
 
 
 @pytest.mark.parametrize("name", ["successive_halving", "hyperband", "pbt", "median_stopping"])
-@pytest.mark.parametrize("option, value", [("curves", True), ("memory_budget_bytes", 2**30)])
+@pytest.mark.parametrize("option, value", [("curves", True)])
 def test_the_adaptive_searches_refuse_what_their_engine_cannot_do_yet(name, option, value) -> None:
     train_set, dev_set = tiny_data()
     before = sweep.compile_count() + sweep.state_compile_count()
@@ -100,3 +101,27 @@ def test_the_stage_searches_take_concurrent_chunks_with_the_same_rows() -> None:
     assert strip(one_at_a_time.history) == strip(together.history)
     with pytest.raises(ValueError, match="concurrent_chunks must be a positive int or None"):
         SEARCHES["median_stopping"](train_set, dev_set, concurrent_chunks=0)
+
+
+def test_a_stage_search_shrinks_its_chunks_to_a_memory_budget() -> None:
+    from deepopt.sweep import engine
+
+    train_set, dev_set = tiny_data()
+    unlimited = SEARCHES["successive_halving"](train_set, dev_set)
+    devices = tuple(jax.devices())
+    key = jax.random.key(1)
+    host = [data.check_dataset(split, "split", on_host=True) for split in (train_set, dev_set)] + [None]
+    _, one_per_device = engine._compile(  # the stage program of one config per device, as the search compiles it
+        dataclasses.replace(ADAM, epochs=4), len(devices), 1, str(jax.random.key_impl(key)),
+        tuple(np.asarray(jax.random.key_data(key)).shape), "float32", engine.split_shapes(host), devices, False,
+        False, stage=True,
+    )
+    shrunk = SEARCHES["successive_halving"](train_set, dev_set, memory_budget_bytes=one_per_device)
+    assert shrunk.stats["chunks"] > unlimited.stats["chunks"]
+    assert [row["id"] for row in shrunk.history] == [row["id"] for row in unlimited.history]
+    for a, b in zip(shrunk.history, unlimited.history):
+        assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"memory_budget_bytes=1 is below what one config \(1 seeds\) per device"):
+        SEARCHES["median_stopping"](train_set, dev_set, memory_budget_bytes=1)
+    with pytest.raises(ValueError, match="pbt trains each sub-population as one chunk, which a memory budget"):
+        SEARCHES["pbt"](train_set, dev_set, memory_budget_bytes=2**30)

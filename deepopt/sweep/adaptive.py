@@ -35,7 +35,8 @@ from deepopt.sweep import state_files
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
-    RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, in_order, replicate_splits, split_shapes,
+    RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, fit_budget, in_order, replicate_splits,
+    split_shapes,
 )
 from deepopt.sweep.engine import _compile as engine_compile
 from deepopt.sweep import options as options_lib
@@ -158,6 +159,7 @@ class Search:
     padded_config_steps: int = 0
     device_data: list | None = None
     concurrent_chunks: int | None = None  # chunks of a stage in flight at once; None: engine.concurrent_chunks
+    memory_budget_bytes: int | None = None  # per device: chunks are shrunk until the stage program fits
 
     # ---------------------------------------------------------------- setup
 
@@ -186,7 +188,7 @@ class Search:
         shared = options_lib.adaptive_arguments(method, options)
         seeds, metric, results_path, resume = shared["seeds"], shared["metric"], shared["results_path"], shared["resume"]
         progress, test, sampler, chunk_size = shared["progress"], shared["test"], shared["sampler"], shared["chunk_size"]
-        devices, streams = shared["devices"], shared["concurrent_chunks"]
+        devices, streams, budget = shared["devices"], shared["concurrent_chunks"], shared["memory_budget_bytes"]
         if not isinstance(base_config, train_lib.Config):
             raise TypeError(f"config must be a deepopt.train.Config, got {type(base_config).__name__}")
         task = base_config.task
@@ -240,7 +242,7 @@ class Search:
             results_path=None if results_path is None else os.fspath(results_path), resume=resume,
             progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
-            concurrent_chunks=streams,
+            concurrent_chunks=streams, memory_budget_bytes=budget,
         )
 
     def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
@@ -324,18 +326,26 @@ class Search:
                 if padded > 1.25 * real:
                     break
                 chosen, candidate = candidate, 2 * candidate
+        if self.memory_budget_bytes is not None:  # shrunk until the stage program fits (compiled once, cached)
+            data_bytes = sum(s.X.nbytes + s.y.nbytes for s in self.splits if s is not None)
+            chosen = fit_budget(lambda c: self._compile(config, c, self.group_dropout(config)), chosen, num_devices,
+                                self.memory_budget_bytes, data_bytes, f"{self.seeds} seeds", config)[0]
         self.chunks_per_group[config] = chosen
         return chosen
 
-    def _program(self, config: train_lib.Config, configs: int, dropout: bool) -> Any:
+    def _compile(self, config: train_lib.Config, configs: int, dropout: bool) -> tuple[Any, int]:
+        """The group's stage program for chunks of ``configs`` and its bytes per device (compiled once, cached)."""
         before = compile_count()
-        compiled, _ = engine_compile(
+        compiled = engine_compile(
             config, configs, self.seeds, str(jax.random.key_impl(self.key)),
             tuple(np.asarray(jax.random.key_data(self.key)).shape), str(self.splits[0].X.dtype),
             split_shapes(self.splits), self.devices, self.splits[2] is not None, dropout, stage=True,
         )
         self.compilations += compile_count() - before
         return compiled
+
+    def _program(self, config: train_lib.Config, configs: int, dropout: bool) -> Any:
+        return self._compile(config, configs, dropout)[0]
 
     def _data_on_devices(self, mesh: Mesh) -> list:
         if self.device_data is None:

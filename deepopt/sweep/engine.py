@@ -548,17 +548,31 @@ def _choose_chunk(
     """
     num_devices = len(compile_args[4])
     configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1), num_devices)
-    compiled, size = _compile(config, configs, seeds, *compile_args)
+    return fit_budget(lambda c: _compile(config, c, seeds, *compile_args), configs, num_devices, budget, data_bytes,
+                      f"{seeds} seeds", config)
+
+
+def fit_budget(
+    compile_at: Callable[[int], tuple[Any, int]], configs: int, num_devices: int, budget: int | None,
+    data_bytes: int, seeds_text: str, config: train_lib.Config,
+) -> tuple[int, Any, int]:
+    """``(C, program, bytes per device)``: ``C`` configs per chunk shrunk until ``compile_at(C)``'s bytes fit ``budget``.
+
+    Bytes per device are modelled as ``data + per_config · C / D``; ``per_config`` is read off the
+    compiled program, then the largest fitting ``C`` (a multiple of the ``D`` devices) is compiled
+    and checked again. ``budget`` None: ``C`` as given.
+    """
+    compiled, size = compile_at(configs)
     while budget is not None and size > budget:
         if configs == num_devices:
             raise ValueError(
-                f"memory_budget_bytes={budget} is below what one config ({seeds} seeds) per device takes "
+                f"memory_budget_bytes={budget} is below what one config ({seeds_text}) per device takes "
                 f"({size} bytes for {config})"
             )
         per_config = max(size - data_bytes, 1) / (configs // num_devices)
         fitting = max(int((budget - data_bytes) // per_config), 1) * num_devices
         configs = min(fitting, configs - num_devices)
-        compiled, size = _compile(config, configs, seeds, *compile_args)
+        compiled, size = compile_at(configs)
     return configs, compiled, size
 
 

@@ -83,7 +83,7 @@ def refuse_unsupported(where: str, options: Options, unsupported: Sequence[str])
                              f"leave it at {getattr(defaults, name)!r}")
 
 
-ADAPTIVE_UNSUPPORTED = ("memory_budget_bytes", "curves")
+ADAPTIVE_UNSUPPORTED = ("curves",)
 
 
 def check_concurrent_chunks(value: Any) -> int | None:
@@ -106,4 +106,12 @@ def adaptive_arguments(where: str, options: Options) -> dict[str, Any]:
         "resume": options.resume, "progress": options.progress, "test": options.test, "sampler": options.sampler,
         "chunk_size": None if options.chunk_size == AUTO else options.chunk_size, "devices": options.devices,
         "concurrent_chunks": check_concurrent_chunks(options.concurrent_chunks),
+        "memory_budget_bytes": check_memory_budget(options.memory_budget_bytes),
     }
+
+
+def check_memory_budget(value: Any) -> int | None:
+    """``Options.memory_budget_bytes``: a positive int (bytes per device) or None (no limit)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"memory_budget_bytes must be a positive int (bytes per device) or None, got {value!r}")
+    return value

@@ -156,6 +156,9 @@ def pbt(
     if options_lib.adaptive_arguments("pbt", settings)["chunk_size"] is not None:
         raise ValueError(f"pbt trains each sub-population as one chunk: leave chunk_size at 'auto', "
                          f"got {settings.chunk_size!r}")
+    if settings.memory_budget_bytes is not None:
+        raise ValueError(f"pbt trains each sub-population as one chunk, which a memory budget cannot shrink: leave "
+                         f"memory_budget_bytes at None, got {settings.memory_budget_bytes!r}")
     fraction, perturb, resample_probability = exploit.fraction, exploit.perturb, exploit.resample_probability
     population, epochs, interval, fraction, perturb, resample_probability = _check_arguments(
         population, epochs, interval, fraction, perturb, resample_probability

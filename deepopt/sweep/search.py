@@ -244,12 +244,7 @@ def _run(
     if curves and dev is None:
         raise ValueError(f"curves=True records dev {task.primary} and dev cost per epoch: it needs a dev set")
     check_metric(metric, task, dev, test)
-    if memory_budget_bytes is not None and (
-        isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int) or memory_budget_bytes < 1
-    ):
-        raise ValueError(
-            f"memory_budget_bytes must be a positive int (bytes per device) or None, got {memory_budget_bytes!r}"
-        )
+    options_lib.check_memory_budget(memory_budget_bytes)
     if chunk_size != AUTO_CHUNK:
         try:
             chunk_size = None if chunk_size is None else _check_count("chunk_size", chunk_size)

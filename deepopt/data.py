@@ -14,6 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+CLASS_IDS = "class_ids"  # what y holds: integer labels (a classification's) ...
+FLOATS = "floats"  # ... or real-valued targets (a regression's)
+TARGET_KINDS = (CLASS_IDS, FLOATS)
+
 
 class Dataset(NamedTuple):
     """Examples ``X`` ``(m, n_features)`` float and labels ``y`` ``(m,)`` int class ids."""
@@ -156,12 +160,12 @@ def _check_dataset_shapes(data: Any, name: str) -> int:
 
 
 def targets_of(data: Any) -> str:
-    """``"floats"`` for a split whose ``y`` holds floats (a regression's), else ``"class_ids"`` (checked as labels)."""
+    """``FLOATS`` for a split whose ``y`` holds floats (a regression's), else ``CLASS_IDS`` (checked as labels)."""
     y = data[1] if isinstance(data, tuple) and len(data) == 2 else None
     if y is None:
-        return "class_ids"
+        return CLASS_IDS
     dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
-    return "floats" if jnp.issubdtype(dtype, jnp.floating) else "class_ids"
+    return FLOATS if jnp.issubdtype(dtype, jnp.floating) else CLASS_IDS
 
 
 def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
@@ -283,7 +287,7 @@ def check_dataset(
     y_name: str | None = None,
     any_rank: bool = False,
     on_host: bool = False,
-    targets: str = "class_ids",
+    targets: str = CLASS_IDS,
 ) -> Dataset:
     r"""The one validation of a data split, shared by ``train.fit``, ``sweep.run`` and ``load``.
 
@@ -317,9 +321,9 @@ def check_dataset(
     if (len(X_shape) < 2) if any_rank else (len(X_shape) != 2):
         expected = "at least 2-D (m, ...)" if any_rank else "2-D (m, n_features)"
         raise ValueError(f"{x_name} must be {expected}, got shape {X_shape}")
-    floats = targets == "floats"
-    if targets not in ("class_ids", "floats"):
-        raise ValueError(f"targets must be 'class_ids' or 'floats', got {targets!r}")
+    floats = targets == FLOATS
+    if targets not in TARGET_KINDS:
+        raise ValueError(f"targets must be one of {list(TARGET_KINDS)}, got {targets!r}")
     if floats and (len(y_shape) not in (1, 2) or y_shape[0] != X_shape[0]):
         raise ValueError(f"{y_name} must be (m,) or (m, k) targets with m = {X_shape[0]}, got shape {y_shape}")
     if not floats and y_shape != (X_shape[0],):
@@ -336,17 +340,14 @@ def check_dataset(
         hint = " (float targets are a regression: Config(task=tasks.regression()))" if jnp.issubdtype(
             y.dtype, jnp.floating) else ""
         raise TypeError(f"{y_name} must hold integer class ids, got dtype {y.dtype}{hint}")
-    if not _is_traced(X):
-        values = np.asarray(X)
-        if np.issubdtype(values.dtype, np.inexact):
-            bad = ~np.isfinite(values)
-            if bad.any():
-                row, *rest = (int(i) for i in np.argwhere(bad)[0])
-                where = f"column {rest[0]}" if len(rest) == 1 else f"position {tuple(rest)}"
-                raise ValueError(
-                    f"{x_name} has a non-finite value ({values[(row, *rest)]}) at row {row}, {where} "
-                    f"(counting from 0; {int(bad.sum())} non-finite values in all): inputs must be finite numbers"
-                )
+    found = None if _is_traced(X) else _first_non_finite(np.asarray(X))
+    if found is not None:
+        (row, *rest), value, count = found
+        where = f"column {rest[0]}" if len(rest) == 1 else f"position {tuple(rest)}"
+        raise ValueError(
+            f"{x_name} has a non-finite value ({value}) at row {row}, {where} "
+            f"(counting from 0; {count} non-finite values in all): inputs must be finite numbers"
+        )
     if not floats and num_classes is not None:
         check_labels(y, num_classes, y_name, classes_from)
     elif not floats:
@@ -365,17 +366,24 @@ def _check_float_targets(y: Any, y_name: str) -> None:
     """Regression targets: real numbers (float, int or bool), finite when concrete; the error names the first bad one."""
     if jnp.issubdtype(y.dtype, jnp.complexfloating) or not (jnp.issubdtype(y.dtype, jnp.number) or y.dtype == bool):
         raise TypeError(f"{y_name} must hold real-valued targets, got dtype {y.dtype}")
-    if _is_traced(y):
-        return
-    values = np.asarray(y)
-    if np.issubdtype(values.dtype, np.inexact):
-        bad = ~np.isfinite(values)
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{y_name} has a non-finite target ({values[where]}) at index {where[0] if len(where) == 1 else where} "
-                f"(counting from 0; {int(bad.sum())} in all): targets must be finite numbers"
-            )
+    found = None if _is_traced(y) else _first_non_finite(np.asarray(y))
+    if found is not None:
+        where, value, count = found
+        raise ValueError(
+            f"{y_name} has a non-finite target ({value}) at index {where[0] if len(where) == 1 else where} "
+            f"(counting from 0; {count} in all): targets must be finite numbers"
+        )
+
+
+def _first_non_finite(values: np.ndarray) -> tuple[tuple[int, ...], Any, int] | None:
+    """For float ``values`` holding a NaN or inf: the first one's index, its value and how many there are; else None."""
+    if not np.issubdtype(values.dtype, np.inexact):
+        return None
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    return where, values[where], int(bad.sum())
 
 
 def _host_arrays(X: Any, y: Any, float_dtype: Any, floats: bool = False) -> Dataset:
@@ -444,7 +452,7 @@ def _check_label_bounds(y: Any, y_name: str) -> None:
 
 def validate(
     X: Any, y: Any, source: str = "data", *, dtype: Any = np.float32, num_classes: int | None = None,
-    targets: str = "class_ids",
+    targets: str = CLASS_IDS,
 ) -> Dataset:
     """Check a user's arrays and return a host ``Dataset`` (``X`` of ``dtype``, ``y`` int32); errors name ``source``.
 
@@ -462,9 +470,9 @@ def validate(
         raise ValueError(f"{source}: X is empty, shape {X.shape}")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{source}: X must be numeric, got dtype {X.dtype}")
-    if targets == "floats":
+    if targets == FLOATS:
         checked = check_dataset(Dataset(X, y), source, x_name=f"{source}: X", y_name=f"{source}: targets",
-                                targets="floats", on_host=True)
+                                targets=FLOATS, on_host=True)
         return Dataset(np.asarray(checked.X, dtype), np.asarray(checked.y, dtype))
     if y.ndim == 1 and (
         not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0)
@@ -506,7 +514,7 @@ def _csv_has_header(path: str) -> bool:
 
 
 def load(
-    path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int | None = None, targets: str = "class_ids"
+    path: str | os.PathLike, *, dtype: Any = np.float32, num_classes: int | None = None, targets: str = CLASS_IDS
 ) -> Dataset:
     """Load a user's dataset: ``.csv`` (last column the label, or with ``targets="floats"`` the float target) or ``.npz`` (arrays ``X``, ``y``).
 

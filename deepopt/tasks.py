@@ -32,10 +32,8 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import losses, model
+from deepopt.data import CLASS_IDS, FLOATS, TARGET_KINDS  # noqa: F401 (the targets' kinds, re-exported)
 
-CLASS_IDS = "class_ids"
-FLOATS = "floats"
-TARGET_KINDS = (CLASS_IDS, FLOATS)
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 RESERVED_METRICS = ("cost",)  # evaluate's mean loss; final_cost is the training set's cost with L2
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

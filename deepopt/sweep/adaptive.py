@@ -36,7 +36,7 @@ from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
     RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, fit_budget, in_order, replicate_splits,
-    split_shapes,
+    split_bytes, split_shapes,
 )
 from deepopt.sweep.engine import _compile as engine_compile
 from deepopt.sweep import options as options_lib
@@ -186,7 +186,7 @@ class Search:
         method's own, recorded in the manifest.
         """
         shared = options_lib.adaptive_arguments(method, options)
-        seeds, metric, results_path, resume = shared["seeds"], shared["metric"], shared["results_path"], shared["resume"]
+        seeds, results_path, resume = shared["seeds"], shared["results_path"], shared["resume"]
         progress, test, sampler, chunk_size = shared["progress"], shared["test"], shared["sampler"], shared["chunk_size"]
         devices, streams, budget = shared["devices"], shared["concurrent_chunks"], shared["memory_budget_bytes"]
         if not isinstance(base_config, train_lib.Config):
@@ -195,7 +195,7 @@ class Search:
         splits = tuple(_as_dataset(name, split, task) for name, split in (("train", train), ("dev", dev), ("test", test)))
         if splits[0] is None:
             raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
-        metric = f"dev_{task.primary}" if metric is None else metric
+        metric = options_lib.metric_of(options, task)
         check_metric(metric, task, dev, test)
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
@@ -229,7 +229,6 @@ class Search:
             **{name: _describe_value(value) for name, value in arguments.items()},
             "seeds": seeds,
             "metric": metric,
-            **({} if task.name == "classification" else {"directions": task.row_directions()}),
             "sampler": _sampler_text(sampler),
             "config": _describe_value(train_lib.describe_config(config)),
             "space": _describe_value(dict(space)),
@@ -327,9 +326,8 @@ class Search:
                     break
                 chosen, candidate = candidate, 2 * candidate
         if self.memory_budget_bytes is not None:  # shrunk until the stage program fits (compiled once, cached)
-            data_bytes = sum(s.X.nbytes + s.y.nbytes for s in self.splits if s is not None)
             chosen = fit_budget(lambda c: self._compile(config, c, self.group_dropout(config)), chosen, num_devices,
-                                self.memory_budget_bytes, data_bytes, f"{self.seeds} seeds", config)[0]
+                                self.memory_budget_bytes, split_bytes(self.splits), self.seeds, config)[0]
         self.chunks_per_group[config] = chosen
         return chosen
 

@@ -50,7 +50,7 @@ def compile_count() -> int:
     return _compilations
 
 
-def stage_compile_count() -> int:
+def state_compile_count() -> int:
     """How many of ``compile_count``'s programs were stage programs (``stage=True``: the adaptive searches')."""
     return _stage_compilations
 
@@ -289,6 +289,11 @@ def abstract_inputs(
         for shapes in data_shapes
     ]
     return hp, datasets
+
+
+def split_bytes(splits: Sequence[data_lib.Dataset | None]) -> int:
+    """Bytes of the host splits (None left out): what every device holds besides its chunks."""
+    return sum(s.X.nbytes + s.y.nbytes for s in splits if s is not None)
 
 
 def split_shapes(splits: Sequence[data_lib.Dataset | None]) -> tuple:
@@ -549,12 +554,12 @@ def _choose_chunk(
     num_devices = len(compile_args[4])
     configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1), num_devices)
     return fit_budget(lambda c: _compile(config, c, seeds, *compile_args), configs, num_devices, budget, data_bytes,
-                      f"{seeds} seeds", config)
+                      seeds, config)
 
 
 def fit_budget(
     compile_at: Callable[[int], tuple[Any, int]], configs: int, num_devices: int, budget: int | None,
-    data_bytes: int, seeds_text: str, config: train_lib.Config,
+    data_bytes: int, seeds: int, config: train_lib.Config,
 ) -> tuple[int, Any, int]:
     """``(C, program, bytes per device)``: ``C`` configs per chunk shrunk until ``compile_at(C)``'s bytes fit ``budget``.
 
@@ -566,7 +571,7 @@ def fit_budget(
     while budget is not None and size > budget:
         if configs == num_devices:
             raise ValueError(
-                f"memory_budget_bytes={budget} is below what one config ({seeds_text}) per device takes "
+                f"memory_budget_bytes={budget} is below what one config ({seeds} seeds) per device takes "
                 f"({size} bytes for {config})"
             )
         per_config = max(size - data_bytes, 1) / (configs // num_devices)

@@ -181,9 +181,8 @@ def _check_manifest(results_path: str, manifest: str, arguments: Mapping[str, An
     if os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as stream:
             before = json.load(stream)
-        if isinstance(before.get("config"), dict):  # written before Config had a task: a classification
-            before["config"].setdefault("task", "classification")
-        differ = sorted(name for name in set(before) | set(arguments) if before.get(name) != arguments.get(name))
+        differ = sorted(name for name in set(before) | set(arguments)
+                        if _comparable(before.get(name)) != _comparable(arguments.get(name)))
         if differ:
             raise ValueError(
                 f"resume: {results_path} holds another search (its {', '.join(differ)} "
@@ -208,20 +207,21 @@ def _write_json_atomically(path: str, value: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _comparable(node: Any) -> Any:
+    """``node`` (a call or a manifest's value) less what one written before tasks lacks: ``directions``, and a
+    ``task`` that is ``"classification"`` (the default), so that such a search compares equal to itself now."""
+    if isinstance(node, dict):
+        return {key: _comparable(value) for key, value in node.items()
+                if key != "directions" and not (key == "task" and value == "classification")}
+    if isinstance(node, list):
+        return [_comparable(item) for item in node]
+    return node
+
+
 def _call_identity(call: Mapping[str, Any]) -> str:
     """What identifies a recorded call, as canonical JSON: the call less its results (``stats``, ``finished``,
-    ``row_ids``) and less what a record written before tasks lacks: ``directions``, and a ``task`` that is
-    ``"classification"`` (the default). A resumed call thus replaces its own entry of an older record."""
-
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: strip(value) for key, value in node.items()
-                    if key != "directions" and not (key == "task" and value == "classification")}
-        if isinstance(node, list):
-            return [strip(item) for item in node]
-        return node
-
-    return json.dumps(strip({k: v for k, v in call.items() if k not in ("stats", "finished", "row_ids")}),
+    ``row_ids``), made ``_comparable``: a resumed call replaces its own entry of an older record."""
+    return json.dumps(_comparable({k: v for k, v in call.items() if k not in ("stats", "finished", "row_ids")}),
                       sort_keys=True)
 
 

@@ -30,6 +30,7 @@ from deepopt.sweep.engine import (
     _group_dropout,
     _group_hparams,
     replicate_splits,
+    split_bytes,
     split_shapes,
     _seeds_per_config,
     auto_chunk_size,
@@ -255,7 +256,7 @@ def _run(
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must name at least one device, got an empty sequence")
-    data_bytes = sum(s.X.nbytes + s.y.nbytes for s in splits if s is not None)
+    data_bytes = split_bytes(splits)
     if memory_budget_bytes is not None and memory_budget_bytes <= data_bytes:
         raise ValueError(
             f"memory_budget_bytes={memory_budget_bytes} is below the data alone ({data_bytes} bytes on every device)"

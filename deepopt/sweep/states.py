@@ -26,12 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
-from deepopt.sweep.engine import RUN_AXIS, _global_array, stage_compile_count, state_shape  # noqa: F401 (re-exported)
-
-
-def state_compile_count() -> int:
-    """How many stage programs (``engine._compile(..., stage=True)``) this process has compiled: one per group and chunk shape."""
-    return stage_compile_count()
+from deepopt.sweep.engine import RUN_AXIS, _global_array, state_compile_count, state_shape  # noqa: F401 (re-exported)
 
 
 def empty_states(abstract: Any, leading: tuple[int, ...]) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from deepopt import data as data_lib
-from deepopt import sweep, tasks, train
+from deepopt import sweep, train
 from experiments import common
 
 STUDY = "adaptive_search"
@@ -92,22 +92,9 @@ def settings() -> dict[str, Any]:
         "max_epochs", "min_epochs", "eta", "population", "interval", "fraction", "num_seeds", "seed", "repeats")}
     if FLAGS.quick:
         values.update(QUICK)
-    regression = common.study_task().targets == tasks.FLOATS
-    if regression and values["dataset"] != "friedman1":
-        if FLAGS["dataset"].present and not FLAGS.data:
-            raise common.StudyInputError(f"--dataset {values['dataset']} holds class labels; --task regression needs "
-                                         "--dataset friedman1 or --data with a float last column")
-        values["dataset"] = "friedman1"
-        values["noise"] = FLAGS.noise if FLAGS["noise"].present else 1.0
-    elif not regression and values["dataset"] == "friedman1":
-        raise common.StudyInputError("--dataset friedman1 is a regression set: pass --task regression")
+    values["dataset"], values["noise"] = common.task_dataset(values["dataset"], values["noise"])
     values["population"] = values["population"] or values["num_configs"]
     return values
-
-
-def ranked_metric() -> str:
-    """The row field every search ranks by: the task's primary dev metric (``dev_accuracy``, ``dev_mse``)."""
-    return f"dev_{common.study_task().primary}"
 
 
 def shown(metric: str, value: float) -> str:
@@ -198,7 +185,7 @@ def main(argv: list[str]) -> None:
     train_set, dev_set, test_set = load_data(data_key, s)
     layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, dev_set, test_set)
     task = common.study_task()
-    metric, primary = ranked_metric(), task.primary
+    metric, primary = common.ranked_metric(), task.primary
     config = train.Config(layer_sizes, activation="relu", init="he", optimizer="adam", batch_size=s["batch_size"],
                           epochs=s["max_epochs"], task=task)
     space = search_space()

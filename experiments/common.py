@@ -378,6 +378,32 @@ def study_task() -> tasks.Task:
     return tasks.by_name(FLAGS.task) if "task" in FLAGS else tasks.classification()
 
 
+REGRESSION_SETS = ("friedman1",)  # generated data with float targets (data.make_friedman1)
+
+
+def task_dataset(dataset: str, noise: float) -> tuple[str, float]:
+    """The generated data set and its noise a study trains on under ``--task`` (``--dataset`` and ``--noise`` flags).
+
+    ``--task regression`` trains on ``friedman1``: in place of a classification set ``--dataset``
+    did not name (one it names is refused, unless ``--data`` replaces it), at ``--noise`` when
+    given, else 1. A classification refuses ``friedman1``.
+    """
+    regression = study_task().targets == tasks.FLOATS
+    if regression and dataset not in REGRESSION_SETS:
+        if FLAGS["dataset"].present and not FLAGS.data:
+            raise StudyInputError(f"--dataset {dataset} holds class labels; --task regression needs "
+                                  f"{' or '.join(REGRESSION_SETS)} or --data with a float last column")
+        dataset = REGRESSION_SETS[0]
+    elif not regression and dataset in REGRESSION_SETS:
+        raise StudyInputError(f"--dataset {dataset} is a regression set: pass --task regression")
+    return dataset, noise if not regression or FLAGS["noise"].present else 1.0
+
+
+def ranked_metric() -> str:
+    """The row field a study's searches rank by: the task's primary dev metric (``dev_accuracy``, ``dev_mse``)."""
+    return f"dev_{study_task().primary}"
+
+
 def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None:
     """``(train, test)`` from ``--data`` / ``--test_data`` (or a held-out ``--test_fraction``), None without ``--data``.
 

@@ -44,7 +44,7 @@ from experiments import common
 STUDY = "sweep"
 FLAGS = flags.FLAGS
 DATASETS = {"moons": data_lib.make_moons, "spirals": data_lib.make_spirals, "circles": data_lib.make_circles}
-REGRESSION_DATASETS = {"friedman1": data_lib.make_friedman1}  # --task regression's generated data
+REGRESSION_DATASETS = {"friedman1": data_lib.make_friedman1}  # --task regression's (common.REGRESSION_SETS)
 SCALES = {
     sweep.Uniform: "uniform",
     sweep.LogUniform: "log-uniform",
@@ -266,31 +266,6 @@ def _flag_text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def generator() -> tuple[Any, float]:
-    """The generated data set of ``--dataset`` and its noise, checked against ``--task``.
-
-    ``--task regression`` generates ``friedman1`` (the default there), at ``--noise`` when given, else 1.
-    """
-    regression = common.study_task().targets == tasks.FLOATS
-    if regression and FLAGS.dataset not in REGRESSION_DATASETS:
-        if FLAGS["dataset"].present:
-            raise common.StudyInputError(f"--dataset {FLAGS.dataset} holds class labels; --task regression needs "
-                                         f"{' or '.join(REGRESSION_DATASETS)} or --data with a float last column")
-        return REGRESSION_DATASETS["friedman1"], FLAGS.noise if FLAGS["noise"].present else 1.0
-    if regression:
-        return REGRESSION_DATASETS[FLAGS.dataset], FLAGS.noise if FLAGS["noise"].present else 1.0
-    if FLAGS.dataset in REGRESSION_DATASETS:
-        raise common.StudyInputError(f"--dataset {FLAGS.dataset} is a regression set: pass --task regression")
-    return DATASETS[FLAGS.dataset], FLAGS.noise
-
-
-def dataset_name() -> str:
-    """The generated data set the sweep trains on (``generator``'s), for reports."""
-    if common.study_task().targets == tasks.FLOATS and FLAGS.dataset not in REGRESSION_DATASETS:
-        return "friedman1"
-    return FLAGS.dataset
-
-
 def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
     """``(train, dev, test)``: generated, or ``--data`` (dev held out of it) and ``--test_data``."""
     train_key, dev_key, test_key, split_key = jax.random.split(data_key, 4)
@@ -301,7 +276,8 @@ def load_data(data_key: jax.Array) -> tuple[data_lib.Dataset, data_lib.Dataset, 
         except ImportError as error:
             raise common.StudyInputError(str(error)) from None
     if user_data is None:
-        make, noise = generator()
+        name, noise = common.task_dataset(FLAGS.dataset, FLAGS.noise)
+        make = {**DATASETS, **REGRESSION_DATASETS}[name]
         return tuple(
             data_lib.Dataset(*map(np.asarray, make(k, n, noise)))
             for k, n in ((train_key, FLAGS.n_train), (dev_key, FLAGS.n_dev), (test_key, FLAGS.n_test))
@@ -375,11 +351,6 @@ def leaderboard(entries: list[dict[str, Any]], rounds: dict[str, int], primary: 
         "diverged",
     ]
     return common.markdown_table(headers, rows)
-
-
-def ranked_metric() -> str:
-    """The row field the sweep ranks by: the task's primary dev metric (``dev_accuracy``, ``dev_mse``)."""
-    return f"dev_{common.study_task().primary}"
 
 
 def metric_words(metric: str) -> str:
@@ -729,7 +700,7 @@ def write_summaries(
     """The leaderboard, the winner's verdict, the cost, results.csv / results.json / report.md and the plots."""
     train_set, dev_set, test_set = splits
     task = common.study_task()
-    metric, primary = ranked_metric(), task.primary
+    metric, primary = common.ranked_metric(), task.primary
     combined = sweep.Results(
         rows=[row for r in rounds for row in r.rows],
         space=space,
@@ -821,7 +792,7 @@ def write_summaries(
         "memory_budget_mb": FLAGS.memory_budget_mb,
         "seed": FLAGS.seed,
         "task": task.name,
-        "data": common.data_source() if FLAGS.data else dataset_name(),
+        "data": common.data_source() if FLAGS.data else common.task_dataset(FLAGS.dataset, FLAGS.noise)[0],
         "n_train": len(train_set.y),
         "n_dev": len(dev_set.y),
         "n_test": len(test_set.y),

@@ -93,7 +93,7 @@ class MedianStopping:
             if self.grace_epochs <= trained < self.checkpoints[-1]:
                 out = set(stopped_by_rule(
                     {t.position: _best(self.reports[t.position], self.maximize) for t in self.alive},
-                    {t.position: _average(self.reports[t.position]) for t in self.alive}, self.maximize, MIN_TRIALS,
+                    {t.position: seed_mean(self.reports[t.position]) for t in self.alive}, self.maximize, MIN_TRIALS,
                 ))
                 self.stopped.update({t.config_id: trained for t in self.alive if t.position in out})
                 self.alive = [t for t in self.alive if t.position not in out]
@@ -167,9 +167,3 @@ def _best(reports: Sequence[float | None], maximize: bool) -> float | None:
     if any(v is None or not math.isfinite(v) for v in reports):
         return None
     return max(reports) if maximize else min(reports)
-
-
-def _average(reports: Sequence[float | None]) -> float | None:
-    if any(v is None or not math.isfinite(v) for v in reports):
-        return None
-    return float(np.mean(np.asarray(reports, np.float64)))

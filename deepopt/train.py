@@ -177,12 +177,12 @@ class TrainResult(NamedTuple):
     @property
     def train_accuracy(self) -> jax.Array:
         """``train_metrics["accuracy"]``: a classification's training accuracy."""
-        return _metric(self.train_metrics, "accuracy", "train_accuracy", "train_metrics")
+        return _accuracy(self.train_metrics, "train")
 
     @property
     def dev_accuracy(self) -> jax.Array:
         """``dev_metrics["accuracy"]``: a classification's dev accuracy (NaN without a dev set)."""
-        return _metric(self.dev_metrics, "accuracy", "dev_accuracy", "dev_metrics")
+        return _accuracy(self.dev_metrics, "dev")
 
     @property
     def dev_accuracies(self) -> jax.Array:
@@ -190,13 +190,12 @@ class TrainResult(NamedTuple):
         return self.dev_curve
 
 
-def _metric(metrics: dict[str, jax.Array], name: str, attribute: str, holder: str) -> jax.Array:
-    """``metrics[name]``, or an ``AttributeError`` naming the task's metrics (a regression has no accuracy)."""
-    if name not in metrics:
-        raise AttributeError(
-            f"{attribute}: this run's task has no {name!r} metric; its metrics are {sorted(metrics)}: read {holder}[...]"
-        )
-    return metrics[name]
+def _accuracy(metrics: dict[str, jax.Array], split: str) -> jax.Array:
+    """``metrics["accuracy"]`` of ``split``, or an ``AttributeError`` naming the task's metrics (a regression has none)."""
+    if "accuracy" not in metrics:
+        raise AttributeError(f"{split}_accuracy: this run's task has no 'accuracy' metric; its metrics are "
+                             f"{sorted(metrics)}: read {split}_metrics[...]")
+    return metrics["accuracy"]
 
 
 def check_key(key: Any) -> None:

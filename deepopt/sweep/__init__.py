@@ -53,8 +53,9 @@ Modules, each importing only from those before it:
 ``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) ->
 ``samplers`` (ask/tell, Halton) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``jax_config`` (the caller's JAX configuration in threads and caches) -> ``engine`` (chunk sizes,
-the one chunk program, whole runs or stages, compiled per group and shape, the mesh, one chunk's execution) -> ``analysis`` (``Results``, a row's Config /
-HParams / key) -> ``reopen`` (the results record, ``load``) -> ``search`` (``run``, ``Progress``) -> ``states``
+the one chunk program, whole runs or stages, compiled per group and shape, the mesh, one chunk's execution) ->
+``chunks`` (``ChunkEngine``: the one chunk loop of every search, its rows, files and ``Progress``) -> ``analysis`` (``Results``, a row's Config /
+HParams / key) -> ``reopen`` (the results record, ``load``) -> ``search`` (``run``) -> ``states``
 (states on the host, one stage call) -> ``adaptive`` (``Search``: plan, file, manifest, checkpoints, chunks)
 -> ``driver`` (``Stage``, ``Algorithm``, ``drive``) -> ``halving`` (``successive_halving``, ``hyperband``) -> ``population`` (``pbt``, ``replay``) ->
 ``median`` (``median_stopping``); ``options`` (``Options``) imports none of them.

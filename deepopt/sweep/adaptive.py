@@ -26,30 +26,28 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from deepopt import data as data_lib
 from deepopt import modules, perf
 from deepopt import train as train_lib
 from deepopt.sweep import state_files
+from deepopt.sweep.chunks import ChunkEngine
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
-    RUN_AXIS, _check_data, _group_hparams, compile_count, concurrent_chunks, fit_budget, in_order, replicate_splits,
-    split_bytes, split_shapes,
+    _check_data, _group_hparams,
 )
-from deepopt.sweep.engine import _compile as engine_compile
 from deepopt.sweep import options as options_lib
 from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
 from deepopt.sweep.search import (
-    Progress, _as_dataset, _key_words, _sampler_text, check_metric, model_based_source, progress_of,
+    Progress, _as_dataset, _key_words, _sampler_text, check_metric, model_based_source,
 )
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
-from deepopt.sweep.store import _append_rows, beside, data_fingerprint, json_round_trip
+from deepopt.sweep.store import beside, data_fingerprint, json_round_trip
 
 MANIFEST_SUFFIX = ".search.json"
 STATES_SUFFIX = ".states"
@@ -137,13 +135,12 @@ class Search:
     metric: str
     results_path: str | None
     resume: bool
-    progress: Callable[[Any], None] | None
     chunk_size: int | None
     devices: tuple
     trials: list[Trial]
     arguments: dict[str, Any]
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-    done: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    engine: ChunkEngine
+    hold: reopen.Hold | None = None  # set while the results file is held (``opened``)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pool: states_lib.StatePool = dataclasses.field(default_factory=states_lib.StatePool)
     chunks_per_group: dict[train_lib.Config, int] = dataclasses.field(default_factory=dict)
@@ -151,13 +148,8 @@ class Search:
     hparams: train_lib.HParams | None = None
     digest: str = ""
     trial_of: dict[str, Trial] = dataclasses.field(default_factory=dict)
-    computed: int = 0
-    resumed: int = 0
-    chunks: int = 0
     padded_runs: int = 0
-    compilations: int = 0
     padded_config_steps: int = 0
-    device_data: list | None = None
     concurrent_chunks: int | None = None  # chunks of a stage in flight at once; None: engine.concurrent_chunks
     memory_budget_bytes: int | None = None  # per device: chunks are shrunk until the stage program fits
 
@@ -236,10 +228,13 @@ class Search:
             "key": _key_words(key),
             "data": digest,
         }
+        results_path = None if results_path is None else os.fspath(results_path)
+        engine = ChunkEngine(devices=devices, splits=splits, key=key, seeds=seeds, progress=progress,
+                             results_path=results_path, unit="run-stages")
         return cls(
             method=method, config=config, space=dict(space), splits=splits, key=key, seeds=seeds, metric=metric,
-            results_path=None if results_path is None else os.fspath(results_path), resume=resume,
-            progress=progress, chunk_size=chunk_size, devices=devices, trials=trials, arguments=description,
+            results_path=results_path, resume=resume, chunk_size=chunk_size, devices=devices, trials=trials,
+            arguments=description, engine=engine,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
             concurrent_chunks=streams, memory_budget_bytes=budget,
         )
@@ -285,14 +280,16 @@ class Search:
     def opened(self) -> Iterator[Search]:
         """Hold the results file (``reopen.writing``: the lock, the manifest, the rows already there, the record)."""
         if self.results_path is None:
+            self.hold = reopen.Hold(None, self._call(), False, {})
             yield self
             return
         with reopen.writing(
             self.results_path, self._call(), resume=self.resume,
             manifest=(manifest_path(self.results_path), self.arguments), fresh_files=[states_path(self.results_path)],
-        ) as done:
-            for row_id, row in done.items():
-                self.done.setdefault(row_id, row)
+        ) as hold:
+            for row_id, row in hold.done.items():
+                self.engine.done.setdefault(row_id, row)
+            self.hold = hold
             yield self
 
     # ---------------------------------------------------------------- chunks
@@ -326,29 +323,14 @@ class Search:
                     break
                 chosen, candidate = candidate, 2 * candidate
         if self.memory_budget_bytes is not None:  # shrunk until the stage program fits (compiled once, cached)
-            chosen = fit_budget(lambda c: self._compile(config, c, self.group_dropout(config)), chosen, num_devices,
-                                self.memory_budget_bytes, split_bytes(self.splits), self.seeds, config)[0]
+            chosen = self.engine.program(config, chosen, self.group_dropout(config), budget=self.memory_budget_bytes,
+                                         stage=True)[0]
         self.chunks_per_group[config] = chosen
         return chosen
 
-    def _compile(self, config: train_lib.Config, configs: int, dropout: bool) -> tuple[Any, int]:
-        """The group's stage program for chunks of ``configs`` and its bytes per device (compiled once, cached)."""
-        before = compile_count()
-        compiled = engine_compile(
-            config, configs, self.seeds, str(jax.random.key_impl(self.key)),
-            tuple(np.asarray(jax.random.key_data(self.key)).shape), str(self.splits[0].X.dtype),
-            split_shapes(self.splits), self.devices, self.splits[2] is not None, dropout, stage=True,
-        )
-        self.compilations += compile_count() - before
-        return compiled
-
     def _program(self, config: train_lib.Config, configs: int, dropout: bool) -> Any:
-        return self._compile(config, configs, dropout)[0]
-
-    def _data_on_devices(self, mesh: Mesh) -> list:
-        if self.device_data is None:
-            self.device_data = replicate_splits(mesh, self.splits)
-        return self.device_data
+        """The group's stage program for chunks of ``configs`` (``ChunkEngine.program``: compiled once, cached)."""
+        return self.engine.program(config, configs, dropout, stage=True)[1]
 
     def group_dropout(self, config: train_lib.Config) -> bool:
         """Whether the group's program compiles dropout in: some config of it, or the space, can have keep_prob < 1."""
@@ -367,7 +349,6 @@ class Search:
         hparams: Mapping[int, Mapping[str, Any]] | None = None,
         stages: Sequence[tuple[int, int]],
         label: str,
-        total: int,
     ) -> list[list[list[dict[str, Any]]]]:
         """Train each of ``chunks`` (one group each, disjoint members) for ``epochs`` from their states.
 
@@ -375,16 +356,17 @@ class Search:
         seed. A chunk whose rows are all in the file (resume) is returned as it is and nothing is
         computed; otherwise it runs, its states are saved (with a results file) and its rows
         appended. ``hparams`` overrides a member's hyperparameters (PBT's explored values) by
-        position. Up to ``engine.concurrent_chunks`` chunks run at once: each is prepared here (checked, its states gathered, its program compiled) as it is
-        dispatched, runs in a thread, and is recorded here in order (states scattered and saved,
-        rows appended): the same rows and states bit for bit as one chunk after another.
+        position. The chunks run on the call's ``ChunkEngine`` (``run_chunks``), several at once where
+        the CPU has cores to spare: each is prepared here (checked, its states gathered, its program
+        compiled) as it is dispatched, runs in a thread, and is recorded here in order (states
+        scattered and saved, rows appended): the same rows and states bit for bit as one after another.
         """
 
         def prepare(members: Sequence[Trial]) -> tuple:
             config = members[0].config
             if any(m.config != config for m in members):
                 raise ValueError("a chunk holds the configs of one group (one static Config)")
-            if all(f"{run_.id}.{stage}" in self.done for m in members for run_ in m.runs):
+            if all(f"{run_.id}.{stage}" in self.engine.done for m in members for run_ in m.runs):
                 return members, None, None, None
             configs = self.configs_per_chunk(config, stages)
             if len(members) > configs:
@@ -400,20 +382,23 @@ class Search:
             new_state, outputs, seconds = call()
             return prepared, (states_lib.DeviceChunk(new_state), outputs, seconds)
 
-        streams = min(self.concurrent_chunks or concurrent_chunks(self.devices), len(chunks)) if len(chunks) > 1 else 1
-        rows = []
-        with contextlib.closing(in_order(compute, (prepare(m) for m in chunks), streams)) as computed:
-            for (members, configs, values, _), result in computed:
-                if result is None:  # read back: any state held for these members predates the stage
-                    self.pool.drop([m.position for m in members])
-                    rows.append(self.recorded(members, stage, label, total))
-                    continue
-                new_state, outputs, seconds = result
-                positions = [m.position for m in members]
-                self.pool.scatter(positions, new_state)  # left on the devices for the next stage
-                if self.results_path is not None:
-                    self.save_states(stage, positions, new_state.host())
-                rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label, total))
+        rows: list[list[list[dict[str, Any]]]] = []
+
+        def record(computed: tuple) -> None:
+            (members, configs, values, _), result = computed
+            if result is None:  # read back: any state held for these members predates the stage
+                self.pool.drop([m.position for m in members])
+                rows.append(self.recorded(members, stage, label))
+                return
+            new_state, outputs, seconds = result
+            positions = [m.position for m in members]
+            self.pool.scatter(positions, new_state)  # left on the devices for the next stage
+            if self.results_path is not None:
+                self.save_states(stage, positions, new_state.host())
+            rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label))
+
+        streams = self.engine.streams(self.concurrent_chunks, len(chunks))
+        self.engine.run_chunks((prepare(m) for m in chunks), compute, record, streams)
         return rows
 
     def train_stage(
@@ -426,7 +411,6 @@ class Search:
         extra: Callable[[Trial], dict[str, Any]],
         stages: Sequence[tuple[int, int]],
         label: str,
-        total: int,
         hparams: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> dict[int, list[dict[str, Any]]]:
         """Advance ``trials`` by ``epochs``: group by group, in chunks of the group's shape (``train_chunks``).
@@ -443,7 +427,7 @@ class Search:
             configs = self.configs_per_chunk(config, stages)
             chunks = [members[start : start + configs] for start in range(0, len(members), configs)]
             rows_of_chunks = self.train_chunks(  # several at once where the CPU has cores to spare
-                chunks, epochs=epochs, fresh=fresh, stage=stage, stages=stages, total=total, label=label, extra=extra,
+                chunks, epochs=epochs, fresh=fresh, stage=stage, stages=stages, label=label, extra=extra,
                 hparams=hparams,
             )
             for chunk, rows in zip(chunks, rows_of_chunks):
@@ -451,12 +435,12 @@ class Search:
                 trained.update({trial.position: trial_rows for trial, trial_rows in zip(chunk, rows)})
         return trained
 
-    def recorded(self, members: Sequence[Trial], stage: str, label: str, total: int) -> list[list[dict[str, Any]]]:
+    def recorded(self, members: Sequence[Trial], stage: str, label: str) -> list[list[dict[str, Any]]]:
         """The rows of ``members`` at ``stage`` read back from the file (resume): counted, reported, nothing computed."""
-        rows = [[self.done[f"{run_.id}.{stage}"] for run_ in m.runs] for m in members]
-        self.resumed += sum(len(r) for r in rows)
+        rows = [[self.engine.done[f"{run_.id}.{stage}"] for run_ in m.runs] for m in members]
+        self.engine.read_back(sum(len(r) for r in rows))
         self.history += [row for member_rows in rows for row in member_rows]
-        self._report(label, total)
+        self.engine.report(label)
         return rows
 
     def member_hparams(
@@ -476,14 +460,14 @@ class Search:
         """
         config = members[0].config
         compiled = self._program(config, configs, self.group_dropout(config))
-        mesh = Mesh(np.asarray(self.devices), (RUN_AXIS,))
+        mesh = self.engine.mesh
         hp_host = _group_hparams(values, config, np.dtype(self.splits[0].X.dtype))
         key_host = np.asarray([run_.key_data for run_ in members[0].runs], np.uint32)
         fresh = state_in is None
         if fresh:
             abstract = states_lib.state_shape(config, self.splits[0], key_host[0], str(jax.random.key_impl(self.key)))
             state_in = states_lib.empty_states(abstract, (configs, self.seeds))
-        device_data = self._data_on_devices(mesh)
+        device_data = self.engine.data_on_devices()
 
         def call() -> tuple[Any, dict[str, np.ndarray], float]:
             started = time.perf_counter()
@@ -505,7 +489,6 @@ class Search:
         seconds: float,
         epochs: int,
         label: str,
-        total: int,
     ) -> list[list[dict[str, Any]]]:
         """Make the chunk's rows (one per member and seed), append them to the file, count and report them."""
         rows: list[list[dict[str, Any]]] = []
@@ -516,15 +499,11 @@ class Search:
                 for s, run_ in enumerate(member.runs)
             ])
         flat = [row for member_rows in rows for row in member_rows]
-        if self.results_path is not None:
-            _append_rows(self.results_path, flat)
-        self.done.update({row["id"]: row for row in flat})
+        self.engine.append(flat)
         self.history += flat
-        self.computed += len(flat)
-        self.chunks += 1
         self.padded_runs += (configs - len(members)) * self.seeds
         self.padded_config_steps += (configs - len(members)) * self.seeds * epochs * self.batches_per_epoch
-        self._report(label, total)
+        self.engine.report(label)
         return rows
 
     # ---------------------------------------------------------------- states on disk
@@ -606,14 +585,11 @@ class Search:
 
     # ---------------------------------------------------------------- reporting
 
-    def _report(self, label: str, total: int) -> None:
-        if self.progress is None:
-            return
-        self.progress(progress_of(self.start, self.computed, self.resumed, total, (0, 0, self.chunks, 0), label,
-                                  "run-stages"))
-
     def results(self, final_rows: list[dict[str, Any]], extra_stats: Mapping[str, Any]) -> Results:
-        """``Results`` of the search: ``final_rows`` (each run's last row), the history, the stats."""
+        """``Results`` of the search: ``final_rows`` (each run's last row), the history, the stats; recorded as returned.
+
+        Called while the results file is held (``drive``): the record of the call is finished under the lock.
+        """
         config_steps = sum(int(row["epochs_trained"]) for row in final_rows) * self.batches_per_epoch
         stats = {
             "method": self.method,
@@ -622,26 +598,18 @@ class Search:
             "seeds": self.seeds,
             "groups": len({t.config for t in self.trials}),
             "rows": len(self.history),
-            "runs_computed": self.computed,
-            "runs_resumed": self.resumed,
-            "chunks": self.chunks,
+            **self.engine.stats(),
             "configs_per_chunk": {str(i): c for i, c in enumerate(self.chunks_per_group.values())},
             "padded_runs": self.padded_runs,
             "padded_config_steps": self.padded_config_steps,
-            "compilations": self.compilations,
-            "devices": len(self.devices),
-            "processes": jax.process_count(),
             "batches_per_epoch": self.batches_per_epoch,
             "config_steps": config_steps,
-            "seconds": time.perf_counter() - self.start,
             **extra_stats,
         }
         results = Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
-                          directions=self.directions,
-                          history=list(self.history))
-        if self.results_path is not None:
-            reopen.record_call(self.results_path, self._call(), fresh=False, results=results)
-        return results
+                          directions=self.directions, history=list(self.history))
+        assert self.hold is not None, "Search.results is called while the file is held (drive)"
+        return self.hold.finish(results)
 
     def _call(self) -> dict[str, Any]:
         """What identifies this search in the results record (``reopen.record_call``)."""

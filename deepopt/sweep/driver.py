@@ -7,11 +7,11 @@ id suffix), with which extra row fields, and which trials' states are no longer 
 when the search is over. ``planned`` lists the ``(configs, epochs)`` of every stage it may ask, so
 that the engine fixes one chunk shape per group for the whole search.
 
-``drive(search, algorithm)`` holds the results file (``Search.opened``: lock, manifest, resume),
+``drive(search, algorithm, stats)`` holds the results file (``Search.opened``: lock, manifest, resume),
 trains each stage on the engine's stage program (``Search.train_stage``: chunks of one group, their
 states saved before their rows are appended), forgets the states the algorithm drops, deletes a
-stage's saved states once the algorithm says they are done with, and returns each trial's last
-rows. Successive halving, Hyperband (``halving``), population-based training (``population``) and
+stage's saved states once the algorithm says they are done with, and returns the search's
+``Results`` (each trial's last rows), recorded in the file's record before the lock is let go. Successive halving, Hyperband (``halving``), population-based training (``population``) and
 the median stopping rule (``median``) are algorithms on it; a new search is one more class.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from deepopt.sweep.adaptive import Search, Trial
+from deepopt.sweep.analysis import Results
 
 Rows = Mapping[int, Sequence[Mapping[str, Any]]]
 
@@ -65,10 +66,14 @@ class Algorithm(Protocol):
         """The next stage, from each trial's last rows so far (by position), or None when the search is done."""
 
 
-def drive(search: Search, algorithm: Algorithm) -> dict[int, list[dict[str, Any]]]:
-    """Train every stage ``algorithm`` asks for on ``search``; return each trained trial's last rows, by position."""
+def drive(search: Search, algorithm: Algorithm, stats: Callable[[], Mapping[str, Any]]) -> Results:
+    """Train every stage ``algorithm`` asks for on ``search``; return its ``Results`` (recorded before the file is let go).
+
+    The results hold each trained trial's last rows (plan order, one per seed), every stage's rows
+    as the history, and ``stats()`` (the algorithm's own, asked once it is done) in their stats.
+    """
     planned = algorithm.planned()
-    total = sum(configs for configs, _ in planned) * search.seeds
+    search.engine.total = sum(configs for configs, _ in planned) * search.seeds
     last: dict[int, list[dict[str, Any]]] = {}
     with search.opened():
         while (stage := algorithm.next_stage(last)) is not None:
@@ -77,10 +82,11 @@ def drive(search: Search, algorithm: Algorithm) -> dict[int, list[dict[str, Any]
                 search.pool.copy(stage.copy)
             fields = stage.fields if callable(stage.fields) else (lambda trial, fields=stage.fields: fields)
             last.update(search.train_stage(
-                stage.trials, epochs=stage.epochs, fresh=stage.fresh, stage=stage.name, stages=planned, total=total,
+                stage.trials, epochs=stage.epochs, fresh=stage.fresh, stage=stage.name, stages=planned,
                 label=stage.label, extra=lambda trial, fields=fields: {"method": search.method, **fields(trial)},
                 hparams=stage.hparams,
             ))
             if stage.done_with is not None:
                 search.delete_states(stage.done_with)
-    return last
+        final = [row for trial in search.trials if trial.position in last for row in last[trial.position]]
+        return search.results(final, stats())

@@ -6,8 +6,8 @@ A group (one static Config) is trained as fixed-shape chunks of ``C`` configs ×
 unbatched along the configs: ``_chunk_program``), compiled once per shape (``_compile``, counted
 by ``compile_count``) with the configs sharded over ``Mesh(devices, (RUN_AXIS,))`` and the seed
 keys and data replicated, each device running its own configs with no collective until the
-outputs are gathered (``per_device``); ``_choose_chunk`` shrinks ``C`` until ``memory_analysis``
-fits the budget, and ``_execute`` runs one chunk. Nothing here reads or writes files.
+outputs are gathered (``per_device``); ``fit_budget`` shrinks ``C`` until ``memory_analysis``
+fits the budget, and ``_execute`` runs one chunk (``chunks.ChunkEngine`` drives them). Nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -534,27 +534,6 @@ def _seeds_per_config(group_runs: Sequence[Run]) -> int:
     if not layout_ok:
         raise ValueError("a sweep group must hold every config × the same seeds, config-major (sweep.plan's order)")
     return seeds
-
-
-def _choose_chunk(
-    config: train_lib.Config,
-    num_configs: int,
-    seeds: int,
-    chunk_size: int | None,
-    budget: int | None,
-    data_bytes: int,
-    compile_args: tuple,
-) -> tuple[int, Any, int]:
-    """Configs per chunk, the compiled program and its bytes per device, shrunk to fit ``budget``.
-
-    A chunk is ``C`` configs × every seed; ``C = chunk_layout(configs, chunk_size // seeds, D)``.
-    Bytes per device are modelled as ``data + per_config · C / D``; ``per_config`` is read off
-    the compiled program, then the largest fitting ``C`` is compiled and checked again.
-    """
-    num_devices = len(compile_args[4])
-    configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1), num_devices)
-    return fit_budget(lambda c: _compile(config, c, seeds, *compile_args), configs, num_devices, budget, data_bytes,
-                      seeds, config)
 
 
 def fit_budget(

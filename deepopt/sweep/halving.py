@@ -226,9 +226,8 @@ def successive_halving(
     sizes = rung_sizes(len(search.trials), len(rungs), eta)
     bracket = {"bracket": 0, "s": len(rungs) - 1, "configs": len(search.trials), "rungs": rungs, "sizes": sizes,
                "budget": _budget(sizes, rungs)}
-    last = drive(search, Halving(search.trials, rungs, eta, 0, search.rank))
-    final = [row for trial in search.trials for row in last[trial.position]]
-    results = search.results(final, {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
+    results = drive(search, Halving(search.trials, rungs, eta, 0, search.rank),
+                    lambda: {"brackets": [bracket], "eta": eta, "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)
 
 
@@ -275,8 +274,7 @@ def hyperband(
         bracket["configs"] = count
         bracket["sizes"] = rung_sizes(count, len(bracket["rungs"]), eta) if count else []
         assigned.append(members)
-    last = drive(search, Hyperband(brackets, assigned, eta, search.rank, search.batches_per_epoch,
-                                   ask=search.ask_trials, tell=search.tell_trials))
-    final = [row for trial in search.trials if trial.position in last for row in last[trial.position]]
-    results = search.results(final, {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})
+    results = drive(search, Hyperband(brackets, assigned, eta, search.rank, search.batches_per_epoch,
+                                      ask=search.ask_trials, tell=search.tell_trials),
+                    lambda: {"brackets": brackets, "eta": eta, "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)

@@ -155,11 +155,9 @@ def median_stopping(
     )
     rule = MedianStopping(search.trials, checkpoints, grace_epochs, search.metric,
                           direction(search.metric, search.directions) == "maximize")
-    last = drive(search, rule)
-    stopped = rule.stopped
-    final = [row for trial in search.trials for row in last[trial.position]]
-    results = search.results(final, {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
-                                     "min_trials": MIN_TRIALS, "stopped": stopped, "max_epochs": max_epochs})
+    results = drive(search, rule, lambda: {"checkpoints": checkpoints, "grace_epochs": grace_epochs,
+                                           "min_trials": MIN_TRIALS, "stopped": rule.stopped,
+                                           "max_epochs": max_epochs})
     return write_board(settings.tensorboard_dir, results)
 
 

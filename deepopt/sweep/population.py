@@ -190,11 +190,10 @@ def pbt(
     explore_key = host_keys.fold_in(search.key, EXPLORE_SALT)  # jax.random.fold_in, on the host
     algorithm = PopulationBasedTraining(search.trials, subpopulations, varying, epochs, interval, exploit,
                                         explore_key, search.rank)
-    last_rows = drive(search, algorithm)
-    final = [row for m in search.trials for row in last_rows[m.position]]
-    results = search.results(final, {"generations": algorithm.generations, "interval": interval,
-                                     "exploits": algorithm.lineage, "subpopulations": len(subpopulations),
-                                     "max_epochs": epochs})
+    results = drive(search, algorithm, lambda: {
+        "generations": algorithm.generations, "interval": interval, "exploits": algorithm.lineage,
+        "subpopulations": len(subpopulations), "max_epochs": epochs,
+    })
     return write_board(settings.tensorboard_dir, results)
 
 

@@ -139,6 +139,20 @@ def _write_record(path: str, calls: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+class Hold:
+    """One search call's hold on its results file (``writing``): the rows already there, and ``finish``."""
+
+    def __init__(self, results_path: str | os.PathLike | None, call: Mapping[str, Any], writer: bool,
+                 done: dict[str, dict[str, Any]]) -> None:
+        self.results_path, self.call, self.writer, self.done = results_path, call, writer, done
+
+    def finish(self, results: Results) -> Results:
+        """Record that the call returned ``results`` (its stats and row ids), the lock still held; returns them."""
+        if self.writer:
+            record_call(self.results_path, self.call, fresh=False, results=results)
+        return results
+
+
 @contextlib.contextmanager
 def writing(
     results_path: str | os.PathLike | None,
@@ -149,15 +163,16 @@ def writing(
     legacy: Mapping[str, Any] | None = None,
     manifest: tuple[str, Mapping[str, Any]] | None = None,
     fresh_files: Sequence[str] = (),
-) -> Iterator[dict[str, dict[str, Any]]]:
-    """One search call's hold on its results file: the one place every search opens it (process 0 writes).
+) -> Iterator[Hold]:
+    """One search call's hold on its results file: the one place every search opens and closes it (process 0 writes).
 
     Holds the writer's lock (``lock_results``) for the call. With ``manifest`` (``(path, arguments)``,
     an adaptive search's), a resumed file must hold the same search (refused, naming what
     differs) and the manifest is written. Reads the rows already there (``store._resume``: the
     planned ``ids``, every row when None; ``legacy`` v1 rows; every process gets them) or, with
     ``resume=False``, empties the file and removes ``fresh_files`` (a states directory). Records the
-    call's start (``record_call``). Yields the rows read, by id.
+    call's start (``record_call``). Yields a ``Hold``: ``done``, the rows read by id, and
+    ``finish(results)``, which records the call's end before the lock is released.
     """
     writer = results_path is not None and jax.process_index() == 0
     with lock_results(results_path) if writer else contextlib.nullcontext():
@@ -171,7 +186,7 @@ def writing(
             if manifest is not None:
                 _write_json_atomically(*manifest)
             record_call(results_path, call, fresh=not resume)
-        yield done
+        yield Hold(results_path, call, writer, done)
 
 
 def _check_manifest(results_path: str, manifest: str, arguments: Mapping[str, Any], resume: bool) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from deepopt import data as data_lib
 from deepopt import tasks
@@ -23,20 +21,14 @@ from deepopt.sweep.analysis import Results
 from deepopt.sweep.engine import (
     AUTO_CHUNK,
     CURVE_PREFIX,
-    RUN_AXIS,
     _check_data,
-    _choose_chunk,
     _execute,
     _group_dropout,
     _group_hparams,
-    replicate_splits,
     split_bytes,
-    split_shapes,
     _seeds_per_config,
     auto_chunk_size,
-    compile_count,
-    concurrent_chunks,
-    in_order,
+    chunk_layout,
 )
 from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
@@ -44,59 +36,11 @@ from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.store import _append_rows, curve_row, data_fingerprint, read_curves
+from deepopt.sweep.chunks import ChunkEngine, Progress, progress_of  # noqa: F401  (progress_of: re-exported)
+from deepopt.sweep.store import data_fingerprint, read_curves
 
 
 MODEL_BASED_ROUNDS = 8  # a model-based sweep's default rounds of ask, train, tell
-
-
-class Progress(NamedTuple):
-    """One finished chunk of any search (``sweep.run`` and the stage searches); ``str(progress)`` is the line.
-
-    ``done`` of ``total`` runs (``unit``: a stage search counts run-stages), ``resumed`` of them read
-    back; ``group`` of ``groups`` and ``chunk`` of ``chunks``: where ``sweep.run`` is in its plan (a
-    stage search has ``groups = 0`` and counts in ``chunk`` the chunks it computed); ``label``: the
-    group's static choices or the stage (``stage`` reads it).
-    """
-
-    done: int
-    total: int
-    resumed: int
-    group: int
-    groups: int
-    chunk: int
-    chunks: int
-    runs_per_second: float
-    eta_seconds: float
-    elapsed_seconds: float
-    label: str
-    unit: str = "runs"
-
-    @property
-    def stage(self) -> str:
-        """A stage search's stage (``label``), e.g. ``bracket 0 rung 2 (9 epochs)``."""
-        return self.label
-
-    def __str__(self) -> str:
-        eta = f"{self.eta_seconds:.0f} s" if math.isfinite(self.eta_seconds) else "?"
-        resumed = f" ({self.resumed} resumed)" if self.resumed else ""
-        where = (f"group {self.group}/{self.groups} ({self.label}) chunk {self.chunk}/{self.chunks}" if self.groups
-                 else self.label)
-        return f"[{self.done}/{self.total} {self.unit}{resumed}] {where}: {self.runs_per_second:.1f} runs/s, ETA {eta}"
-
-
-def progress_of(
-    start: float, computed: int, resumed: int, total: int, where: tuple[int, int, int, int], label: str,
-    unit: str = "runs",
-) -> Progress:
-    """The ``Progress`` of a search that started at ``start`` (``perf_counter``) and has ``computed`` + ``resumed`` done.
-
-    Runs per second count this call's computed runs over its elapsed time; the ETA is the rest at that rate.
-    """
-    elapsed = time.perf_counter() - start
-    rate = computed / elapsed if elapsed > 0 else float("inf")
-    eta = (total - computed - resumed) / rate if rate > 0 else float("inf")
-    return Progress(computed + resumed, total, resumed, *where, rate, eta, elapsed, label, unit)
 
 
 def _metric_fields(task: tasks.Task, dev: Any, test: Any) -> tuple[str, ...]:
@@ -230,7 +174,7 @@ def _run(
     train_lib._check_config(base_config)
     task = base_config.task
     metric = options_lib.metric_of(settings, task)
-    chunk_size, progress, curves = settings.chunk_size, settings.progress, settings.curves
+    chunk_size, curves = settings.chunk_size, settings.curves
     tensorboard_dir, concurrent_chunks = settings.tensorboard_dir, settings.concurrent_chunks
     start = time.perf_counter()
     splits = tuple(_as_dataset(name, split, task) for name, split in (("train", train), ("dev", dev), ("test", test)))
@@ -264,13 +208,10 @@ def _run(
     options_lib.check_concurrent_chunks(concurrent_chunks)
     key = _typed_key(key)
     data_digest = data_fingerprint(*splits)
+    settings = dataclasses.replace(settings, metric=metric, chunk_size=chunk_size, devices=devices, curves=curves,
+                                   tensorboard_dir=tensorboard_dir)
     if is_model_based(sampler):
-        return _run_model_based(
-            base_config, space, splits, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
-            results_path=results_path, resume=resume, devices=devices, budget=memory_budget_bytes, metric=metric,
-            hparams=hparams, chunk_size=chunk_size, progress=progress, curves=curves, start=start,
-            data_digest=data_digest, data_bytes=data_bytes, tensorboard_dir=tensorboard_dir,
-        )
+        return _run_model_based(base_config, space, splits, key, num_configs, hparams, settings, start, data_digest)
     runs = plan(
         base_config,
         space,
@@ -284,30 +225,16 @@ def _run(
     grouped = groups(runs)
     _check_data(grouped, splits, key, devices)
 
-    writer = results_path is not None and jax.process_index() == 0
-    reads_file = resume and writer
+    reads_file = resume and results_path is not None and jax.process_index() == 0
     legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
     call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
-    with reopen.writing(results_path, call, resume=resume, ids=[run_.id for run_ in runs], legacy=legacy) as done:
-        curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, [r.id for r in runs])
-        sweep = _new_sweep(
-            devices, splits, data_bytes, memory_budget_bytes, chunk_size, results_path, done, curves, curve_file,
-            curve_data, progress, start, len(runs), sum(run_.id in done for run_ in runs), len(grouped), key,
-        )
-        sweep.concurrent_chunks = concurrent_chunks
-        compiled_before = compile_count()
+    with reopen.writing(results_path, call, resume=resume, ids=[run_.id for run_ in runs], legacy=legacy) as hold:
+        sweep = _new_sweep(settings, splits, key, hold.done, [r.id for r in runs], len(runs), len(grouped), start)
+        sweep.engine.read_back(sum(run_.id in hold.done for run_ in runs))
         _run_groups_compiling_ahead(
             sweep, grouped, space, lambda: _write_board(tensorboard_dir, sweep, runs, space, metric)
         )
-        stats = _stats(sweep, runs, grouped, seeds, devices, compiled_before)
-        recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
-        results = Results(
-            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded,
-            directions=task.row_directions(),
-        )
-        if writer:
-            reopen.record_call(results_path, call, fresh=False, results=results)
-        return results
+        return hold.finish(_results(sweep, runs, space, metric, task))
 
 
 def _call_record(
@@ -333,28 +260,30 @@ def _key_words(key: jax.Array) -> list[int]:
     return [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)]
 
 
-def _stats(
-    sweep: _Sweep, runs: Sequence[Run], grouped: Mapping[train_lib.Config, Sequence[Run]], seeds: int,
-    devices: Sequence[Any], compiled_before: int,
-) -> dict[str, Any]:
-    """``Results.stats`` of a finished call."""
-    return {
+def _results(
+    sweep: _Sweep, runs: Sequence[Run], space: Mapping[str, Any], metric: str, task: tasks.Task,
+    extra_stats: Mapping[str, Any] | None = None,
+) -> Results:
+    """The ``Results`` of a finished call: its runs' rows in plan order, their curves, the stats."""
+    engine = sweep.engine
+    grouped = groups(runs)
+    stats = {
         "runs": len(runs),
         "configs": len({r.config_id for r in runs}),
-        "seeds": seeds,
+        "seeds": engine.seeds,
         "groups": len(grouped),
-        "runs_computed": sweep.computed,
-        "runs_resumed": sweep.resumed,
-        "chunks": sweep.chunks,
-        "compilations": compile_count() - compiled_before,
-        "devices": len(devices),
-        "processes": jax.process_count(),
-        "seconds": time.perf_counter() - sweep.start,
+        **engine.stats(),
         "layout": sweep.layout,
         "config_steps": sum(
-            perf.steps_per_run(config, len(sweep.splits[0].y)) * len(r) for config, r in grouped.items()
+            perf.steps_per_run(config, len(engine.splits[0].y)) * len(r) for config, r in grouped.items()
         ),
+        **(extra_stats or {}),
     }
+    return Results(
+        rows=[engine.done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats,
+        curves={run_.id: engine.curve_data[run_.id] for run_ in runs if run_.id in engine.curve_data},
+        directions=task.row_directions(),
+    )
 
 
 def _check_tensorboard_dir(tensorboard_dir: Any) -> str:
@@ -378,13 +307,14 @@ def _write_board(
     by_config: dict[str, list[Run]] = {}
     for run_ in runs:
         by_config.setdefault(run_.config_id, []).append(run_)
-    complete = [run_ for seeds in by_config.values() if all(r.id in sweep.done for r in seeds) for run_ in seeds]
+    done, curve_data = sweep.engine.done, sweep.engine.curve_data
+    complete = [run_ for seeds in by_config.values() if all(r.id in done for r in seeds) for run_ in seeds]
     if not complete:
         return
     results = Results(
-        rows=[sweep.done[run_.id] for run_ in complete], space=dict(space), metric=metric,
+        rows=[done[run_.id] for run_ in complete], space=dict(space), metric=metric,
         directions=runs[0].config.task.row_directions(),
-        curves={run_.id: sweep.curve_data[run_.id] for run_ in complete if run_.id in sweep.curve_data},
+        curves={run_.id: curve_data[run_.id] for run_ in complete if run_.id in curve_data},
     )
     tensorboard_log.write_runs(tensorboard_dir, results)
 
@@ -403,49 +333,20 @@ def _open_curves(
 
 
 def _new_sweep(
-    devices: Sequence[Any],
-    splits: tuple[data_lib.Dataset | None, ...],
-    data_bytes: int,
-    budget: int | None,
-    chunk_size: int | str | None,
-    results_path: str | os.PathLike | None,
-    done: dict[str, dict[str, Any]],
-    curves: bool,
-    curve_file: str | None,
-    curve_data: dict[str, dict[str, np.ndarray]],
-    progress: Callable[[Progress], None] | None,
-    start: float,
-    total: int,
-    resumed: int,
-    num_groups: int,
-    key: jax.Array,
+    settings: options_lib.Options, splits: tuple[data_lib.Dataset | None, ...], key: jax.Array,
+    done: dict[str, dict[str, Any]], ids: Sequence[str], total: int, num_groups: int, start: float,
 ) -> _Sweep:
-    """The state one ``run`` call's groups share."""
-    return _Sweep(
-        mesh=Mesh(np.asarray(devices), (RUN_AXIS,)),
-        splits=splits,
-        data_bytes=data_bytes,
-        budget=budget,
-        chunk_size=chunk_size,
-        results_path=results_path if jax.process_index() == 0 else None,
-        done=done,
-        curves=curves,
-        curves_path=curve_file,
-        curve_data=curve_data,
-        progress=progress,
-        start=start,
-        total=total,
-        resumed=resumed,
-        groups=num_groups,
-        compile_args=(
-            str(jax.random.key_impl(key)),
-            tuple(np.asarray(jax.random.key_data(key)).shape),
-            str(splits[0].X.dtype),
-            split_shapes(splits),
-            tuple(devices),
-            splits[2] is not None,
-        ),
+    """The state one ``run`` call's groups share (``settings`` resolved): its ``ChunkEngine`` and chunking."""
+    writer = settings.results_path is not None and jax.process_index() == 0
+    curve_file, curve_data = _open_curves(settings.results_path if writer else None, settings.curves,
+                                          settings.resume, ids)
+    engine = ChunkEngine(
+        devices=tuple(settings.devices), splits=splits, key=key, seeds=settings.seeds, progress=settings.progress,
+        results_path=os.fspath(settings.results_path) if writer else None, done=done, total=total,
+        groups=num_groups, curves_path=curve_file, curve_data=curve_data, start=start,
     )
+    return _Sweep(engine=engine, budget=settings.memory_budget_bytes, chunk_size=settings.chunk_size,
+                  curves=settings.curves, concurrent_chunks=settings.concurrent_chunks)
 
 
 def ask_size(num_configs: int, seeds: int, chunk_size: int | str | None, num_devices: int) -> int:
@@ -518,47 +419,26 @@ def _tell_values(
 
 
 def _run_model_based(
-    base_config: train_lib.Config,
-    space: Mapping[str, Any],
-    splits: tuple[data_lib.Dataset | None, ...],
-    *,
-    key: jax.Array,
-    num_configs: int | None,
-    seeds: int,
-    sampler: Any,
-    results_path: str | os.PathLike | None,
-    resume: bool,
-    devices: Sequence[Any],
-    budget: int | None,
-    metric: str,
-    hparams: train_lib.HParams | None,
-    chunk_size: int | str | None,
-    progress: Callable[[Progress], None] | None,
-    curves: bool,
-    start: float,
-    data_digest: str,
-    data_bytes: int,
-    tensorboard_dir: str | None,
+    base_config: train_lib.Config, space: Mapping[str, Any], splits: tuple[data_lib.Dataset | None, ...],
+    key: jax.Array, num_configs: int | None, hparams: train_lib.HParams | None, settings: options_lib.Options,
+    start: float, data_digest: str,
 ) -> Results:
-    """``run`` with a model-based sampler: rounds of ask ``C``, train, tell ``C``."""
-    task = base_config.task
+    """``run`` with a model-based sampler (``settings`` resolved): rounds of ask ``C``, train, tell ``C``."""
+    seeds, sampler, metric, devices = settings.seeds, settings.sampler, settings.metric, settings.devices
     if num_configs is None:
         raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
     num_configs = _check_count("num_configs", num_configs)
     source, dropout_of = model_based_source(base_config, space, splits, key, seeds, hparams, data_digest, sampler,
                                             metric, devices)
-    per_round = ask_size(num_configs, seeds, chunk_size, len(devices))
+    per_round = ask_size(num_configs, seeds, settings.chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 
-    writer = results_path is not None and jax.process_index() == 0
     call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
-    with reopen.writing(results_path, call, resume=resume, ids=None if resume else []) as done:
-        curve_file, curve_data = _open_curves(results_path if writer else None, curves, resume, list(done))
-        sweep = _new_sweep(
-            devices, splits, data_bytes, budget, per_round * seeds, results_path, done, curves, curve_file,
-            curve_data, progress, start, num_configs * seeds, 0, rounds, key,
-        )
-        compiled_before = compile_count()
+    resume = settings.resume
+    with reopen.writing(settings.results_path, call, resume=resume, ids=None if resume else []) as hold:
+        done = hold.done
+        sweep = _new_sweep(dataclasses.replace(settings, chunk_size=per_round * seeds), splits, key, done, list(done),
+                           num_configs * seeds, rounds, start)
         runs: list[Run] = []
         runs_by_config: dict[str, list[Run]] = {}
         seen: set[str] = set()
@@ -571,7 +451,7 @@ def _run_model_based(
             runs += new_runs
             for run_ in new_runs:
                 runs_by_config.setdefault(run_.config_id, []).append(run_)
-            sweep.resumed += sum(run_.id in done for run_ in new_runs)
+            sweep.engine.read_back(sum(run_.id in done for run_ in new_runs))
             for config, group_runs in groups(new_runs).items():  # every static combination is a corner's
                 if all(run_.id in done for run_ in group_runs):
                     continue
@@ -580,58 +460,22 @@ def _run_model_based(
                 _run_group(sweep, round_number, f"round {round_number}/{rounds}" + (f", {label}" if label else ""),
                            config, group_runs, program)
             source.tell(assignments, _tell_values(config_ids, done, runs_by_config, metric))
-            _write_board(tensorboard_dir, sweep, runs, space, metric)
-        stats = _stats(sweep, runs, groups(runs), seeds, devices, compiled_before)
-        stats.update({"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
-                      "configs_per_round": per_round, "asked": source.asked})
-        recorded = {run_.id: sweep.curve_data[run_.id] for run_ in runs if run_.id in sweep.curve_data}
-        results = Results(
-            rows=[done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats, curves=recorded,
-            directions=task.row_directions(),
-        )
-        if writer:
-            reopen.record_call(results_path, call, fresh=False, results=results)
-        return results
+            _write_board(settings.tensorboard_dir, sweep, runs, space, metric)
+        extra = {"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
+                 "configs_per_round": per_round, "asked": source.asked}
+        return hold.finish(_results(sweep, runs, space, metric, base_config.task, extra))
 
 
 @dataclasses.dataclass
 class _Sweep:
-    """What every group of one ``run`` call shares: the mesh, the data, the file, the counters."""
+    """What every group of one ``run`` call shares: the chunk engine, and how groups are cut into chunks."""
 
-    mesh: Mesh
-    splits: tuple[data_lib.Dataset | None, ...]
-    data_bytes: int
+    engine: ChunkEngine
     budget: int | None
     chunk_size: int | str | None
-    results_path: str | os.PathLike | None  # None on processes other than 0
-    done: dict[str, dict[str, Any]]
     curves: bool
-    curves_path: str | None  # None without curves, or on processes other than 0
-    curve_data: dict[str, dict[str, np.ndarray]]
-    progress: Callable[[Progress], None] | None
-    start: float
-    total: int
-    resumed: int
-    groups: int
-    compile_args: tuple
     concurrent_chunks: int | None = None  # chunks in flight at once; None: engine.concurrent_chunks
-    computed: int = 0
-    chunks: int = 0
     layout: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    device_data: list[data_lib.Dataset | None] | None = None
-
-    def data_on_devices(self) -> list[data_lib.Dataset | None]:
-        """The splits as global arrays replicated on every device (made once, on first use)."""
-        if self.device_data is None:
-            self.device_data = replicate_splits(self.mesh, self.splits)
-        return self.device_data
-
-    def report(self, group: int, chunk: int, chunks: int, label: str) -> None:
-        """Send one ``Progress`` line: runs done, runs per second of this call, ETA."""
-        if self.progress is None:
-            return
-        self.progress(progress_of(self.start, self.computed, self.resumed, self.total,
-                                  (group, self.groups, chunk, chunks), label))
 
 
 def _group_program(
@@ -643,24 +487,26 @@ def _group_program(
 ) -> tuple[int, Any, int, bool, float]:
     """The group's compiled chunk program: ``(configs per chunk, program, bytes per device, dropout, seconds)``.
 
-    ``shape_configs``: the configs the chunk shape is laid out for (default: the group's), so that a
-    model-based sweep's rounds share one program per group; ``dropout``: the program's dropout
-    (default: whether a run of the group needs it).
+    ``C = chunk_layout(configs, chunk_size // seeds, D)``, shrunk to fit the memory budget
+    (``ChunkEngine.program``). ``shape_configs``: the configs the chunk shape is laid out for
+    (default: the group's), so that a model-based sweep's rounds share one program per group;
+    ``dropout``: the program's dropout (default: whether a run of the group needs it).
     """
+    engine = sweep.engine
     dropout = _group_dropout(group_runs) if dropout is None else dropout
     compile_start = time.perf_counter()
     chunk_size = sweep.chunk_size
     if chunk_size == AUTO_CHUNK:
-        train_set = sweep.splits[0]
+        train_set = engine.splits[0]
         chunk_size = auto_chunk_size(
-            config, len(train_set.y), len(sweep.compile_args[4]), train_set.X.dtype, train_set.X.shape[1:]
+            config, len(train_set.y), len(engine.devices), train_set.X.dtype, train_set.X.shape[1:]
         )
     seeds = _seeds_per_config(group_runs)
-    num_configs = len(group_runs) // seeds
-    configs_per_chunk, compiled, size = _choose_chunk(
-        config, num_configs if shape_configs is None else shape_configs, seeds, chunk_size, sweep.budget,
-        sweep.data_bytes, (*sweep.compile_args, dropout, sweep.curves),
-    )
+    num_configs = len(group_runs) // seeds if shape_configs is None else shape_configs
+    configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1),
+                           len(engine.devices))
+    configs_per_chunk, compiled, size = engine.program(config, configs, dropout, budget=sweep.budget,
+                                                       curves=sweep.curves)
     return configs_per_chunk, compiled, size, dropout, time.perf_counter() - compile_start
 
 
@@ -674,7 +520,7 @@ def _run_groups_compiling_ahead(
     running the chunks) the compilation of group ``k + 1`` is hidden behind the chunks of group ``k``.
     """
     todo = [(number, config, runs) for number, (config, runs) in enumerate(grouped.items(), start=1)
-            if not all(run_.id in sweep.done for run_ in runs)]
+            if not all(run_.id in sweep.engine.done for run_ in runs)]
     with jax_config.ThreadPool(max_workers=1, thread_name_prefix="deepopt-compile") as pool:
         ahead = pool.submit(_group_program, sweep, todo[0][1], todo[0][2]) if todo else None
         for position, (number, config, group_runs) in enumerate(todo):
@@ -715,28 +561,28 @@ def _run_group(
             "compile_seconds": compile_seconds,  # ~0 when the program was cached
         }
     )
-    hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(sweep.compile_args[2]))
+    engine = sweep.engine
+    hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(engine.splits[0].X.dtype))
     key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
-    todo = [n for n in range(num_chunks) if not all(r.id in sweep.done for r in group_runs[n * chunk : (n + 1) * chunk])]
-    device_data = sweep.data_on_devices() if todo else []  # made here, before any thread needs it
+    todo = [n for n in range(num_chunks) if not all(r.id in engine.done for r in group_runs[n * chunk : (n + 1) * chunk])]
+    device_data = engine.data_on_devices() if todo else []  # made here, before any thread needs it
+    mesh = engine.mesh
 
-    def compute(chunk_number: int) -> tuple[dict[str, np.ndarray], float]:
+    def compute(chunk_number: int) -> tuple[int, dict[str, np.ndarray], float]:
         first = chunk_number * configs_per_chunk  # pad with the last config
         local = np.minimum(np.arange(configs_per_chunk) + first, num_configs - 1)
         chunk_start = time.perf_counter()
-        outputs = _execute(compiled, sweep.mesh, hp_host, key_host, local, device_data)
-        return outputs, time.perf_counter() - chunk_start
+        outputs = _execute(compiled, mesh, hp_host, key_host, local, device_data)
+        return chunk_number, outputs, time.perf_counter() - chunk_start
 
-    if jax.process_count() > 1:  # every process must dispatch the chunks' collectives in the same order
-        wanted = 1
-    else:
-        wanted = sweep.concurrent_chunks or concurrent_chunks(list(sweep.mesh.devices.flat), size, sweep.budget)
-    streams = min(wanted, max(len(todo), 1))
+    def record(computed: tuple[int, dict[str, np.ndarray], float]) -> None:
+        chunk_number, outputs, chunk_seconds = computed
+        _record_chunk(sweep, number, label, group_runs[chunk_number * chunk : (chunk_number + 1) * chunk],
+                      outputs, chunk_seconds, chunk_number, num_chunks)
+
+    streams = engine.streams(sweep.concurrent_chunks, len(todo), size, sweep.budget)
     sweep.layout[-1]["concurrent_chunks"] = streams
-    with contextlib.closing(in_order(compute, todo, streams)) as computed:
-        for chunk_number, (outputs, chunk_seconds) in zip(todo, computed):
-            _record_chunk(sweep, number, label, group_runs[chunk_number * chunk : (chunk_number + 1) * chunk],
-                          outputs, chunk_seconds, chunk_number, num_chunks)
+    engine.run_chunks(todo, compute, record, streams)
 
 
 def _record_chunk(
@@ -744,20 +590,12 @@ def _record_chunk(
     chunk_seconds: float, chunk_number: int, num_chunks: int,
 ) -> None:
     """Append one computed chunk's rows (and curves) to the file and the done rows, and report it."""
+    engine = sweep.engine
     seconds = chunk_seconds / len(members)
     curve_outputs = {
         name[len(CURVE_PREFIX):]: outputs.pop(name) for name in list(outputs) if name.startswith(CURVE_PREFIX)
     }
-    fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in sweep.done]
-    new_rows = [_row(run_, outputs, i, seconds) for i, run_ in fresh]
-    if curve_outputs:
-        new_curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
-        if sweep.curves_path is not None:  # before the rows: a recorded row always has its curves
-            _append_rows(sweep.curves_path, [curve_row(run_id, c) for run_id, c in new_curves.items()])
-        sweep.curve_data.update(new_curves)
-    if sweep.results_path is not None:
-        _append_rows(sweep.results_path, new_rows)
-    sweep.done.update({row["id"]: row for row in new_rows})
-    sweep.computed += len(new_rows)
-    sweep.chunks += 1
-    sweep.report(number, chunk_number + 1, num_chunks, label)
+    fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in engine.done]
+    curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
+    engine.append([_row(run_, outputs, i, seconds) for i, run_ in fresh], curves if curve_outputs else None)
+    engine.report(label, (number, engine.groups, chunk_number + 1, num_chunks))

@@ -22,6 +22,7 @@ Both answer:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepopt import batchnorm, losses, model, modules, tasks
+from deepopt import batchnorm, conv_patches, losses, model, modules, tasks
 from deepopt import data as data_lib
 from deepopt import init as init_lib
 from deepopt.hparams import HParams, HParamsValueError, concrete_array, first_index
@@ -114,9 +115,15 @@ class MLP:
 
 @dataclasses.dataclass(frozen=True)
 class FlaxModule:
-    """A user's Flax linen module (``deepopt.modules``): its own layers, dropout and batch statistics."""
+    """A user's Flax linen module (``deepopt.modules``): its own layers, dropout and batch statistics.
+
+    ``conv_patches``: its ``nn.Conv`` layers run as patches × kernel (``deepopt.conv_patches``), a
+    batched matmul under a sweep's per-config ``vmap`` instead of a grouped convolution; the same
+    values up to float rounding. ``Config.cpu_kernels`` sets it.
+    """
 
     module: Any
+    conv_patches: bool = True
 
     def check_split(
         self, name: str, split: Any, task: tasks.Task, dtype: Any = None, on_host: bool = False
@@ -178,10 +185,16 @@ class FlaxModule:
     ) -> tuple[jax.Array, Any]:
         """Training-mode logits; the module's own dropout always draws from the ``'dropout'`` rng (``key``)."""
         del keep_prob, dropout, mask
-        return modules.apply_train(self.module, params, model_state, X, key)
+        with self._layers():
+            return modules.apply_train(self.module, params, model_state, X, key)
 
     def apply_eval(self, params: Any, model_state: Any, X: jax.Array) -> jax.Array:
-        return modules.apply_eval(self.module, params, model_state, X)
+        with self._layers():
+            return modules.apply_eval(self.module, params, model_state, X)
+
+    def _layers(self) -> contextlib.AbstractContextManager:
+        """Where the module's layers are traced: ``conv_patches.intercept_convs`` when ``conv_patches``."""
+        return conv_patches.intercept_convs() if self.conv_patches else contextlib.nullcontext()
 
     def l2_penalty(self, params: Any, lambd: Any, m: Any) -> jax.Array:
         return lambd / (2 * m) * modules.kernel_sum_of_squares(params)
@@ -197,5 +210,5 @@ Network = MLP | FlaxModule
 def network_of(config: Any) -> Network:
     """The network a ``train.Config`` trains: ``FlaxModule(config.model)``, else the ``MLP`` of its fields."""
     if config.model is not None:
-        return FlaxModule(config.model)
+        return FlaxModule(config.model, config.cpu_kernels)
     return MLP(config.layer_sizes, config.activation, config.init, config.batchnorm, config.cpu_kernels)

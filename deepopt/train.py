@@ -64,10 +64,12 @@ class Config:
         ``batchnorm`` are the MLP's: leave them at their defaults, and ``HParams.keep_prob`` at 1
         (the module does its own dropout). A module's ``nn.BatchNorm`` sees the padded rows of a
         smaller last mini-batch: pick a ``batch_size`` that divides ``m`` if that matters.
-      cpu_kernels: the built-in MLP's training step through ``deepopt.cpu_kernels`` (the default:
-        features-major small nets, custom-VJP matmuls, a multiply-add first layer; faster on the
-        CPU, the same values up to float rounding); False: the course's forward pass and
-        ``jax.grad`` everywhere (other float32 bits, the same float64 values to rounding).
+      cpu_kernels: deepopt's own kernels (the default): the built-in MLP's training step through
+        ``deepopt.cpu_kernels`` (features-major small nets, custom-VJP matmuls, a multiply-add
+        first layer), and a ``model``'s ``nn.Conv`` layers as patches × kernel
+        (``deepopt.conv_patches``: a batched matmul under a sweep's per-config ``vmap``); faster,
+        the same values up to float rounding. False: the course's forward pass, Flax's own
+        convolutions and ``jax.grad`` everywhere (other float32 bits, the same float64 values to rounding).
       task: what is learned (``deepopt.tasks``): the loss, the metrics and the primary one early
         stopping keeps and searches rank by, the targets' kind. ``tasks.classification()`` (the
         default: class ids, sigmoid or softmax, cross-entropy, accuracy) or ``tasks.regression()``

@@ -1,4 +1,5 @@
-r"""Counting and timing the work of training: config-steps, matmul FLOPs, medians, the matmul peak, compile phases.
+r"""Counting and timing the work of training: config-steps, matmul FLOPs, medians, the matmul peak, compile phases,
+peak resident memory.
 
 A *config-step* is one optimizer update of one run; a run of ``fit`` takes
 ``epochs · ceil(m / batch_size)`` of them (``epochs`` with full batches). The matmul FLOPs of one
@@ -137,3 +138,57 @@ def compile_phases() -> Iterator[dict[str, float]]:
         jax.monitoring.unregister_event_time_span_listener(listener)
         phases.update({name: covered_seconds(spans[event]) for name, event in COMPILE_PHASES.items()})
         phases["any"] = covered_seconds([span for event_spans in spans.values() for span in event_spans])
+
+
+class ResidentMemory:
+    """Peak resident memory of a phase, from ``/proc/self/status`` (Linux).
+
+    ``start()`` resets the kernel's high-water mark (``VmHWM``, by writing 5 to
+    ``/proc/self/clear_refs``) so that ``peak_bytes()`` is the phase's own peak; where that is not
+    allowed the peak is the process's since it started (``resettable`` says which).
+    """
+
+    def __init__(self) -> None:
+        self.resettable = False
+        self.baseline = 0
+
+    @staticmethod
+    def _status(field: str) -> int:
+        try:
+            with open("/proc/self/status", encoding="ascii") as stream:
+                for line in stream:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource  # not Linux's /proc: the process-wide peak
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def start(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+                stream.write("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.baseline = self._status("VmRSS")
+
+    def peak_bytes(self) -> int:
+        return self._status("VmHWM")
+
+
+def measure_memory(phase: Callable[[], Any], runs_in_flight: int) -> tuple[Any, dict[str, Any]]:
+    """Run ``phase()``; return its value and its peak RSS, the RSS it added, and that per run in flight."""
+    memory = ResidentMemory()
+    memory.start()
+    value = phase()
+    peak = memory.peak_bytes()
+    added = max(peak - memory.baseline, 0)
+    return value, {
+        "peak_rss_mb": peak / 2**20,
+        "added_rss_mb": added / 2**20,
+        "runs_in_flight": runs_in_flight,
+        "added_rss_kb_per_run": added / 1024 / max(runs_in_flight, 1),
+        "peak_is_per_phase": memory.resettable,
+    }

@@ -41,6 +41,7 @@ from flax.training import train_state
 
 from deepopt import data as data_lib
 from deepopt import flax_models, init, perf, sweep, train
+from deepopt.perf import ResidentMemory, measure_memory  # noqa: F401  (re-exported)
 from experiments import benchmark_peers, common
 
 STUDY = "benchmark"
@@ -119,63 +120,6 @@ for _name in ("hidden", "compute_hidden"):
         lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
         message=f"--{_name} must be a comma-separated list of positive ints",
     )
-
-
-# ------------------------------------------------------------------------------ memory
-
-
-class ResidentMemory:
-    """Peak resident memory of a phase, from ``/proc/self/status`` (Linux).
-
-    ``start()`` resets the kernel's high-water mark (``VmHWM``, by writing 5 to
-    ``/proc/self/clear_refs``) so that ``peak_bytes()`` is the phase's own peak; where that is not
-    allowed the peak is the process's since it started (``resettable`` says which).
-    """
-
-    def __init__(self) -> None:
-        self.resettable = False
-        self.baseline = 0
-
-    @staticmethod
-    def _status(field: str) -> int:
-        try:
-            with open("/proc/self/status", encoding="ascii") as stream:
-                for line in stream:
-                    if line.startswith(field + ":"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        import resource  # not Linux's /proc: the process-wide peak
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def start(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
-                stream.write("5")
-            self.resettable = True
-        except OSError:
-            self.resettable = False
-        self.baseline = self._status("VmRSS")
-
-    def peak_bytes(self) -> int:
-        return self._status("VmHWM")
-
-
-def measure_memory(phase: Callable[[], Any], runs_in_flight: int) -> tuple[Any, dict[str, Any]]:
-    """Run ``phase()``; return its value and its peak RSS, the RSS it added, and that per run in flight."""
-    memory = ResidentMemory()
-    memory.start()
-    value = phase()
-    peak = memory.peak_bytes()
-    added = max(peak - memory.baseline, 0)
-    return value, {
-        "peak_rss_mb": peak / 2**20,
-        "added_rss_mb": added / 2**20,
-        "runs_in_flight": runs_in_flight,
-        "added_rss_kb_per_run": added / 1024 / max(runs_in_flight, 1),
-        "peak_is_per_phase": memory.resettable,
-    }
 
 
 # ------------------------------------------------------------------------------ the three approaches

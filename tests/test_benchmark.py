@@ -5,6 +5,8 @@ import json
 import pytest
 from background import Finished, study
 
+from deepopt.sweep import engine as sweep_lib
+
 pytestmark = pytest.mark.slow  # every test reads one benchmark run (a child process, the loops, the matmul peak)
 TINY = [
     "--num_configs=4", "--num_seeds=2", "--epochs=3", "--loop_runs=3", "--recompile_runs=3",
@@ -56,8 +58,12 @@ def test_measures_every_approach_on_the_same_job(tiny):
     assert loop["config_steps_per_second"] == pytest.approx(3 * 15 / loop["seconds"])
     one_device, peer = measured["sweep_one_device"], measured["jax_user"]
     assert one_device["devices"] == 1 and one_device["process_devices"] == 1  # the library default, in its own process
-    # One chunk holds the 8 runs: nothing to run at once, so no one-chunk-at-a-time measurement beside it.
-    assert one_device["concurrent_chunks"] == 1 and "sweep_one_device_serial" not in measured
+    # "auto" spreads the 8 runs (4 configs x 2 seeds) over the CPU's cores, a chunk each (at most 4 chunks);
+    # with several at once, the one-chunk-at-a-time measurement runs beside it.
+    cores = sweep_lib.cpu_cores()
+    chunks = -(-4 // max(sweep_lib.spread_over_streams(1 << 20, 8, 1, cores) // 2, 1))
+    assert one_device["concurrent_chunks"] == min(cores, chunks)
+    assert ("sweep_one_device_serial" in measured) == (one_device["concurrent_chunks"] > 1)
     # The first call of a new process: compiling into an empty persistent cache, then loading from it.
     empty, filled = measured["first_calls"]["empty_cache"], measured["first_calls"]["filled_cache"]
     # The second process loads what the first compiled (a structural check: timings are too noisy to compare).

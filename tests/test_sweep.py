@@ -205,11 +205,16 @@ def test_one_compilation_per_static_group(two_groups):
     assert groups == {"gd", "adam"}
     assert compiled == 2 and traced == 2 and results.stats["compilations"] == 2
     assert len(results.rows) == 12 and len({row["id"] for row in results.rows}) == 12
+    layout = results.stats["layout"]
     assert (
-        len(lines) == results.stats["chunks"] == 2
+        len(lines) == results.stats["chunks"] == sum(entry["chunks"] for entry in layout)
         and lines[-1].startswith("[12/12 runs]")
         and "runs/s, ETA" in lines[-1]
     )
+    # "auto" spreads a small group over the chunks the CPU runs at once (one chunk per core per device).
+    streams = sweep.concurrent_chunks(jax.devices())
+    for entry in layout:
+        assert entry["chunks"] == min(streams, entry["runs"] // 2)
 
 
 def test_every_row_equals_a_single_fit(two_groups):

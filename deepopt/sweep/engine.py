@@ -374,6 +374,19 @@ def auto_chunk_size(
     return num_devices * (1 << (int(runs_per_device).bit_length() - 1))
 
 
+def spread_over_streams(chunk_size: int, group_runs: int, num_devices: int, streams: int) -> int:
+    r"""``chunk_size`` lowered so that a group's chunks fill ``streams`` concurrent chunks: :math:`D \cdot 2^k`.
+
+    ``k`` is the smallest with :math:`2^k \ge \lceil \text{group\_runs} / (D \cdot \text{streams}) \rceil`:
+    a group smaller than the cache allows would otherwise run as one chunk on one core of a
+    multi-core CPU (``concurrent_chunks``). ``streams`` ≤ 1: unchanged.
+    """
+    if streams <= 1:
+        return chunk_size
+    runs_per_device = max(-(-group_runs // (streams * num_devices)), 1)
+    return max(min(chunk_size, num_devices * (1 << (runs_per_device - 1).bit_length())), num_devices)
+
+
 def chunk_layout(group_size: int, chunk_size: int | None, num_devices: int) -> int:
     """Runs per chunk: a multiple of ``num_devices``; the last chunk of a group is padded.
 

@@ -29,6 +29,7 @@ from deepopt.sweep.engine import (
     _seeds_per_config,
     auto_chunk_size,
     chunk_layout,
+    spread_over_streams,
 )
 from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
@@ -137,7 +138,8 @@ def run(
       chunk_size: runs per chunk (the unit of progress lines and of resume); ``"auto"`` (the
         default): per group, as many runs per device as fit ``CACHE_BYTES_PER_DEVICE``
         (``auto_chunk_size``: the fastest on the CPU, and a group of the benchmark's 2-20-10-1 net
-        splits into chunks of 128 runs that run at once on a CPU's cores); None: the whole group
+        splits into chunks of 128 runs that run at once on a CPU's cores), lowered so that a smaller
+        group still gives each of the chunks run at once one (``spread_over_streams``); None: the whole group
         in one chunk. A smaller group is padded to the next power of two (``chunk_layout``) so
         that groups of similar size share one compiled program.
       progress: called with a ``Progress`` after each chunk (``progress=print`` prints a line).
@@ -501,6 +503,9 @@ def _group_program(
         chunk_size = auto_chunk_size(
             config, len(train_set.y), len(engine.devices), train_set.X.dtype, train_set.X.shape[1:]
         )
+        if shape_configs is None:  # a model-based round keeps one shape per group, whatever the cores
+            streams = engine.streams(sweep.concurrent_chunks, len(group_runs))
+            chunk_size = spread_over_streams(chunk_size, len(group_runs), len(engine.devices), streams)
     seeds = _seeds_per_config(group_runs)
     num_configs = len(group_runs) // seeds if shape_configs is None else shape_configs
     configs = chunk_layout(num_configs, None if chunk_size is None else max(chunk_size // seeds, 1),

@@ -122,7 +122,6 @@ def computes(module: nn.Module) -> bool:
         and module.conv_general_dilated is None
         and module.conv_general_dilated_cls is None
         and plain_padding
-        and not callable(padding)
     )
 
 

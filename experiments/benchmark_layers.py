@@ -34,7 +34,6 @@ class Head(nn.Module):
     """``layer`` then a flattening ``nn.Dense(10)``."""
 
     layer: Callable[[], nn.Module]
-    train: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

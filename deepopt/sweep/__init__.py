@@ -83,7 +83,8 @@ from deepopt.sweep.planning import Run, groups, legacy_ids, plan, seed_keys
 from deepopt.sweep.model_based import MODEL_BASED_SAMPLERS, OptunaSampler, make_sampler, optuna_distributions, sample
 from deepopt.sweep.samplers import SAMPLERS, GridSampler, QuasiSampler, RandomSampler, Sampler, halton
 from deepopt.sweep.planning import plan_assignments
-from deepopt.sweep.search import MODEL_BASED_ROUNDS, Progress, ask_size, run
+from deepopt.sweep.chunks import Progress
+from deepopt.sweep.search import MODEL_BASED_ROUNDS, ask_size, run
 from deepopt.sweep.space import (
     Choice,
     Distribution,

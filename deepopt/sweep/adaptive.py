@@ -31,7 +31,7 @@ from deepopt import data as data_lib
 from deepopt import modules, perf
 from deepopt import train as train_lib
 from deepopt.sweep import state_files
-from deepopt.sweep.chunks import ChunkEngine
+from deepopt.sweep.chunks import ChunkEngine, Progress
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
@@ -42,9 +42,7 @@ from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import (
-    Progress, _as_dataset, _key_words, _sampler_text, check_metric, model_based_source,
-)
+from deepopt.sweep.search import _as_dataset, _key_words, _sampler_text, check_metric, model_based_source
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import beside, data_fingerprint, json_round_trip
@@ -279,13 +277,11 @@ class Search:
     @contextlib.contextmanager
     def opened(self) -> Iterator[Search]:
         """Hold the results file (``reopen.writing``: the lock, the manifest, the rows already there, the record)."""
-        if self.results_path is None:
-            self.hold = reopen.Hold(None, self._call(), False, {})
-            yield self
-            return
+        on_file = self.results_path is not None
         with reopen.writing(
             self.results_path, self._call(), resume=self.resume,
-            manifest=(manifest_path(self.results_path), self.arguments), fresh_files=[states_path(self.results_path)],
+            manifest=(manifest_path(self.results_path), self.arguments) if on_file else None,
+            fresh_files=[states_path(self.results_path)] if on_file else [],
         ) as hold:
             for row_id, row in hold.done.items():
                 self.engine.done.setdefault(row_id, row)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -117,9 +118,16 @@ class ChunkEngine:
     compiled_before: int = dataclasses.field(default_factory=compile_count)
     device_data: list[data_lib.Dataset | None] | None = None
 
-    @property
+    @functools.cached_property
     def mesh(self) -> Mesh:
+        """``Mesh(devices, (RUN_AXIS,))``: the configs are sharded along it."""
         return Mesh(np.asarray(self.devices), (RUN_AXIS,))
+
+    @functools.cached_property
+    def _shape_args(self) -> tuple:
+        """What the compiled programs key on besides the group: key impl and shape, dtype, split shapes, devices, test."""
+        return (str(jax.random.key_impl(self.key)), tuple(np.asarray(jax.random.key_data(self.key)).shape),
+                str(self.splits[0].X.dtype), split_shapes(self.splits), self.devices, self.splits[2] is not None)
 
     @property
     def data_bytes(self) -> int:
@@ -147,10 +155,7 @@ class ChunkEngine:
         (bytes per device), ``C`` shrinks until the program fits (``engine.fit_budget``).
         ``stage``: the stage form (states in and out); ``curves``: the whole-run form with curves.
         """
-        key_args = (str(jax.random.key_impl(self.key)), tuple(np.asarray(jax.random.key_data(self.key)).shape))
-        train_set = self.splits[0]
-        args = (*key_args, str(train_set.X.dtype), split_shapes(self.splits), self.devices, self.splits[2] is not None,
-                dropout, curves, stage)
+        args = (*self._shape_args, dropout, curves, stage)
         return fit_budget(lambda c: _compile(config, c, self.seeds, *args), configs, len(self.devices), budget,
                           self.data_bytes, self.seeds, config)
 

@@ -37,7 +37,7 @@ from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
 from deepopt.sweep import options as options_lib
-from deepopt.sweep.chunks import ChunkEngine, Progress, progress_of  # noqa: F401  (progress_of: re-exported)
+from deepopt.sweep.chunks import ChunkEngine
 from deepopt.sweep.store import data_fingerprint, read_curves
 
 

@@ -3,10 +3,17 @@
     python -m experiments.benchmark_layers [--configs 32] [--repeats 5]
 
 For each layer, a small model (the layer, then ``nn.Dense(10)``) and one training step's gradient
-of softmax cross-entropy on a mini-batch of 100: ``jit(vmap(step))`` over ``--configs`` configs'
-parameters (what deepopt's sweep compiles; deepopt's own layer kernels on, as ``Config.cpu_kernels``
-sets them) against the same ``jit(step)`` called once per config. Prints config-steps per second
-of each and their ratio (above 1: the vmapped sweep is faster). Results go to docs/performance.md.
+of softmax cross-entropy on a mini-batch of 100, over ``--configs`` configs' parameters (deepopt's
+own layer kernels on, as ``Config.cpu_kernels`` sets them):
+
+- ``vmap``: ``jit(vmap(step))`` of all the configs at once;
+- ``chunks``: the same vmap in chunks of the size deepopt's sweep picks for the layer on one core
+  (``sweep.auto_chunk_size`` of Adam on that model: the chunk whose working set fits the cache),
+  run one after another inside one program (``lax.map`` with that ``batch_size``);
+- ``loop``: the same ``jit(step)`` called once per config.
+
+Prints config-steps per second of each and the ratios to the loop (above 1: faster than the loop).
+Results go to docs/performance.md.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from deepopt import conv_patches
+from deepopt import conv_patches, sweep, train
 from experiments import common
 
 FLAGS = flags.FLAGS
@@ -36,7 +43,8 @@ class Head(nn.Module):
     layer: Callable[[], nn.Module]
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # each layer's mode is fixed (training), as in a sweep's step
         h = self.layer()(x)
         return nn.Dense(10)(h.reshape(h.shape[0], -1))
 
@@ -110,8 +118,14 @@ def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
+def sweep_chunk(model: nn.Module, example_shape: tuple[int, ...], batch: int) -> int:
+    """Configs per chunk deepopt's sweep picks for ``model`` on one device (Adam, mini-batch ``batch``)."""
+    config = train.Config(model=model, optimizer="adam", batch_size=batch, epochs=1)
+    return sweep.auto_chunk_size(config, batch, 1, jnp.float32, example_shape)
+
+
 def measure(name: str, configs: int, batch: int, repeats: int) -> dict[str, float]:
-    """Config-steps per second of the vmapped step and of the loop, for one layer."""
+    """Config-steps per second of the vmapped step, of the same in the sweep's chunks and of the loop."""
     make, shape = LAYERS[name]
     model = Head(make)
     x = jax.random.normal(jax.random.key(0), (batch, *shape), jnp.float32)
@@ -119,22 +133,26 @@ def measure(name: str, configs: int, batch: int, repeats: int) -> dict[str, floa
     keys = jax.random.split(jax.random.key(2), configs)
     variables = jax.vmap(lambda k: model.init({"params": k, "dropout": k}, x))(keys)
     step = step_of(model, x, y)
+    chunk = min(sweep_chunk(model, shape, batch), configs)
     batched = jax.jit(jax.vmap(step))
+    chunked = jax.jit(lambda v, k: jax.lax.map(lambda args: step(*args), (v, k), batch_size=chunk))
     one = jax.jit(step)
     singles = [jax.tree.map(lambda leaf, i=i: leaf[i], variables) for i in range(configs)]
     vmapped = _median_seconds(lambda: batched(variables, keys), repeats)
+    in_chunks = _median_seconds(lambda: chunked(variables, keys), repeats)
     looped = _median_seconds(lambda: [one(v, k) for v, k in zip(singles, keys)], repeats)
-    return {"vmap": configs / vmapped, "loop": configs / looped, "ratio": looped / vmapped}
+    return {"vmap": configs / vmapped, "chunks": configs / in_chunks, "chunk": chunk, "loop": configs / looped,
+            "ratio": looped / vmapped, "chunks_ratio": looped / in_chunks}
 
 
 def main(argv: list[str]) -> None:
     del argv  # common.run_study refuses extra arguments
     print(f"{FLAGS.configs} configs, mini-batch {FLAGS.batch}, {jax.devices()[0].device_kind}; config-steps/s")
-    print(f"{'layer':44s} {'vmap':>10s} {'loop':>10s} {'vmap/loop':>10s}")
+    print(f"{'layer':44s} {'vmap':>8s} {'chunks':>8s} {'chunk':>6s} {'loop':>8s} {'vmap/loop':>10s} {'chunks/loop':>12s}")
     for name in LAYERS:
         m = measure(name, FLAGS.configs, FLAGS.batch, FLAGS.repeats)
-        print(f"{name:44s} {m['vmap']:10.0f} {m['loop']:10.0f} {m['ratio']:10.2f}", flush=True)
-
+        print(f"{name:44s} {m['vmap']:8.0f} {m['chunks']:8.0f} {m['chunk']:6d} {m['loop']:8.0f} {m['ratio']:10.2f} "
+              f"{m['chunks_ratio']:12.2f}", flush=True)
 
 if __name__ == "__main__":
     common.run_study(main)

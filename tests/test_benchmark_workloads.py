@@ -38,8 +38,10 @@ def test_every_layer_is_measured_against_the_loop(background_runs) -> None:
     for layer in ("nn.Dense", "nn.Conv", "GRUCell", "LSTMCell", "nn.BatchNorm", "nn.LayerNorm", "nn.Dropout",
                   "nn.MultiHeadDotProductAttention"):
         row = next(line for line in lines if layer in line)
-        vmapped, looped, ratio = (float(v) for v in row.split()[-3:])
-        assert vmapped > 0 and looped > 0 and ratio == pytest.approx(vmapped / looped, rel=0.02, abs=0.01)
+        vmapped, in_chunks, chunk, looped, ratio, chunks_ratio = (float(v) for v in row.split()[-6:])
+        assert vmapped > 0 and in_chunks > 0 and looped > 0 and 1 <= chunk <= 2  # --configs=2
+        assert ratio == pytest.approx(vmapped / looped, rel=0.02, abs=0.01)
+        assert chunks_ratio == pytest.approx(in_chunks / looped, rel=0.02, abs=0.01)
 
 
 def test_bad_flags_are_one_line_and_exit_2(background_runs) -> None:

@@ -3,6 +3,7 @@
 import collections
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +107,42 @@ def test_auto_chunk_fits_the_cache_budget():
         assert chunk % devices == 0 and chunk // devices * sweep.working_set_bytes(size, 300) <= max(
             sweep.CACHE_BYTES_PER_DEVICE, sweep.working_set_bytes(size, 300)
         )
+
+
+class _Recurrent(nn.Module):
+    """A GRU over the inputs' 40 steps, then Dense(2): its backward keeps every step's gates."""
+
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h = nn.RNN(nn.GRUCell(self.hidden))(x[..., None])
+        return nn.Dense(2)(h[:, -1])
+
+
+class _Wide(nn.Module):
+    """Dense(16), Dense(2) on the same inputs: about as many parameters, little to keep."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return nn.Dense(2)(nn.relu(nn.Dense(16)(x)))
+
+
+def test_a_modules_working_set_counts_what_its_backward_pass_keeps():
+    # The residuals of one mini-batch's vjp: a GRU keeps each step's hidden state (at least
+    # steps · batch · hidden floats), so its chunks shrink; a Dense net keeps its layers' activations.
+    def working_set(module: nn.Module, steps: int) -> int:
+        return sweep.working_set_bytes(train.Config(model=module, optimizer="gd", batch_size=50), 500,
+                                       jnp.float32, (steps,))
+
+    short, long = working_set(_Recurrent(), 40), working_set(_Recurrent(), 160)
+    assert long - short >= 4 * (160 - 40) * 50 * 16  # grows with the sequence, at least the hidden states
+    assert working_set(_Wide(), 40) < short / 10
+    assert working_set(_Recurrent(hidden=32), 40) > short
+    chunk = lambda module, steps: sweep.auto_chunk_size(  # noqa: E731
+        train.Config(model=module, optimizer="gd", batch_size=50), 500, 1, jnp.float32, (steps,))
+    assert chunk(_Recurrent(), 160) < chunk(_Wide(), 160)
+    assert chunk(_Recurrent(), 160) * working_set(_Recurrent(), 160) <= sweep.CACHE_BYTES_PER_DEVICE
 
 
 def test_sweep_with_auto_chunks(moons_pair):

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import optim, xla_options
+from deepopt import networks, optim, xla_options
 from deepopt import train as train_lib
 from deepopt.sweep import jax_config, store
 from deepopt.sweep.planning import Run
@@ -332,8 +332,9 @@ def working_set_bytes(
     ``itemsize · (P · (2 + state slots) + 4 · batch · Σ hidden widths)`` with ``P`` parameters, from
     the shapes of ``init.mlp`` and the optimizer's ``init`` (nothing is computed or compiled). For a
     ``Config.model`` (whose ``example_shape``, one example's input shape, is then needed) the
-    parameters come from the module's abstract ``init`` and the activations are counted as four
-    copies of the mini-batch's inputs (a lower bound: the module's own widths are not known).
+    activations are what the backward pass keeps: the bytes of the residuals of one mini-batch's
+    ``jax.vjp`` through the module's training ``apply`` (``module_residual_bytes``, abstract), so a
+    recurrent or attention module whose residuals are large gets small chunks.
     """
     batch = num_examples if config.batch_size is None else min(config.batch_size, num_examples)
     if config.model is None:
@@ -346,15 +347,34 @@ def working_set_bytes(
     else:
         if example_shape is None:
             raise ValueError("working_set_bytes of a Config.model needs example_shape (one example's input shape)")
-        from deepopt import modules
-
-        X = jax.ShapeDtypeStruct((1, *example_shape), np.dtype(dtype))
-        params = jax.eval_shape(lambda x: modules.init(config.model, jax.random.key(0), x)[0], X)
-        activation_bytes = 4 * batch * int(np.prod(example_shape)) * np.dtype(dtype).itemsize
+        params, activation_bytes = module_residual_bytes(config, batch, tuple(example_shape), np.dtype(dtype).name)
     state = jax.eval_shape(optim.get(config.optimizer).init, params)
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     return int(2 * param_bytes + state_bytes + activation_bytes)
+
+
+@functools.lru_cache(maxsize=64)
+def module_residual_bytes(
+    config: train_lib.Config, batch: int, example_shape: tuple[int, ...], dtype: str
+) -> tuple[Any, int]:
+    """``(abstract params, bytes)`` of ``Config.model``: the residuals its backward pass keeps for one mini-batch.
+
+    The leaves of ``jax.vjp``'s pullback of the training ``apply`` (``networks.FlaxModule``, its
+    layers as the sweep traces them) with respect to the parameters, found with ``jax.eval_shape``:
+    nothing is computed or compiled.
+    """
+    network = networks.network_of(config)
+
+    def residuals(X: jax.Array) -> tuple[Any, list[jax.Array]]:
+        params, model_state = network.init(jax.random.key(0), X, 1.0, None)
+        _, pullback = jax.vjp(
+            lambda p: network.apply_train(p, model_state, X, jax.random.key(1), 1.0, False, None)[0], params
+        )
+        return params, jax.tree.leaves(pullback)
+
+    params, saved = jax.eval_shape(residuals, jax.ShapeDtypeStruct((batch, *example_shape), np.dtype(dtype)))
+    return params, int(sum(leaf.size * leaf.dtype.itemsize for leaf in saved))
 
 
 def auto_chunk_size(

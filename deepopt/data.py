@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepopt import precision
+
 CLASS_IDS = "class_ids"  # what y holds: integer labels (a classification's) ...
 FLOATS = "floats"  # ... or real-valued targets (a regression's)
 TARGET_KINDS = (CLASS_IDS, FLOATS)
@@ -313,8 +315,9 @@ def check_dataset(
     X, y = split
     if not _is_traced(X) and not isinstance(X, jax.Array):
         X = np.asarray(X)
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        if not (jnp.issubdtype(X.dtype, jnp.number) or X.dtype == bool):  # jnp's: ml_dtypes' bfloat16 is a number
             raise TypeError(f"{x_name} must hold numbers, got dtype {X.dtype}")
+    precision.check_trainable_dtype(X.dtype, x_name)
     if not _is_traced(y) and not isinstance(y, jax.Array):
         y = np.asarray(y)
     X_shape, y_shape = np.shape(X), np.shape(y)
@@ -377,7 +380,7 @@ def _check_float_targets(y: Any, y_name: str) -> None:
 
 def _first_non_finite(values: np.ndarray) -> tuple[tuple[int, ...], Any, int] | None:
     """For float ``values`` holding a NaN or inf: the first one's index, its value and how many there are; else None."""
-    if not np.issubdtype(values.dtype, np.inexact):
+    if not jnp.issubdtype(values.dtype, jnp.inexact):  # bfloat16 from ml_dtypes included
         return None
     bad = ~np.isfinite(values)
     if not bad.any():
@@ -466,9 +469,16 @@ def validate(
     checked against its training file) they must lie in ``0..num_classes-1``, classes may be missing.
     """
     X, y = np.asarray(X), np.asarray(y)
+    dtype = np.dtype(dtype)  # "bfloat16" and "float16" by name too (ml_dtypes registers bfloat16 with numpy)
+    precision.check_trainable_dtype(dtype, "dtype")
     if X.ndim == 2 and X.shape[1] == 0:
         raise ValueError(f"{source}: X is empty, shape {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
+    if X.dtype.kind == "V" and X.dtype.itemsize == 2:
+        raise ValueError(
+            f"{source}: X has dtype {X.dtype} (raw 2-byte values: numpy's .npz stores bfloat16 so, without its type); "
+            "save X as float32 (X.astype(np.float32)) and load it with dtype='bfloat16'"
+        )
+    if not (jnp.issubdtype(X.dtype, jnp.number) or X.dtype == bool):
         raise ValueError(f"{source}: X must be numeric, got dtype {X.dtype}")
     if targets == FLOATS:
         checked = check_dataset(Dataset(X, y), source, x_name=f"{source}: X", y_name=f"{source}: targets",
@@ -519,7 +529,9 @@ def load(
     """Load a user's dataset: ``.csv`` (last column the label, or with ``targets="floats"`` the float target) or ``.npz`` (arrays ``X``, ``y``).
 
     A CSV's header row is optional: a first row whose every cell parses as a number is data,
-    anything else is a header and skipped. Validated with ``validate`` (2-D, finite, labels exactly
+    anything else is a header and skipped. ``X`` comes back in ``dtype`` (a dtype or its name:
+    float32, float64, bfloat16 or float16; 16-bit data trains on float32 master weights, see
+    ``deepopt.precision``). Validated with ``validate`` (2-D, finite, labels exactly
     ``0..C-1``, or within ``0..num_classes-1`` when given); errors name the file.
     """
     path = os.fspath(path)

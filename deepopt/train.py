@@ -25,7 +25,9 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import init as init_lib
-from deepopt import batchnorm, model, modules, networks, optim, schedules, tasks, vmap_hints, xla_options
+from deepopt import (
+    batchnorm, model, modules, networks, optim, precision, schedules, tasks, vmap_hints, xla_options,
+)
 from deepopt.hparams import (  # noqa: F401 (re-exported)
     _HPARAM_RULES, HParams, HParamsValueError, broadcast_hparams, concrete_array, first_index, validate_hparams,
 )
@@ -74,6 +76,11 @@ class Config:
         stopping keeps and searches rank by, the targets' kind. ``tasks.classification()`` (the
         default: class ids, sigmoid or softmax, cross-entropy, accuracy) or ``tasks.regression()``
         (float targets, squared error, ``mse``/``mae``/``r2``) or your own ``tasks.Task``.
+      compute_dtype: the dtype of the forward and backward passes (``deepopt.precision``): None
+        (the default) computes in the data's dtype; ``"bfloat16"`` or ``"float16"`` computes in 16
+        bits on any data. Under 16-bit data or compute the parameters, optimizer state, update,
+        ``HParams``, loss and metrics stay float32 (the master copy), float16 with a per-run
+        dynamic loss scale; float32 and float64 runs are unchanged.
     """
 
     layer_sizes: tuple[int, ...] | None = None
@@ -88,9 +95,11 @@ class Config:
     model: Any = None
     cpu_kernels: bool = True
     task: tasks.Task = dataclasses.field(default_factory=tasks.classification)
+    compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
         tasks.check_task(self.task)
+        precision.check_compute_dtype(self.compute_dtype)
         if self.model is None:
             if self.layer_sizes is None:
                 raise ValueError(
@@ -247,6 +256,16 @@ def hparam_defaults(config: Config) -> dict[str, float]:
     return {"init_scale": init_lib.default_scale(config.init), "decay_epochs": float(config.epochs)}
 
 
+def policy_of(config: Config, x_dtype: Any) -> precision.Policy:
+    """The run's precision policy for data of ``x_dtype`` (``precision.policy_of`` of ``Config.compute_dtype``)."""
+    return precision.policy_of(config.compute_dtype, x_dtype)
+
+
+def param_dtype(config: Config, x_dtype: Any) -> np.dtype:
+    """The run's dtype: its parameters', optimizer state's, ``HParams``' and metrics' (float32 under 16-bit data)."""
+    return np.dtype(policy_of(config, x_dtype).param_dtype)
+
+
 def prepare_hparams(hp: HParams, config: Config, dtype: Any) -> HParams:
     """Fill the Config-derived ``None`` fields (``hparam_defaults``) and cast every field to a ``dtype`` array."""
     if not isinstance(hp, HParams):
@@ -275,6 +294,8 @@ class TrainState(NamedTuple):
       best_dev_accuracy, best_dev_cost, best_epoch: that epoch's primary dev metric (the task's:
         accuracy for classification; the field keeps its name so checkpoints stay readable), dev
         cost and index (-1: none yet).
+      precision: under 16-bit data or compute, the run's ``precision.LossScale`` (its loss scale
+        and the record of its compute dtype); None for a float32 or float64 run.
     """
 
     params: Params
@@ -292,6 +313,7 @@ class TrainState(NamedTuple):
     best_dev_accuracy: jax.Array
     best_dev_cost: jax.Array
     best_epoch: jax.Array
+    precision: precision.LossScale | None = None
 
 
 class EpochLog(NamedTuple):
@@ -375,15 +397,25 @@ def validate_hparams_for_config(
     networks.network_of(config).check_hparams(hp, example_shape, dtype)  # a module's l2 needs kernels
 
 
+def _check_compute_dtype(config: Config, x_dtype: Any) -> None:
+    """float64 compute (or float64 data) needs JAX's x64 mode, else it would silently run in float32."""
+    if param_dtype(config, x_dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"Config.compute_dtype={config.compute_dtype!r} on {np.dtype(x_dtype).name} data needs float64, which JAX "
+            "runs only with x64 on: jax.config.update('jax_enable_x64', True)"
+        )
+
+
 def _prepare_run(
     config: Any, hp: Any, train: Any, dev: Any, dropout: bool | None, where: str
 ) -> tuple[data_lib.Dataset, data_lib.Dataset | None, bool, HParams]:
     """The checks ``fit``, ``init_state`` and ``advance`` share, in Python and before any compilation."""
     _check_config(config)
     train = check_split("train", train, config)
-    dtype = train.X.dtype
+    dtype = param_dtype(config, train.X.dtype)
+    _check_compute_dtype(config, train.X.dtype)
     if dev is not None:
-        dev = check_split("dev", dev, config, dtype)
+        dev = check_split("dev", dev, config, train.X.dtype)
     elif config.early_stopping is not None and where != "init_state":
         raise ValueError(f"Config.early_stopping={config.early_stopping!r} needs a dev set: pass dev=...")
     validate_hparams(hp)  # on the values as given, before any cast or compilation
@@ -537,7 +569,8 @@ def _check_state(config: Config, hp: HParams, state: Any, X: Any) -> None:
 @functools.lru_cache(maxsize=64)
 def _state_shape(config: Config, x_shape: tuple[int, ...], x_dtype: Any, key_shape: tuple[int, ...], key_dtype: Any) -> Any:
     """The abstract ``TrainState`` ``init_state`` makes for ``config`` and such data and key (traced once, then cached)."""
-    hp = jax.tree.map(lambda _: jax.ShapeDtypeStruct((), x_dtype), HParams(*[0.0] * len(HParams._fields)))
+    hp_dtype = param_dtype(config, x_dtype)
+    hp = jax.tree.map(lambda _: jax.ShapeDtypeStruct((), hp_dtype), HParams(*[0.0] * len(HParams._fields)))
     return jax.eval_shape(
         lambda h, k, x: _init_state(config, h, k, x, None),
         hp,
@@ -595,6 +628,8 @@ def _carried_batched(state: TrainState, hp: HParams, early_stopping: bool, patie
                        best_epoch=state.best_epoch)
     if patience:
         changed.update(stopped=state.stopped, stopped_epoch=state.stopped_epoch)
+    if state.precision is not None:
+        changed.update(precision=state.precision)
     return state._replace(**vmap_hints.batched_like(changed, (hp.learning_rate, state.params)))
 
 
@@ -611,9 +646,11 @@ def _run_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_params: Params | None) -> TrainState:
     """The traced body of ``init_state`` (``X`` gives the dtype, and a module's input shape)."""
-    dtype = X.dtype
+    policy = policy_of(config, X.dtype)
+    dtype = np.dtype(policy.param_dtype)
     init_key, _, _ = _run_keys(key)
-    params, bn_state = networks.network_of(config).init(init_key, X, hp.init_scale, init_params)
+    example = X if not policy.mixed else X[:1].astype(dtype)  # the master copy is made in the param dtype
+    params, bn_state = networks.network_of(config).init(init_key, example, hp.init_scale, init_params)
     early_stopping = config.early_stopping is not None
     minus_one = jnp.array(-1, jnp.int32)
     return TrainState(
@@ -632,12 +669,23 @@ def _init_state(config: Config, hp: HParams, key: jax.Array, X: jax.Array, init_
         best_dev_accuracy=config.task.worst(dtype),
         best_dev_cost=jnp.array(jnp.inf, dtype),
         best_epoch=minus_one,
+        precision=precision.initial_state(policy),
     )
 
 
 def _logits(config: Config, params: Params, model_state: Any, X: jax.Array) -> jax.Array:
-    """Logits for evaluation: no dropout, batch norm's running statistics (the MLP's or the module's)."""
-    return networks.network_of(config).apply_eval(params, model_state, X)
+    """Logits for evaluation: no dropout, batch norm's running statistics (the MLP's or the module's).
+
+    Under a mixed policy the passes run in the compute dtype and the logits come back in the param dtype.
+    """
+    policy = policy_of(config, X.dtype)
+    network = networks.network_of(config)
+    if not policy.mixed:
+        return network.apply_eval(params, model_state, X)
+    compute = np.dtype(policy.compute_dtype)
+    logits = network.apply_eval(precision.cast_floats(params, compute), precision.cast_floats(model_state, compute),
+                                X.astype(compute))
+    return logits.astype(policy.param_dtype)
 
 
 def _l2_penalty(config: Config, params: Params, lambd: Any, m: Any) -> jax.Array:
@@ -652,7 +700,7 @@ def evaluate_params(config: Config, params: Params, model_state: Any, data: data
 
 def _evaluate(config: Config, params: Params, bn_state: tuple, data: data_lib.Dataset) -> dict[str, jax.Array]:
     """The traced body of ``evaluate``: ``Task.evaluate`` of the outputs (metrics in the data's float dtype, cost)."""
-    return config.task.evaluate(_logits(config, params, bn_state, data.X), data.y, data.X.dtype)
+    return config.task.evaluate(_logits(config, params, bn_state, data.X), data.y, param_dtype(config, data.X.dtype))
 
 
 def _advance(
@@ -668,7 +716,8 @@ def _advance(
 ) -> tuple[TrainState, EpochLog]:
     """The traced body of ``advance``: a ``lax.scan`` over epochs ``state.epoch .. state.epoch + epochs - 1``."""
     X, y = train
-    m, dtype = X.shape[0], X.dtype
+    policy = policy_of(config, X.dtype)
+    m, dtype = X.shape[0], np.dtype(policy.param_dtype)
     _, shuffle_key, dropout_key = _run_keys(state.key)
     optimizer = optim.get(config.optimizer)
     schedule = schedules.get(config.schedule)
@@ -681,8 +730,15 @@ def _advance(
     def batch_cost(
         params: Params, bn_state: tuple, X_b: jax.Array, y_b: jax.Array, mask: jax.Array, key: jax.Array
     ) -> tuple[jax.Array, tuple]:
-        logits, new_bn_state = network.apply_train(
-            params, bn_state, X_b, key, hp.keep_prob, dropout, None if full_batch else mask)
+        if policy.mixed:  # the passes in the compute dtype; the logits, loss and state back in the param dtype
+            compute = np.dtype(policy.compute_dtype)
+            logits, new_bn_state = network.apply_train(
+                precision.cast_floats(params, compute), precision.cast_floats(bn_state, compute), X_b.astype(compute),
+                key, hp.keep_prob.astype(compute), dropout, None if full_batch else mask)
+            logits, new_bn_state = logits.astype(dtype), precision.cast_floats(new_bn_state, dtype)
+        else:
+            logits, new_bn_state = network.apply_train(
+                params, bn_state, X_b, key, hp.keep_prob, dropout, None if full_batch else mask)
         per_example = task.loss(logits, y_b)
         if full_batch:
             return jnp.mean(per_example) + _l2_penalty(config, params, hp.l2, m), new_bn_state
@@ -705,17 +761,31 @@ def _advance(
             index, mask = data_lib.padded_minibatch_indices(jax.random.fold_in(shuffle_key, epoch), m, batch_size)
 
         def run_step(steps_to_take: jax.Array, step_carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
-            params, bn_state, opt_state, step, first_bad = step_carry
+            params, bn_state, opt_state, step, first_bad, loss_scale = step_carry
             batch_number, batch_index, batch_mask = batch
             X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
             step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
-            (cost, new_bn_state), grads = jax.value_and_grad(batch_cost, has_aux=True)(
-                params, bn_state, X_b, y_b, batch_mask, step_key
-            )
-            step_hp = hp._replace(learning_rate=jnp.asarray(schedule(hp, epoch, step), dtype))
             # Whether this step applies is known before it is taken, so the selects below fuse
             # into the update; a non-finite cost or new parameters only mark it (``first_bad``).
             applied = batch_number < steps_to_take
+            if policy.loss_scaling:  # float16: the gradients of s·J, unscaled; an overflow skips the step
+                def scaled_cost(*args: Any) -> tuple[jax.Array, tuple]:
+                    cost, new_state = batch_cost(*args)
+                    return cost * loss_scale.scale.astype(dtype), (cost, new_state)
+
+                (_, (cost, new_bn_state)), grads = jax.value_and_grad(scaled_cost, has_aux=True)(
+                    params, bn_state, X_b, y_b, batch_mask, step_key
+                )
+                grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
+                # A non-finite cost is the run's own divergence (the halting below), not the scale's.
+                grads_ok = precision.all_finite(grads) | ~jnp.isfinite(cost)
+                loss_scale = _tree_select(applied, precision.adjust(loss_scale, grads_ok), loss_scale)
+                applied = applied & grads_ok
+            else:
+                (cost, new_bn_state), grads = jax.value_and_grad(batch_cost, has_aux=True)(
+                    params, bn_state, X_b, y_b, batch_mask, step_key
+                )
+            step_hp = hp._replace(learning_rate=jnp.asarray(schedule(hp, epoch, step), dtype))
             # ``update`` in its two halves, the parameters' step reading the chosen state: the new
             # one where the step applies (the same values), the old one where it does not (and the
             # select discards that step), so no fusion recomputes the new moments from the old ones.
@@ -725,7 +795,7 @@ def _advance(
             bad = applied & ~(jnp.isfinite(cost) & _tree_all_finite(params))
             first_bad = jnp.where(bad & (first_bad == num_batches), batch_number, first_bad)
             step = step + applied.astype(step.dtype)
-            return (params, bn_state, opt_state, step, first_bad), cost * jnp.sum(batch_mask).astype(dtype)
+            return (params, bn_state, opt_state, step, first_bad, loss_scale), cost * jnp.sum(batch_mask).astype(dtype)
 
         # An epoch is a pass over its mini-batches that takes every step of a live run (none of a
         # frozen one) and marks the first whose cost or new parameters are non-finite. A run that
@@ -742,16 +812,16 @@ def _advance(
              jnp.zeros((num_batches,), dtype)),
             carry.params,
         )
-        start = (carry.params, carry.model_state, carry.opt_state, carry.step, no_bad_step)
+        start = (carry.params, carry.model_state, carry.opt_state, carry.step, no_bad_step, carry.precision)
 
         def run_pass(pass_carry: tuple) -> tuple:
             steps_to_take = pass_carry[1]
             end, weighted_costs = jax.lax.scan(functools.partial(run_step, steps_to_take), start, batches)
             first_bad = end[4]
-            return first_bad < num_batches, jnp.minimum(steps_to_take, first_bad), end[:4], weighted_costs
+            return first_bad < num_batches, jnp.minimum(steps_to_take, first_bad), (*end[:4], end[5]), weighted_costs
 
-        _, steps_to_take, (params, bn_state, opt_state, step), weighted_costs = jax.lax.while_loop(
-            lambda pass_carry: pass_carry[0], run_pass, (another_pass, steps_to_take, start[:4], no_costs)
+        _, steps_to_take, (params, bn_state, opt_state, step, loss_scale), weighted_costs = jax.lax.while_loop(
+            lambda pass_carry: pass_carry[0], run_pass, (another_pass, steps_to_take, (*start[:4], start[5]), no_costs)
         )
         halted = steps_to_take < num_batches
         epoch_cost = jnp.where(frozen, jnp.nan, jnp.sum(weighted_costs) / m).astype(dtype)
@@ -761,6 +831,7 @@ def _advance(
             model_state=bn_state,
             opt_state=opt_state,
             step=step,
+            precision=loss_scale,
             diverged=carry.diverged | diverged_now,
             diverged_epoch=jnp.where(diverged_now, epoch, carry.diverged_epoch),
         )
@@ -863,7 +934,7 @@ def final_metrics(
     params, bn_state = result_params(config, state)
     on_train = _evaluate(config, params, bn_state, train)
     final_cost = on_train["cost"] + _l2_penalty(config, params, hp.l2, train.X.shape[0])
-    dtype = train.X.dtype
+    dtype = param_dtype(config, train.X.dtype)
     on_dev = None if dev is None else _evaluate(config, params, bn_state, dev)
     nan = jnp.array(jnp.nan, dtype)
     metrics = config.task.metrics

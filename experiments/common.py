@@ -52,13 +52,15 @@ class StudyInputError(Exception):
 
 
 def define_study_flags() -> None:
-    """Define the flags every study shares: output_dir, overwrite, seed, data, test_data, test_fraction."""
+    """Define the flags every study shares: output_dir, overwrite, seed, data, test_data, test_fraction, data_dtype."""
     flags.DEFINE_string("output_dir", None, "Directory for results.json, report.md and plots (default runs/<study>-<timestamp>).")
     flags.DEFINE_bool("overwrite", False, "Allow writing into an output_dir that already holds results.json.")
     flags.DEFINE_integer("seed", 0, "Seed of the data and of the model keys.", lower_bound=0)
     flags.DEFINE_string("data", None, "Your own training data, .csv (header row, last column the label) or .npz (X, y).")
     flags.DEFINE_string("test_data", None, "Your own test data (same format); without it, --test_fraction of --data is held out.")
     flags.DEFINE_float("test_fraction", 0.25, "Fraction of --data held out as test set when --test_data is not given.")
+    flags.DEFINE_enum("data_dtype", "float32", ["float32", "bfloat16", "float16"],
+                      "The dtype --data and --test_data train in (16-bit: float32 master weights, deepopt.precision).")
     flags.DEFINE_string(
         "compilation_cache", None,
         "Directory of JAX's persistent compilation cache, so a second run loads its programs instead of compiling "
@@ -413,11 +415,11 @@ def load_user_data(key: Any) -> tuple[data_lib.Dataset, data_lib.Dataset] | None
         return None
     targets = study_task().targets
     try:
-        train = data_lib.load(FLAGS.data, targets=targets)
+        train = data_lib.load(FLAGS.data, targets=targets, dtype=FLAGS.data_dtype)
         if FLAGS.test_data is not None:
             # A classification's training file defines the classes 0..K-1; a test file may miss some, never add one.
             classes = int(np.max(np.asarray(train.y))) + 1 if targets == tasks.CLASS_IDS else None
-            test = data_lib.load(FLAGS.test_data, num_classes=classes, targets=targets)
+            test = data_lib.load(FLAGS.test_data, num_classes=classes, targets=targets, dtype=FLAGS.data_dtype)
         else:
             train, _, test = data_lib.train_dev_test_split(key, train, 0.0, FLAGS.test_fraction)
     except (OSError, ValueError) as error:

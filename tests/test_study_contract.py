@@ -21,7 +21,7 @@ from experiments import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-SHARED_FLAGS = ["--output_dir", "--seed", "--data", "--test_data", "--test_fraction", "--overwrite"]
+SHARED_FLAGS = ["--output_dir", "--seed", "--data", "--test_data", "--test_fraction", "--overwrite", "--data_dtype"]
 """The flags ``common.define_study_flags`` gives every study (boolean ones are listed as ``--[no]name``)."""
 
 
@@ -167,6 +167,22 @@ def test_initialization_report_says_softmax_on_three_classes(tmp_path: pathlib.P
     report = (output_dir / "report.md").read_text()
     assert "softmax output (3 classes)" in report and "sigmoid" not in report
     assert json.loads((output_dir / "results.json").read_text())["settings"]["layer_sizes"][-1] == 3
+
+
+def test_a_study_trains_user_data_in_bfloat16(tmp_path: pathlib.Path) -> None:
+    # --data_dtype: the .npz's float64 X is loaded as bfloat16 and trains on float32 master weights.
+    rng = np.random.default_rng(0)
+    y = np.arange(80) % 2
+    X = rng.normal(size=(80, 2)) + np.stack([3.0 * y, np.zeros(80)], axis=1)
+    np.savez(tmp_path / "two.npz", X=X, y=y)
+    output_dir = tmp_path / "out"
+    completed = run("initialization", f"--output_dir={output_dir}", f"--data={tmp_path / 'two.npz'}", "--epochs=3",
+                    "--num_seeds=1", "--schemes=he", "--data_dtype=bfloat16")
+    assert completed.returncode == 0, completed.stderr
+    assert (output_dir / "results.json").is_file()
+    bad = run("initialization", f"--output_dir={tmp_path / 'bad'}", f"--data={tmp_path / 'two.npz'}",
+              "--data_dtype=float8")
+    assert bad.returncode == 2 and "--data_dtype" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 # The plotting helper is public; the old private name still works.

@@ -457,7 +457,7 @@ class Search:
         config = members[0].config
         compiled = self._program(config, configs, self.group_dropout(config))
         mesh = self.engine.mesh
-        hp_host = _group_hparams(values, config, np.dtype(self.splits[0].X.dtype))
+        hp_host = _group_hparams(values, config, train_lib.param_dtype(config, self.splits[0].X.dtype))
         key_host = np.asarray([run_.key_data for run_ in members[0].runs], np.uint32)
         fresh = state_in is None
         if fresh:

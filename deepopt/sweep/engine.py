@@ -220,7 +220,7 @@ def _compile(
     _stage_compilations += stage
     mesh = Mesh(np.asarray(devices), (RUN_AXIS,))
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
-    hp, datasets = abstract_inputs(configs, dtype, data_shapes)
+    hp, datasets = abstract_inputs(configs, dtype, data_shapes, train_lib.param_dtype(config, dtype))
     keys = jax.ShapeDtypeStruct((seeds, *key_shape), jnp.uint32)
     data_specs, data_shardings = tuple(P() for _ in datasets), tuple(None if d is None else replicated for d in datasets)
     program = _chunk_program(config, key_impl, with_test, dropout, curves, stage)
@@ -273,14 +273,15 @@ def abstract_hparams(shape: tuple[int, ...], dtype: Any) -> train_lib.HParams:
 
 
 def abstract_inputs(
-    configs: int, dtype: str, data_shapes: tuple
+    configs: int, dtype: str, data_shapes: tuple, hparams_dtype: Any = None
 ) -> tuple[train_lib.HParams, list[data_lib.Dataset | None]]:
     """A chunk program's abstract ``HParams`` (``(configs,)`` per field) and splits (``None`` kept), for ``lower``.
 
-    ``data_shapes`` holds ``(X shape, y shape, y dtype)`` per split (``split_shapes``): class ids are
-    int32, a regression's targets the run's float dtype.
+    ``dtype`` is the data's; ``hparams_dtype`` the run's (``train.param_dtype``: float32 under
+    16-bit data; default ``dtype``). ``data_shapes`` holds ``(X shape, y shape, y dtype)`` per
+    split (``split_shapes``): class ids are int32, a regression's targets the data's float dtype.
     """
-    hp = abstract_hparams((configs,), dtype)
+    hp = abstract_hparams((configs,), dtype if hparams_dtype is None else hparams_dtype)
     datasets = [
         None
         if shapes is None
@@ -546,9 +547,10 @@ def _trace_fit(
             return jax.tree.map(lambda leaf: leaf[None], one_run(jax.tree.map(lambda v: v[0], h), *args))
 
         program = per_device(one_run_per_device, mesh, (P(RUN_AXIS), P(), P(), P()), P(RUN_AXIS), lambda out: out)
-        jax.eval_shape(program, abstract_hparams((mesh.size,), dtype), key, train_set, dev_set)
+        jax.eval_shape(program, abstract_hparams((mesh.size,), train_lib.param_dtype(config, dtype)), key, train_set,
+                       dev_set)
     else:
-        jax.eval_shape(one_run, abstract_hparams((), dtype), key, train_set, dev_set)
+        jax.eval_shape(one_run, abstract_hparams((), train_lib.param_dtype(config, dtype)), key, train_set, dev_set)
 
 
 def _group_dropout(group_runs: Sequence[Run]) -> bool:

@@ -567,7 +567,8 @@ def _run_group(
         }
     )
     engine = sweep.engine
-    hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config, np.dtype(engine.splits[0].X.dtype))
+    hp_host = _group_hparams([run_.hparams for run_ in group_runs[::seeds]], config,
+                             train_lib.param_dtype(config, engine.splits[0].X.dtype))
     key_host = np.asarray([run_.key_data for run_ in group_runs[:seeds]], np.uint32)
     todo = [n for n in range(num_chunks) if not all(r.id in engine.done for r in group_runs[n * chunk : (n + 1) * chunk])]
     device_data = engine.data_on_devices() if todo else []  # made here, before any thread needs it

@@ -15,6 +15,8 @@ Each is trained with Adam at ``--configs`` learning rates (log-spaced), batch 10
 epochs, one seed, by:
 
 - ``deepopt``: ``sweep.run(Config(model=...))`` over the grid (one device, the library default);
+- ``deepopt_bfloat16`` / ``deepopt_float16``: the same on the data cast to 16 bits (the passes in
+  16 bits, float32 master weights, float16 with its loss scale: ``deepopt.precision``);
 - ``jax vmap``: a JAX user's ``train(learning_rate, key)`` (``model.init``, ``optax.adam``,
   ``lax.scan`` over epochs and mini-batches) under ``jax.jit(jax.vmap(train))``;
 - ``jax loop``: the same ``train`` jitted once and called once per config;
@@ -55,15 +57,16 @@ flags.DEFINE_integer("epochs", 10, "Epochs per run.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed warm calls (medians are reported).", lower_bound=1)
 flags.DEFINE_integer("loop_configs", 8, "Configs a loop times per call (the rest extrapolated).", lower_bound=1)
 flags.DEFINE_integer("examples", 4000, "Training examples (MNIST-1D has 4000).", lower_bound=100)
-flags.DEFINE_list("peers", ["deepopt", "jax_vmap", "jax_loop", "torch_loop", "torch_func"], "Approaches to measure.")
+PEERS = ["deepopt", "deepopt_bfloat16", "deepopt_float16", "jax_vmap", "jax_loop", "torch_loop", "torch_func"]
+flags.DEFINE_list("peers", ["deepopt", "deepopt_bfloat16", "jax_vmap", "jax_loop", "torch_loop", "torch_func"],
+                  f"Approaches to measure: some of {', '.join(PEERS)}.")
 flags.DEFINE_string("output", None, "Write the measurements as JSON here.")
 flags.register_validator("workloads", lambda v: set(v) <= {"cnn", "mlp", "gru"} and bool(v),
                          message="--workloads must list cnn, mlp and/or gru")
 flags.register_validator("configs", lambda v: bool(v) and all(s.isdigit() and int(s) > 0 for s in v),
                          message="--configs must list positive integers")
-flags.register_validator(
-    "peers", lambda v: set(v) <= {"deepopt", "jax_vmap", "jax_loop", "torch_loop", "torch_func"} and bool(v),
-    message="--peers must list deepopt, jax_vmap, jax_loop, torch_loop and/or torch_func")
+flags.register_validator("peers", lambda v: set(v) <= set(PEERS) and bool(v),
+                         message=f"--peers must list some of {', '.join(PEERS)}")
 
 BATCH = 100
 LENGTH, CLASSES = 40, 10
@@ -174,7 +177,11 @@ def timed(call: Callable[[], Any], repeats: int) -> dict[str, Any]:
     return {"cold_seconds": cold, "warm_seconds": perf.median_seconds(warm), "peak_rss_mb": memory["peak_rss_mb"]}
 
 
-def measure_deepopt(model: nn.Module, configs: int, epochs: int, sets: tuple, repeats: int) -> dict[str, Any]:
+def measure_deepopt(model: nn.Module, configs: int, epochs: int, sets: tuple, repeats: int,
+                    dtype: Any = None) -> dict[str, Any]:
+    """deepopt's sweep; with ``dtype`` on the data cast to it (``None``: as given, float32)."""
+    if dtype is not None:
+        sets = tuple(data_lib.Dataset(np.asarray(split.X).astype(dtype), split.y) for split in sets)
     config = train.Config(model=model, optimizer="adam", batch_size=BATCH, epochs=epochs)
     space = {"learning_rate": sweep.grid([float(v) for v in np.logspace(-4, -1, configs)])}
     return timed(lambda: sweep.run(config, space, *sets, key=jax.random.key(1), num_configs=None,
@@ -323,8 +330,9 @@ def main(argv: list[str]) -> None:
             for peer in FLAGS.peers:
                 if peer.startswith("torch") and not has_torch or peer == "torch_func" and name != "mlp":
                     continue
-                if peer == "deepopt":
-                    m = measure_deepopt(model, configs, FLAGS.epochs, sets, FLAGS.repeats)
+                if peer.startswith("deepopt"):
+                    dtype = {"deepopt": None, "deepopt_bfloat16": jnp.bfloat16, "deepopt_float16": np.float16}[peer]
+                    m = measure_deepopt(model, configs, FLAGS.epochs, sets, FLAGS.repeats, dtype)
                 elif peer == "jax_vmap":
                     m = measure_jax_vmap(model, configs, FLAGS.epochs, sets, FLAGS.repeats)
                 elif peer == "jax_loop":
@@ -337,7 +345,7 @@ def main(argv: list[str]) -> None:
                 m.update({"cold": config_steps / m["cold_seconds"], "warm": config_steps / m["warm_seconds"]})
                 m["share_of_peak"] = m["warm"] * flops / peak
                 rows[peer] = m
-                print(f"{name:4s} {configs:4d} configs {peer:10s}: warm {m['warm']:8.0f}  cold {m['cold']:8.0f} "
+                print(f"{name:4s} {configs:4d} configs {peer:16s}: warm {m['warm']:8.0f}  cold {m['cold']:8.0f} "
                       f"config-steps/s, {100 * m['share_of_peak']:5.1f}% of peak, {m['peak_rss_mb']:6.0f} MB",
                       flush=True)
             results["workloads"][name][str(configs)] = rows

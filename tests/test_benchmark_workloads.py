@@ -7,7 +7,7 @@ from background import study
 
 pytestmark = pytest.mark.slow
 TINY = ["--workloads=mlp,gru", "--configs=2", "--epochs=1", "--examples=200", "--repeats=1", "--loop_configs=1",
-        "--peers=deepopt,jax_vmap,jax_loop", "--output={dir}/out.json"]
+        "--peers=deepopt,deepopt_bfloat16,jax_vmap,jax_loop", "--output={dir}/out.json"]
 WORKLOADS = study("benchmark_workloads", *TINY)
 LAYERS = study("benchmark_layers", "--configs=2", "--repeats=1", "--batch=8")
 BAD = [study("benchmark_workloads", "--workloads=resnet"), study("benchmark_layers", "--configs=0")]
@@ -22,7 +22,7 @@ def test_every_approach_reports_cold_and_warm_speed_share_of_peak_and_memory(bac
     for name in ("mlp", "gru"):
         workload = results["workloads"][name]
         assert workload["step_flops"] > 0
-        assert set(workload["2"]) == {"deepopt", "jax_vmap", "jax_loop"}
+        assert set(workload["2"]) == {"deepopt", "deepopt_bfloat16", "jax_vmap", "jax_loop"}
         for entry in workload["2"].values():
             assert entry["warm"] > 0 and entry["cold"] > 0 and entry["peak_rss_mb"] > 0
             assert entry["share_of_peak"] == pytest.approx(entry["warm"] * workload["step_flops"]

@@ -256,6 +256,18 @@ def hparam_defaults(config: Config) -> dict[str, float]:
     return {"init_scale": init_lib.default_scale(config.init), "decay_epochs": float(config.epochs)}
 
 
+@functools.lru_cache(maxsize=256)
+def num_params(config: Config, example_shape: tuple[int, ...]) -> int:
+    """The trainable parameters of ``config``'s network for examples of ``example_shape``: the MLP's or the module's.
+
+    Counted from an abstract ``init`` (nothing is computed): every leaf of the ``'params'``
+    collection (the MLP's ``W``, ``b`` and batch norm's ``gamma``, ``beta``; not running statistics).
+    """
+    X = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+    params = jax.eval_shape(lambda x: networks.network_of(config).init(jax.random.key(0), x, 1.0, None)[0], X)
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
+
+
 def policy_of(config: Config, x_dtype: Any) -> precision.Policy:
     """The run's precision policy for data of ``x_dtype`` (``precision.policy_of`` of ``Config.compute_dtype``)."""
     return precision.policy_of(config.compute_dtype, x_dtype)

@@ -42,7 +42,9 @@ from deepopt.sweep import reopen, tensorboard_log
 from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
-from deepopt.sweep.search import _as_dataset, _key_words, _sampler_text, check_metric, model_based_source
+from deepopt.sweep.search import (
+    _as_dataset, _key_words, _metric_fields, _sampler_text, check_metric, model_based_source,
+)
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
 from deepopt.sweep.store import beside, data_fingerprint, json_round_trip
@@ -150,6 +152,7 @@ class Search:
     padded_config_steps: int = 0
     concurrent_chunks: int | None = None  # chunks of a stage in flight at once; None: engine.concurrent_chunks
     memory_budget_bytes: int | None = None  # per device: chunks are shrunk until the stage program fits
+    objectives: dict[str, str] = dataclasses.field(default_factory=dict)  # Options.objectives, checked
 
     # ---------------------------------------------------------------- setup
 
@@ -185,6 +188,7 @@ class Search:
         splits = tuple(_as_dataset(name, split, task) for name, split in (("train", train), ("dev", dev), ("test", test)))
         if splits[0] is None:
             raise TypeError("train must be a deepopt.data.Dataset(X, y), got None")
+        objectives = options_lib.check_objectives(options.objectives, _metric_fields(task, dev, test))
         metric = options_lib.metric_of(options, task)
         check_metric(metric, task, dev, test)
         if not isinstance(resume, bool):
@@ -234,7 +238,7 @@ class Search:
             results_path=results_path, resume=resume, chunk_size=chunk_size, devices=devices, trials=trials,
             arguments=description, engine=engine,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
-            concurrent_chunks=streams, memory_budget_bytes=budget,
+            concurrent_chunks=streams, memory_budget_bytes=budget, objectives=objectives,
         )
 
     def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
@@ -488,10 +492,13 @@ class Search:
     ) -> list[list[dict[str, Any]]]:
         """Make the chunk's rows (one per member and seed), append them to the file, count and report them."""
         rows: list[list[dict[str, Any]]] = []
+        num_params = train_lib.num_params(members[0].config, tuple(self.splits[0].X.shape[1:]))
         for i, member in enumerate(members):
+            fields = {"stage": stage, **extra(member)}
+            fields |= {"num_params": num_params,
+                       "config_steps": int(fields.get("epochs_trained", epochs)) * self.batches_per_epoch}
             rows.append([
-                _row(run_._replace(hparams=dict(values[i])), outputs, i * self.seeds + s, seconds,
-                     {"stage": stage, **extra(member)})
+                _row(run_._replace(hparams=dict(values[i])), outputs, i * self.seeds + s, seconds, fields)
                 for s, run_ in enumerate(member.runs)
             ])
         flat = [row for member_rows in rows for row in member_rows]
@@ -603,14 +610,15 @@ class Search:
             **extra_stats,
         }
         results = Results(rows=final_rows, space=dict(self.space), metric=self.metric, stats=stats,
-                          directions=self.directions, history=list(self.history))
+                          directions=self.directions, history=list(self.history), objectives=dict(self.objectives))
         assert self.hold is not None, "Search.results is called while the file is held (drive)"
         return self.hold.finish(results)
 
     def _call(self) -> dict[str, Any]:
         """What identifies this search in the results record (``reopen.record_call``)."""
-        return {"method": self.method, "space": self.space, "metric": self.metric, "directions": self.directions,
+        call = {"method": self.method, "space": self.space, "metric": self.metric, "directions": self.directions,
                 "arguments": self.arguments}
+        return call | ({"objectives": dict(self.objectives)} if self.objectives else {})
 
 
 def write_board(tensorboard_dir: str | os.PathLike | None, results: Results) -> Results:

@@ -16,6 +16,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt import tasks as tasks_lib
+from deepopt.sweep import pareto
 from deepopt.sweep.model_based import import_optuna, optuna_distributions, parameter_name, quiet_optuna, to_parameters
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, unread_fields
 from deepopt.sweep.store import _canonical
@@ -76,6 +77,8 @@ class Results:
         trained); ``rows`` then holds each run's last one. Empty for ``sweep.run``.
       directions: ``{row field: "maximize" | "minimize"}`` of the task's metrics
         (``Task.row_directions``); a field not named here: costs are minimized, the rest maximized.
+      objectives: ``{row field: "max" | "min"}`` ranked together (``Options.objectives``; empty:
+        ``metric`` alone). With two or more, ``best`` ranks by Pareto rank, then crowding distance.
     """
 
     rows: list[dict[str, Any]]
@@ -85,6 +88,7 @@ class Results:
     curves: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     directions: dict[str, str] = dataclasses.field(default_factory=dict)
+    objectives: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def config_steps(self) -> int | None:
@@ -197,14 +201,72 @@ class Results:
             entries.append(entry)
         return entries
 
+    def pareto_ranked(self, objectives: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """``by_config`` with each entry's ``objectives`` (seed means), ``pareto_rank`` and ``crowding_distance``.
+
+        ``objectives``: ``{field: "max" | "min"}`` (default: the search's ``objectives``). Rank 0 is the
+        Pareto front (``pareto.pareto_ranks``); a missing mean (a diverged seed's metric) is the worst
+        value; ``seconds`` is the mean over seeds of each run's training seconds.
+        """
+        objectives = dict(self.objectives if objectives is None else objectives)
+        if not objectives:
+            raise ValueError("no objectives: run the search with objectives={field: 'max' | 'min', ...} "
+                             "or pass objectives=... here")
+        pareto.check_senses(list(objectives.values()), "objectives")
+        known = set(self.metric_names()) | {"seconds"}
+        for name in objectives:
+            if name not in known:
+                raise ValueError(f"objective {name!r} is not a field of these rows; their fields: {sorted(known)}")
+        entries = self.by_config()
+        seconds: dict[str, list[float]] = {}
+        for row in self.rows:
+            if row.get("seconds") is not None:
+                seconds.setdefault(row["config_id"], []).append(float(row["seconds"]))
+
+        def mean(entry: dict[str, Any], name: str) -> float:
+            if name == "seconds":
+                values = seconds.get(entry["config_id"])
+                return float(np.mean(values)) if values else np.nan
+            value = (entry.get(name) or {}).get("mean")
+            return np.nan if value is None else float(value)
+
+        points = np.asarray([[mean(entry, name) for name in objectives] for entry in entries], np.float64)
+        points = points.reshape(len(entries), len(objectives))
+        senses = list(objectives.values())
+        ranks = pareto.pareto_ranks(points, senses)
+        crowding = pareto.crowding_distances(points, senses, ranks)
+        for entry, point, rank, distance in zip(entries, points, ranks, crowding):
+            entry["objectives"] = {name: (None if np.isnan(v) else float(v)) for name, v in zip(objectives, point)}
+            entry["pareto_rank"], entry["crowding_distance"] = int(rank), float(distance)
+        return entries
+
+    def pareto(self, objectives: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """The non-dominated configs on seed means of the ``objectives`` (``pareto_ranked``'s rank 0), best first
+        by the first objective.
+
+        Configs with a diverged seed are left out when any config has none. Each entry carries its
+        ``objectives`` values and ``crowding_distance``.
+        """
+        objectives = dict(self.objectives if objectives is None else objectives)
+        diverged = {row["config_id"] for row in self.rows if row.get("diverged")}
+        kept = [row for row in self.rows if row["config_id"] not in diverged]
+        ranked = dataclasses.replace(self, rows=kept if kept else self.rows).pareto_ranked(objectives)
+        first, sense = next(iter(objectives.items())) if objectives else (None, None)
+        sign = -1.0 if sense == "max" else 1.0
+        front = [entry for entry in ranked if entry["pareto_rank"] == 0]
+        return sorted(front, key=lambda e: (e["objectives"][first] is None, sign * (e["objectives"][first] or 0.0)))
+
     def best(self, k: int = 10) -> list[dict[str, Any]]:
         """The leaderboard: the top ``k`` configs by the seed-mean ``metric`` (ties: smaller spread over seeds first).
 
         A config with a diverged seed ranks below every config without one. In an adaptive search
         (rows with ``epochs_trained``), configs trained to the full budget rank ahead of those cut early.
+        With two or more ``objectives``: by Pareto rank, then the larger crowding distance, then ``metric``.
         """
         _check_count("k", k)
         self._check_metric()
+        if len(self.objectives) >= 2:
+            return self._best_by_pareto(k)
         sign = 1.0 if direction(self.metric, self.directions) == "minimize" else -1.0
         trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
         full_budget = max(trained) if trained else None
@@ -218,6 +280,21 @@ class Results:
                     stats["std"] or 0.0)
 
         return sorted(self.by_config(), key=rank)[:k]
+
+    def _best_by_pareto(self, k: int) -> list[dict[str, Any]]:
+        """``best`` with several objectives: (diverged, cut early, Pareto rank, −crowding distance, metric)."""
+        sign = 1.0 if direction(self.metric, self.directions) == "minimize" else -1.0
+        trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
+        full_budget = max(trained) if trained else None
+
+        def rank(entry: dict[str, Any]) -> tuple:
+            metric = entry.get(self.metric, {"mean": None})["mean"]
+            epochs = entry.get("epochs_trained", {}).get("min") if full_budget is not None else None
+            cut_early = full_budget is not None and (epochs is None or epochs < full_budget)
+            return (entry["diverged"] > 0, cut_early, entry["pareto_rank"], -entry["crowding_distance"],
+                    metric is None, 0.0 if metric is None else sign * metric)
+
+        return sorted(self.pareto_ranked(), key=rank)[:k]
 
     def zoom(self, k: int = 8, margin: float = 0.25) -> dict[str, Any]:
         """A narrower space around the top ``k`` configs (coarse to fine).

@@ -37,6 +37,12 @@ class Options:
       memory_budget_bytes: bytes per device a chunk may use (None: no limit).
       curves: record every run's per-epoch learning curves (None: when ``tensorboard_dir`` is given).
       tensorboard_dir: also write one TensorBoard run per config there.
+      objectives: several objectives ranked together, ``{row field: "max" | "min"}``: any metric
+        the search may rank by (``dev_accuracy``, ``test_mse``, ``final_cost``...) or a config's
+        ``num_params`` (trainable parameters), ``config_steps`` (updates trained) or ``seconds``
+        (training time per run). ``Results.pareto()`` returns their non-dominated configs and
+        ``Results.best`` ranks by Pareto rank, then crowding distance. ``metric`` (None) becomes
+        the first objective that is a metric.
     """
 
     seeds: int = 1
@@ -52,14 +58,42 @@ class Options:
     memory_budget_bytes: int | None = None
     curves: bool | None = None
     tensorboard_dir: str | os.PathLike | None = None
+    objectives: Mapping[str, str] | None = None
 
+
+COST_OBJECTIVES = ("num_params", "config_steps", "seconds")  # per-config costs rows carry besides the metrics
 
 FIELDS = tuple(field.name for field in dataclasses.fields(Options))
 
 
 def metric_of(options: Options, task: Any) -> str:
-    """The metric a search ranks by: ``options.metric``, or ``dev_<primary>`` of the ``task`` when it is None."""
-    return f"dev_{task.primary}" if options.metric is None else options.metric
+    """The metric a search ranks by: ``options.metric``; when None, the first of ``options.objectives`` that is a
+    metric (not one of ``COST_OBJECTIVES``), else ``dev_<primary>`` of the ``task``."""
+    if options.metric is not None:
+        return options.metric
+    metrics = [name for name in (options.objectives or {}) if name not in COST_OBJECTIVES]
+    return metrics[0] if metrics else f"dev_{task.primary}"
+
+
+def check_objectives(objectives: Any, metrics: Sequence[str]) -> dict[str, str]:
+    """``objectives`` as ``{field: "max" | "min"}``: fields among ``metrics`` (what the search may rank by) or ``COST_OBJECTIVES``.
+
+    None gives ``{}`` (one metric, no Pareto ranking). Refused, naming the entry: not a mapping,
+    empty, an unknown field, a direction other than ``"max"`` / ``"min"``.
+    """
+    if objectives is None:
+        return {}
+    if not isinstance(objectives, Mapping) or not objectives:
+        raise TypeError(f"objectives must be a non-empty mapping {{field: 'max' | 'min'}}, got {objectives!r}")
+    allowed = (*metrics, *COST_OBJECTIVES)
+    checked = {}
+    for name, sense in objectives.items():
+        if name not in allowed:
+            raise ValueError(f"objectives: {name!r} is not a field a search can rank by; choose among {list(allowed)}")
+        if sense not in ("max", "min"):
+            raise ValueError(f"objectives[{name!r}] must be 'max' or 'min', got {sense!r}")
+        checked[name] = sense
+    return checked
 
 
 def resolve(where: str, options: Options | None, overrides: Mapping[str, Any]) -> Options:

@@ -334,4 +334,4 @@ def load(path: str | os.PathLike) -> Results:
     curves_file = curves_path(path)
     curves = read_curves(curves_file, [row["id"] for row in final]) if os.path.exists(curves_file) else {}
     return Results(rows=final, space=space, metric=calls[0]["metric"], stats=stats, curves=curves, history=history,
-                   directions=calls[0].get("directions") or {})
+                   directions=calls[0].get("directions") or {}, objectives=calls[0].get("objectives") or {})

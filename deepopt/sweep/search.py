@@ -71,8 +71,9 @@ def _as_dataset(name: str, split: Any, task: tasks.Task) -> data_lib.Dataset | N
     return data_lib.check_dataset(split, name, on_host=True, targets=task.targets)
 
 
-def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float) -> dict[str, Any]:
-    """The JSON row of one run from the chunk's outputs at ``position``."""
+def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: float,
+         costs: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The JSON row of one run from the chunk's outputs at ``position``; ``costs``: its ``num_params`` and ``config_steps``."""
     row: dict[str, Any] = {
         "id": run_.id,
         "config_id": run_.config_id,
@@ -87,6 +88,7 @@ def _row(run_: Run, outputs: Mapping[str, np.ndarray], position: int, seconds: f
         row[name] = None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN
     if not row.get("diverged", False) and "diverged_epoch" in row:
         row["diverged_epoch"] = None
+    row.update(costs or {})
     row["seconds"] = seconds
     return store.json_round_trip(row)  # exactly what a resumed sweep reads back
 
@@ -190,6 +192,7 @@ def _run(
         raise TypeError(f"curves must be a bool or None, got {curves!r}")
     if curves and dev is None:
         raise ValueError(f"curves=True records dev {task.primary} and dev cost per epoch: it needs a dev set")
+    objectives = options_lib.check_objectives(settings.objectives, _metric_fields(task, dev, test))
     check_metric(metric, task, dev, test)
     options_lib.check_memory_budget(memory_budget_bytes)
     if chunk_size != AUTO_CHUNK:
@@ -211,7 +214,7 @@ def _run(
     key = _typed_key(key)
     data_digest = data_fingerprint(*splits)
     settings = dataclasses.replace(settings, metric=metric, chunk_size=chunk_size, devices=devices, curves=curves,
-                                   tensorboard_dir=tensorboard_dir)
+                                   tensorboard_dir=tensorboard_dir, objectives=objectives)
     if is_model_based(sampler):
         return _run_model_based(base_config, space, splits, key, num_configs, hparams, settings, start, data_digest)
     runs = plan(
@@ -229,22 +232,24 @@ def _run(
 
     reads_file = resume and results_path is not None and jax.process_index() == 0
     legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
-    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest,
+                        settings.objectives)
     with reopen.writing(results_path, call, resume=resume, ids=[run_.id for run_ in runs], legacy=legacy) as hold:
         sweep = _new_sweep(settings, splits, key, hold.done, [r.id for r in runs], len(runs), len(grouped), start)
         sweep.engine.read_back(sum(run_.id in hold.done for run_ in runs))
         _run_groups_compiling_ahead(
             sweep, grouped, space, lambda: _write_board(tensorboard_dir, sweep, runs, space, metric)
         )
-        return hold.finish(_results(sweep, runs, space, metric, task))
+        return hold.finish(_results(sweep, runs, space, metric, task, objectives=objectives))
 
 
 def _call_record(
     config: train_lib.Config, space: Mapping[str, Any], key: jax.Array, num_configs: int | None, seeds: int,
     sampler: Any, metric: str, hparams: train_lib.HParams | None, data_digest: str,
+    objectives: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What identifies one ``run`` call in the results record (``reopen.record_call``)."""
-    return {
+    """What identifies one ``run`` call in the results record (``reopen.record_call``); ``objectives`` when set."""
+    return ({"objectives": dict(objectives)} if objectives else {}) | {
         "method": "run", "space": dict(space), "metric": metric, "directions": config.task.row_directions(),
         "num_configs": num_configs, "seeds": seeds,
         "sampler": _sampler_text(sampler), "key": _key_words(key), "data": data_digest,
@@ -264,9 +269,9 @@ def _key_words(key: jax.Array) -> list[int]:
 
 def _results(
     sweep: _Sweep, runs: Sequence[Run], space: Mapping[str, Any], metric: str, task: tasks.Task,
-    extra_stats: Mapping[str, Any] | None = None,
+    extra_stats: Mapping[str, Any] | None = None, objectives: Mapping[str, str] | None = None,
 ) -> Results:
-    """The ``Results`` of a finished call: its runs' rows in plan order, their curves, the stats."""
+    """The ``Results`` of a finished call: its runs' rows in plan order, their curves, the stats, the objectives."""
     engine = sweep.engine
     grouped = groups(runs)
     stats = {
@@ -284,7 +289,7 @@ def _results(
     return Results(
         rows=[engine.done[run_.id] for run_ in runs], space=dict(space), metric=metric, stats=stats,
         curves={run_.id: engine.curve_data[run_.id] for run_ in runs if run_.id in engine.curve_data},
-        directions=task.row_directions(),
+        directions=task.row_directions(), objectives=dict(objectives or {}),
     )
 
 
@@ -435,7 +440,8 @@ def _run_model_based(
     per_round = ask_size(num_configs, seeds, settings.chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 
-    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest)
+    call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest,
+                        settings.objectives)
     resume = settings.resume
     with reopen.writing(settings.results_path, call, resume=resume, ids=None if resume else []) as hold:
         done = hold.done
@@ -465,7 +471,7 @@ def _run_model_based(
             _write_board(settings.tensorboard_dir, sweep, runs, space, metric)
         extra = {"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
                  "configs_per_round": per_round, "asked": source.asked}
-        return hold.finish(_results(sweep, runs, space, metric, base_config.task, extra))
+        return hold.finish(_results(sweep, runs, space, metric, base_config.task, extra, settings.objectives))
 
 
 @dataclasses.dataclass
@@ -603,5 +609,8 @@ def _record_chunk(
     }
     fresh = [(i, run_) for i, run_ in enumerate(members) if run_.id not in engine.done]
     curves = {run_.id: {name: values[i] for name, values in curve_outputs.items()} for i, run_ in fresh}
-    engine.append([_row(run_, outputs, i, seconds) for i, run_ in fresh], curves if curve_outputs else None)
+    config, train_set = members[0].config, engine.splits[0]  # a chunk is one group: one Config
+    costs = {"num_params": train_lib.num_params(config, tuple(train_set.X.shape[1:])),
+             "config_steps": perf.steps_per_run(config, len(train_set.y))}
+    engine.append([_row(run_, outputs, i, seconds, costs) for i, run_ in fresh], curves if curve_outputs else None)
     engine.report(label, (number, engine.groups, chunk_number + 1, num_chunks))

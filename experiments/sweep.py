@@ -111,6 +111,22 @@ flags.DEFINE_bool(
     "Continue the sweep in --output_dir: runs already in results.jsonl are skipped. Refused when its manifest.json "
     "records other flags or data, or the directory holds another study; a missing or empty directory starts afresh.",
 )
+flags.DEFINE_list(
+    "objectives", [],
+    "Several objectives ranked together, field:max|min (e.g. dev_accuracy:max,num_params:min): the leaderboard goes by "
+    "Pareto rank, then crowding distance; Hyperband promotes so; the report adds the Pareto front. Fields: the task's "
+    "train_/dev_ metrics, final_cost, num_params, config_steps, seconds.",
+)
+flags.DEFINE_multi_string(
+    "hidden_choice", [],
+    "Searched hidden widths, one comma-separated list per flag (e.g. --hidden_choice 8 --hidden_choice 32,32): the net "
+    "is a searched choice of these (with --objectives num_params:min, a trade of size against accuracy).",
+)
+flags.DEFINE_string(
+    "optuna_storage", None,
+    "Also write every config as an Optuna trial into this RDB storage (e.g. sqlite:///runs/optuna.db), to open with "
+    "optuna-dashboard.",
+)
 common.define_host_devices_flag()
 flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, to run one sweep over several processes/hosts."
@@ -147,6 +163,19 @@ flags.register_multi_flags_validator(
 flags.register_validator(
     "bayes_error", lambda value: value is None or 0 <= value < 1, message="--bayes_error must be in [0, 1)"
 )
+flags.register_validator(
+    "objectives", lambda items: all(len(item.split(":")) == 2 and item.split(":")[1] in ("max", "min") for item in items),
+    message="--objectives must list field:max or field:min, e.g. dev_accuracy:max,num_params:min",
+)
+flags.register_validator(
+    "hidden_choice", lambda items: all(w.strip().isdigit() and int(w) > 0 for item in items for w in item.split(",")),
+    message="--hidden_choice must be comma-separated positive widths, e.g. 32,32",
+)
+
+
+def objectives() -> dict[str, str] | None:
+    """``--objectives`` as ``{field: "max" | "min"}`` (None when not given)."""
+    return {item.split(":")[0]: item.split(":")[1] for item in FLAGS.objectives} or None
 flags.register_multi_flags_validator(
     ["resume", "output_dir"],
     lambda v: not v["resume"] or v["output_dir"] is not None,
@@ -302,6 +331,14 @@ def search_space() -> dict[str, Any]:
     space["l2"] = sweep.log_uniform(*l2) if FLAGS.l2 is None else FLAGS.l2
     space["keep_prob"] = sweep.uniform(*keep) if FLAGS.keep_prob is None else FLAGS.keep_prob
     return space
+
+
+def with_width_choice(space: dict[str, Any], layer_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """``space`` with the net's layer sizes a choice of ``--hidden_choice`` widths (unchanged without it)."""
+    if not FLAGS.hidden_choice:
+        return space
+    widths = [tuple(int(w) for w in item.split(",")) for item in FLAGS.hidden_choice]
+    return {"layer_sizes": sweep.choice([(layer_sizes[0], *w, layer_sizes[-1]) for w in widths]), **space}
 
 
 def describe(space: dict[str, Any]) -> list[str]:
@@ -472,6 +509,60 @@ def bayes_estimate() -> tuple[float, str, bool]:
     return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)", False
 
 
+def pareto_lines(results: sweep.Results) -> list[str]:
+    """With two or more objectives, the report's Pareto-front section: a table of the front (empty otherwise)."""
+    if len(results.objectives) < 2:
+        return []
+    names = list(results.objectives)
+    header = "| config | " + " | ".join(f"{n} ({results.objectives[n]})" for n in names) + " | crowding |"
+    rows = [header, "|" + "---|" * (len(names) + 2)]
+    for entry in results.pareto():
+        choices = ", ".join(f"{k}={_flag_text(v) if not isinstance(v, float) else f'{v:.3g}'}"
+                            for k, v in entry["choices"].items() if isinstance(results.space.get(k), sweep.Uniform)
+                            or isinstance(results.space.get(k), sweep.Choice))
+        values = " | ".join("–" if entry["objectives"][n] is None else f"{entry['objectives'][n]:.4g}" for n in names)
+        rows.append(f"| {choices} | {values} | {entry['crowding_distance']:.3g} |")
+    return [f"## Pareto front over {', '.join(names)} (seed means; non-dominated configs)", "", *rows, ""]
+
+
+def write_optuna(results: sweep.Results, output_dir: pathlib.Path) -> str | None:
+    """``--optuna_storage``: every config as an Optuna trial (``Results.to_optuna``); the report's line about it."""
+    if FLAGS.optuna_storage is None:
+        return None
+    name = f"deepopt-sweep-{output_dir.name}"
+    try:
+        results.to_optuna(FLAGS.optuna_storage, name)
+    except Exception as error:  # the sweep's own results stand; say why the study was not written
+        return f"Optuna: study `{name}` not written to `{FLAGS.optuna_storage}` ({type(error).__name__}: {error})."
+    return (f"Optuna: every config is a trial of study `{name}` in `{FLAGS.optuna_storage}`; open it with "
+            f"`optuna-dashboard {FLAGS.optuna_storage}`.")
+
+
+def plot_pareto(path: pathlib.Path, results: sweep.Results) -> bool:
+    """Every config's first two objectives, the Pareto front highlighted; False (nothing drawn) with fewer than two."""
+    if len(results.objectives) < 2:
+        return False
+    plt = common.pyplot()
+    first, second = list(results.objectives)[:2]
+    ranked = results.pareto_ranked()
+    points = [(e["objectives"][second], e["objectives"][first], e["pareto_rank"]) for e in ranked
+              if e["objectives"][first] is not None and e["objectives"][second] is not None]
+    front = sorted((x, y) for x, y, rank in points if rank == 0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([x for x, _, r in points if r > 0], [y for _, y, r in points if r > 0], s=12, color="0.6",
+               label="dominated")
+    ax.plot([x for x, _ in front], [y for _, y in front], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel(f"{second} ({results.objectives[second]})")
+    ax.set_ylabel(f"{first} ({results.objectives[first]})")
+    if second == "num_params":
+        ax.set_xscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_top_curves(
     path: pathlib.Path, results: sweep.Results, top: list[dict[str, Any]], metric: str = "dev_accuracy"
 ) -> bool:
@@ -535,7 +626,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             tensorboard_log._tensorboard()
         except ImportError as error:
             raise common.StudyInputError(str(error)) from None
-    if FLAGS.sampler == "tpe":
+    if FLAGS.sampler == "tpe" or FLAGS.optuna_storage:
         try:
             sweep.model_based.import_optuna()
         except ImportError as error:
@@ -557,7 +648,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             schedule=FLAGS.schedule, early_stopping=FLAGS.early_stopping, batchnorm=FLAGS.batchnorm,
             task=common.study_task(),
         )
-        space = search_space()
+        space = with_width_choice(search_space(), layer_sizes)
         sweep.check_space(space)
     except ValueError as error:
         raise common.StudyInputError(str(error)) from None
@@ -578,6 +669,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
         progress=say,
         curves=True,  # every run's per-epoch primary dev metric and cost, for the top configs' curves
         tensorboard_dir=FLAGS.tensorboard_dir,
+        objectives=objectives(),
     )
     say(
         f"{STUDY}: net {'-'.join(map(str, layer_sizes))}, mini-batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, "
@@ -621,7 +713,7 @@ def run_adaptive(
     if jax.process_count() > 1:
         raise common.StudyInputError(f"--search={FLAGS.search} runs in one process; drop --num_processes")
     common_args = dict(key=key, seeds=FLAGS.num_seeds, sampler=sampler, results_path=results_path,
-                       resume=FLAGS.resume, test=test_set, progress=say)
+                       resume=FLAGS.resume, test=test_set, progress=say, objectives=objectives())
     try:
         if FLAGS.search == "hyperband":
             min_epochs = FLAGS.min_epochs or max(FLAGS.epochs // 27, 1)
@@ -707,6 +799,8 @@ def write_summaries(
         metric=metric,
         curves={run_id: curve for r in rounds for run_id, curve in r.curves.items()},
         directions=task.row_directions(),
+        objectives=dict(rounds[0].objectives),
+        history=[row for r in rounds for row in r.history],
     )
     entries = combined.by_config()
     round_of = {row["config_id"]: number for number, r in enumerate(rounds, start=1) for row in r.rows}
@@ -758,6 +852,8 @@ def write_summaries(
     say("\n" + table + "\n\n" + verdict + "\n" + retrained["text"] + "\n" + timing)
 
     combined.to_csv(output_dir / "results.csv")
+    front_lines = pareto_lines(combined)
+    optuna_line = write_optuna(combined, output_dir)
     plots = []
     if common.plots_available():
         plot_learning_rate(output_dir / f"{metric}_vs_learning_rate.png", entries, metric)
@@ -770,6 +866,8 @@ def write_summaries(
             plots.append("hyperparameter_axes.png")
         if plot_top_curves(output_dir / "top_curves.png", combined, top[:5], metric):
             plots.append("top_curves.png")
+        if plot_pareto(output_dir / "pareto_front.png", combined):
+            plots.append("pareto_front.png")
     settings_record = {
         "layer_sizes": layer_sizes,
         "activation": FLAGS.activation,
@@ -811,6 +909,8 @@ def write_summaries(
             "verdict": verdict,
             "boundary_warnings": boundaries,
             "importance": importance,
+            "objectives": combined.objectives,
+            "pareto_front": combined.pareto() if len(combined.objectives) >= 2 else None,
             "retrained_winner": retrained,
             "timing": timing,
             "rounds": [r.stats for r in rounds],
@@ -847,6 +947,8 @@ def write_summaries(
         "",
         *([f"- {line}" for line in boundaries] or ["No searched range has its best configs at an edge."]),
         "",
+        *front_lines,
+        *([optuna_line, ""] if optuna_line else []),
         f"## What explains {metric_words(metric)} (fANOVA importance over the configs)",
         "",
         *[f"- {line}" for line in importance],

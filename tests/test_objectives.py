@@ -107,3 +107,119 @@ def test_an_adaptive_search_ranks_by_its_objectives(splits):
     front = halving.pareto()
     assert front and all(e["pareto_rank"] == 0 for e in front)
     assert halving.best(3)[0]["epochs_trained"]["min"] == 8  # the full budget still ranks first
+
+
+def test_halving_promotes_by_pareto_rank_then_crowding(splits):
+    # Each rung keeps the configs whose (dev accuracy, parameters) trade best: recomputed here from
+    # the rung's rows, the survivors are the first by (Pareto rank, larger crowding distance).
+    from deepopt.sweep import pareto
+
+    objectives = {"dev_accuracy": "max", "num_params": "min"}
+    halving = sweep.successive_halving(CONFIG, SPACE, *splits, key=jax.random.key(4), num_configs=8, min_epochs=2,
+                                       max_epochs=8, eta=2, objectives=objectives)
+    first = [row for row in halving.history if row["epochs_trained"] == 2]
+    promoted = {row["config_id"] for row in halving.history if row["epochs_trained"] == 4}
+    ids = sorted({row["config_id"] for row in first}, key=lambda cid: next(r["config_index"] for r in first
+                                                                            if r["config_id"] == cid))
+    points = [[next(r[name] for r in first if r["config_id"] == cid) for name in objectives] for cid in ids]
+    ranks = pareto.pareto_ranks(points, list(objectives.values()))
+    crowding = pareto.crowding_distances(points, list(objectives.values()), ranks)
+    order = sorted(range(len(ids)), key=lambda i: (ranks[i], -crowding[i]))
+    assert promoted == {ids[i] for i in order[:len(promoted)]} and len(promoted) == 4
+    single = sweep.successive_halving(CONFIG, SPACE, *splits, key=jax.random.key(4), num_configs=8, min_epochs=2,
+                                      max_epochs=8, eta=2)
+    kept_single = {row["config_id"] for row in single.history if row["epochs_trained"] == 4}
+    assert min(r["num_params"] for r in halving.history if r["config_id"] in promoted) <= min(
+        r["num_params"] for r in single.history if r["config_id"] in kept_single)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 60.0):
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_to_optuna_writes_every_config_and_optuna_dashboard_serves_them(splits, tmp_path):
+    pytest.importorskip("optuna")
+    pytest.importorskip("optuna_dashboard")
+    import subprocess
+    import sys
+
+    halving = sweep.successive_halving(CONFIG, SPACE, *splits, key=jax.random.key(5), num_configs=6, min_epochs=2,
+                                       max_epochs=8, eta=2, objectives=OBJECTIVES)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = halving.to_optuna(storage, "pareto-halving")
+    entries = {e["config_id"]: e for e in halving.pareto_ranked()}
+    assert len(study.trials) == len(entries) and study.metric_names == list(OBJECTIVES)
+    for trial in study.trials:
+        entry = entries[trial.user_attrs["config_id"]]
+        assert trial.values == [entry["objectives"]["dev_accuracy"], entry["objectives"]["num_params"]]
+        assert trial.params["layer_sizes"] == str(list(entry["choices"]["layer_sizes"])).replace(" ", "")
+        assert sorted(trial.intermediate_values) == sorted({r["epochs_trained"] for r in halving.history
+                                                            if r["config_id"] == entry["config_id"]})
+    with pytest.raises(Exception, match="already exists|Duplicated"):
+        halving.to_optuna(storage, "pareto-halving")
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from optuna_dashboard import run_server; run_server({storage!r}, host='127.0.0.1', "
+                               f"port={port})"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listed = _get_json(f"http://127.0.0.1:{port}/api/studies")
+        (summary,) = [s for s in listed["study_summaries"] if s["study_name"] == "pareto-halving"]
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
+        assert len(detail["trials"]) == len(entries)
+        values = sorted(tuple(t["values"]) for t in detail["trials"])
+        assert values == sorted(tuple(trial.values) for trial in study.trials)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_main_job_reports_the_pareto_front_and_writes_the_optuna_study(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("optuna")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    flags = ["--num_configs=9", "--zoom_configs=0", "--epochs=6", "--num_seeds=1", "--hidden_choice=2",
+             "--hidden_choice=16", "--objectives=dev_accuracy:max,num_params:min", f"--optuna_storage={storage}"]
+    for search in ("random", "hyperband"):
+        out = tmp_path / search
+        completed = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--output_dir={out}",
+                                    f"--search={search}", *flags], cwd=root, capture_output=True, text=True,
+                                   timeout=300)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        report = (out / "report.md").read_text()
+        assert "## Pareto front over dev_accuracy, num_params" in report and f"optuna-dashboard {storage}" in report
+        front = json.loads((out / "results.json").read_text())["pareto_front"]
+        assert front and {e["objectives"]["num_params"] for e in front} <= {2 * 2 + 2 + 2 + 1, 2 * 16 + 16 + 16 + 1}
+    import optuna
+
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"deepopt-sweep-random", "deepopt-sweep-hyperband"}
+    bad = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--output_dir={tmp_path / 'bad'}",
+                          "--objectives=dev_accuracy:up"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--objectives" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

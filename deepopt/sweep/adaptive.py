@@ -30,7 +30,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import modules, perf
 from deepopt import train as train_lib
-from deepopt.sweep import state_files
+from deepopt.sweep import pareto, state_files
 from deepopt.sweep.chunks import ChunkEngine, Progress
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
@@ -96,6 +96,41 @@ def rank_trials(
         return (diverged or missing, sign * mean, trial.position)
 
     return sorted(trials, key=key)
+
+
+def rank_trials_by_pareto(
+    trials: Sequence[Trial], rows: Mapping[int, Sequence[Mapping[str, Any]]], objectives: Mapping[str, str],
+    metric: str, directions: Mapping[str, str] | None = None,
+) -> list[Trial]:
+    """``trials`` best first by non-dominated sorting of the seed means of ``objectives`` in ``rows[position]``.
+
+    The key, in order: a diverged seed (last), the Pareto rank (``pareto.pareto_ranks``; a missing
+    value is the worst), the crowding distance within the rank (larger first: the front's extremes,
+    then its sparse regions, as NSGA-II selects), then ``metric`` as ``rank_trials`` ranks it, then
+    the earlier config. What Optuna's and Ray Tune's single-objective pruners cannot do: a rung
+    keeps the configs that trade the objectives best, not the best of one.
+    """
+    if not trials:
+        return []
+
+    def seed_mean_of(trial: Trial, name: str) -> float:
+        values = [row.get(name) for row in rows[trial.position]]
+        if not values or any(v is None for v in values):
+            return np.nan
+        return float(np.mean(np.asarray(values, np.float64)))
+
+    points = np.asarray([[seed_mean_of(trial, name) for name in objectives] for trial in trials], np.float64)
+    senses = list(objectives.values())
+    ranks = pareto.pareto_ranks(points, senses)
+    crowding = pareto.crowding_distances(points, senses, ranks)
+    by_metric = {trial.position: place for place, trial in enumerate(rank_trials(trials, rows, metric, directions))}
+
+    def key(index: int) -> tuple:
+        trial = trials[index]
+        diverged = any(bool(row.get("diverged")) for row in rows[trial.position])
+        return (diverged, int(ranks[index]), -float(crowding[index]), by_metric[trial.position])
+
+    return [trials[i] for i in sorted(range(len(trials)), key=key)]
 
 
 def _row(run_: Run, outputs: Mapping[str, np.ndarray], index: int, seconds: float, extra: Mapping[str, Any]) -> dict:
@@ -242,7 +277,10 @@ class Search:
         )
 
     def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
-        """``rank_trials`` by the search's metric, in its task's direction: best first."""
+        """Best first: ``rank_trials`` by the search's metric in its task's direction, or with two or more
+        ``objectives`` ``rank_trials_by_pareto`` (Pareto rank, then crowding distance)."""
+        if len(self.objectives) >= 2:
+            return rank_trials_by_pareto(trials, last, self.objectives, self.metric, self.directions)
         return rank_trials(trials, last, self.metric, self.directions)
 
     @property

@@ -403,6 +403,62 @@ class Results:
         by_field = {name: float(scores.get(parameter_name(name, self.space[name]), 0.0)) for name in searched}
         return dict(sorted(by_field.items(), key=lambda item: -item[1]))
 
+    def to_optuna(self, storage: str = "sqlite:///optuna.db", study_name: str | None = None) -> Any:
+        """Write every config as a completed Optuna trial into ``storage`` (an RDB URL); returns the ``optuna.Study``.
+
+        The study's directions are the ``objectives`` (else ``metric``'s); each trial holds the
+        config's searched parameters with their distributions (``optuna_distributions``), its
+        objective values (seed means; a config with a missing one is a FAIL trial), its learning
+        curve as intermediate values (the seed-mean ``metric`` per epoch from recorded curves, or per
+        rung from an adaptive search's history) and, as user attributes, its ``config_id``, seeds,
+        diverged seeds and every metric's seed mean. Open it with ``optuna-dashboard <storage>``.
+        A study of that name already in the storage is refused (Optuna's ``DuplicatedStudyError``).
+        """
+        optuna = import_optuna()
+        objectives = dict(self.objectives) or {
+            self.metric: "min" if direction(self.metric, self.directions) == "minimize" else "max"}
+        entries = self.pareto_ranked(objectives)
+        distributions = optuna_distributions(self.space)
+        curves = self._intermediate_values()
+        trials = []
+        for entry in entries:
+            values = [entry["objectives"][name] for name in objectives]
+            complete = all(value is not None for value in values)
+            attributes = {"config_id": entry["config_id"], "seeds": entry["seeds"], "diverged": entry["diverged"]}
+            attributes |= {name: stats["mean"] for name, stats in entry.items()
+                           if isinstance(stats, dict) and "mean" in stats}
+            trials.append(optuna.trial.create_trial(
+                params=to_parameters(self.space, entry["choices"]), distributions=distributions,
+                values=values if complete else None, user_attrs=attributes,
+                intermediate_values=curves.get(entry["config_id"], {}),
+                state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL,
+            ))
+        with quiet_optuna(optuna):
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=[
+                "maximize" if sense == "max" else "minimize" for sense in objectives.values()])
+            study.set_metric_names(list(objectives))
+            study.add_trials(trials)
+        return study
+
+    def _intermediate_values(self) -> dict[str, dict[int, float]]:
+        """``{config id: {step: seed-mean metric}}``: per epoch from curves, else per rung (``epochs_trained``) from history."""
+        result: dict[str, dict[int, float]] = {}
+        curve_name = self.metric if self.metric.startswith("dev_") else None
+        for config_id, run_ids in self.curve_run_ids().items():
+            stacked = stack_curves(self.curves, run_ids)
+            if curve_name in stacked:
+                means = np.nanmean(np.asarray(stacked[curve_name], np.float64), axis=0)
+                result[config_id] = {epoch + 1: float(v) for epoch, v in enumerate(means) if np.isfinite(v)}
+        by_rung: dict[str, dict[int, list[float]]] = {}
+        for row in self.history:
+            value, epochs = row.get(self.metric), row.get("epochs_trained")
+            if row["config_id"] in result or value is None or epochs is None:
+                continue
+            by_rung.setdefault(row["config_id"], {}).setdefault(int(epochs), []).append(float(value))
+        for config_id, steps in by_rung.items():
+            result[config_id] = {step: float(np.mean(values)) for step, values in sorted(steps.items())}
+        return result
+
     def to_pandas(self) -> Any:
         """A pandas ``DataFrame``: one row per run, its ids, seed, every Config and HParams field, the metrics.
 

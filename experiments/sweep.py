@@ -73,9 +73,10 @@ flags.DEFINE_enum(
     "random / quasi: --num_configs full runs, then a zoomed round; hyperband: Li et al.'s brackets from --min_epochs "
     "to --epochs; pbt: population-based training of --num_configs members (one sub-population per optimizer).",
 )
-flags.DEFINE_enum("sampler", "random", ["random", "quasi", "tpe"], "How configs are sampled: i.i.d., scrambled "
-                  "Halton (--search=quasi is --search=random --sampler=quasi) or Optuna's TPE, model-based: asked and "
-                  "told in rounds of --chunk_size runs (needs optuna; with --search=random or hyperband).")
+flags.DEFINE_enum("sampler", "random", ["random", "quasi", "tpe", "nsga2"], "How configs are sampled: i.i.d., "
+                  "scrambled Halton (--search=quasi is --search=random --sampler=quasi), or Optuna's TPE or NSGA-II "
+                  "(several --objectives at once), model-based: asked and told in rounds of --chunk_size runs (needs "
+                  "optuna; with --search=random or hyperband).")
 flags.DEFINE_string("tensorboard_dir", None, "Also write one TensorBoard run per config there (hyperparameters, "
                     "final metrics, per-epoch curves): tensorboard --logdir DIR, then the HParams tab. Needs tensorboard.")
 flags.DEFINE_integer("min_epochs", None, "hyperband: epochs of the first rung (default --epochs // 27).", lower_bound=1)
@@ -146,8 +147,8 @@ flags.register_validator("keep_prob", lambda value: value is None or 0 < value <
                          message="--keep_prob must be in (0, 1]")
 flags.register_validator("fraction", lambda value: 0 < value <= 0.5, message="--fraction must be in (0, 0.5]")
 flags.register_multi_flags_validator(
-    ["sampler", "search"], lambda v: v["sampler"] != "tpe" or v["search"] in ("random", "hyperband"),
-    message="--sampler=tpe learns between its asks: use it with --search=random (rounds of asks) or hyperband "
+    ["sampler", "search"], lambda v: v["sampler"] not in ("tpe", "nsga2") or v["search"] in ("random", "hyperband"),
+    message="--sampler=tpe or nsga2 learns between its asks: use it with --search=random (rounds of asks) or hyperband "
     "(brackets asked one after another); pbt and quasi ask once",
 )
 flags.register_validator("tensorboard_dir", lambda value: value is None or not pathlib.Path(value).is_file(),
@@ -626,7 +627,7 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             tensorboard_log._tensorboard()
         except ImportError as error:
             raise common.StudyInputError(str(error)) from None
-    if FLAGS.sampler == "tpe" or FLAGS.optuna_storage:
+    if FLAGS.sampler in ("tpe", "nsga2") or FLAGS.optuna_storage:
         try:
             sweep.model_based.import_optuna()
         except ImportError as error:

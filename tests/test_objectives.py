@@ -223,3 +223,23 @@ def test_the_main_job_reports_the_pareto_front_and_writes_the_optuna_study(tmp_p
     bad = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--output_dir={tmp_path / 'bad'}",
                           "--objectives=dev_accuracy:up"], cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--objectives" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_multi_objective_samplers_are_told_every_objective(splits, sampler):
+    pytest.importorskip("optuna")
+    from deepopt.sweep import model_based
+
+    source = model_based.OptunaSampler(SPACE, jax.random.key(0), sampler, directions=["maximize", "minimize"])
+    assert [d.name for d in source.study.directions] == ["MAXIMIZE", "MINIMIZE"] and source.sampler_name == sampler
+    asked = source.ask(2)
+    source.tell(asked, [[0.9, 17.0], [0.8, None]])  # a missing objective: the trial failed
+    first, second = source.study.trials
+    assert first.values == [0.9, 17.0] and second.state.name == "FAIL"
+    results = sweep.run(CONFIG, SPACE, *splits, key=jax.random.key(6), num_configs=8, sampler=sampler,
+                        chunk_size=4, objectives=OBJECTIVES)
+    assert len(results.rows) == 8 and results.stats["sampler"] == sampler and results.stats["rounds"] == 2
+    assert results.pareto()
+    halving = sweep.hyperband(CONFIG, SPACE, *splits, key=jax.random.key(7), min_epochs=2, max_epochs=8, eta=2,
+                              sampler=sampler, objectives=OBJECTIVES)
+    assert halving.pareto() and halving.objectives == OBJECTIVES

@@ -81,7 +81,7 @@ def test_tell_is_accepted(name: str) -> None:
 
 
 def test_sampler_errors() -> None:
-    with pytest.raises(ValueError, match=r"sampler must be one of \['random', 'quasi', 'grid', 'tpe'\]"):
+    with pytest.raises(ValueError, match=r"sampler must be one of \['random', 'quasi', 'grid', 'tpe', 'nsga2'\]"):
         sweep.make_sampler("bayes", SPACE, jax.random.key(0))
     with pytest.raises(ValueError, match="sampler='grid' enumerates grid/choice values"):
         sweep.make_sampler("grid", SPACE, jax.random.key(0))

@@ -33,7 +33,7 @@ from deepopt import train as train_lib
 from deepopt.sweep import pareto, state_files
 from deepopt.sweep.chunks import ChunkEngine, Progress
 from deepopt.sweep import states as states_lib
-from deepopt.sweep.analysis import Results, direction, seed_mean
+from deepopt.sweep.analysis import Results, direction
 from deepopt.sweep.engine import (
     _check_data, _group_hparams,
 )
@@ -43,7 +43,7 @@ from deepopt.sweep.model_based import is_model_based
 from deepopt.sweep.planning import Run, _typed_key, groups, plan, plan_assignments
 from deepopt.sweep.samplers import Sampler
 from deepopt.sweep.search import (
-    _as_dataset, _key_words, _metric_fields, _sampler_text, check_metric, model_based_source,
+    _as_dataset, _key_words, _metric_fields, _sampler_text, check_metric, model_based_source, tell_values,
 )
 from deepopt.sweep.search import _row as run_row
 from deepopt.sweep.space import _check_count, static_fields
@@ -247,7 +247,7 @@ class Search:
                     "configs at once: use it with hyperband (brackets asked one after another) or sweep.run"
                 )
             source, _ = model_based_source(config, space, splits, key, seeds, hparams, digest, sampler, metric,
-                                           devices)
+                                           devices, objectives)
         else:
             runs = plan(config, space, key=key, num_configs=num_configs, seeds=seeds, sampler=sampler,
                         hparams=hparams, data_digest=digest)
@@ -309,12 +309,10 @@ class Search:
         self, assignments: Sequence[Mapping[str, Any]], config_ids: Sequence[str],
         last: Mapping[int, Sequence[Mapping[str, Any]]],
     ) -> None:
-        """Tell the sampler each asked config's seed-mean ``metric`` at the last stage it reached (None: failed)."""
+        """Tell the sampler each asked config's seed-mean ``metric`` (or ``objectives``) at the last stage it reached."""
         assert self.source is not None
-        self.source.tell(assignments, [
-            seed_mean([row.get(self.metric) for row in last.get(self.trial_of[config_id].position, ())])
-            for config_id in config_ids
-        ])
+        self.source.tell(assignments, tell_values(
+            [last.get(self.trial_of[config_id].position, ()) for config_id in config_ids], self.metric, self.objectives))
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Search]:

@@ -41,7 +41,7 @@ from deepopt.sweep.samplers import Sampler
 from deepopt.sweep.space import Choice, LogUniform, OneMinusLogUniform, Uniform, _check_count, _is_distribution, check_space
 from deepopt.sweep.store import static_text
 
-MODEL_BASED_SAMPLERS = ("tpe",)
+MODEL_BASED_SAMPLERS = ("tpe", "nsga2")
 DIRECTIONS = ("maximize", "minimize")
 _PLAIN_TYPES = (type(None), bool, int, float, str)
 
@@ -160,11 +160,21 @@ def default_tpe(key: jax.Array) -> Any:
         return optuna.samplers.TPESampler(seed=_seed_of(key), multivariate=True, constant_liar=True)
 
 
+def default_nsga2(key: jax.Array) -> Any:
+    """``sampler="nsga2"``: Optuna's NSGA-II (non-dominated sorting and crowding distance over generations), seeded."""
+    optuna = import_optuna()
+    with quiet_optuna(optuna):
+        return optuna.samplers.NSGAIISampler(seed=_seed_of(key))
+
+
 class OptunaSampler(Sampler):
     """Asks and tells an in-memory Optuna study: each ``ask(n)`` is ``n`` of ``study.ask``, each ``tell`` one ``study.tell`` per trial.
 
+    ``directions`` (two or more ``"maximize"`` / ``"minimize"``) makes the study multi-objective:
+    each told value is then a sequence, one per objective.
+
     Attributes (besides ``Sampler``'s):
-      study: the ``optuna.Study`` (direction ``direction``); its trials are the sweep's configs.
+      study: the ``optuna.Study`` (direction ``direction``, or ``directions``); its trials are the sweep's configs.
       distributions: ``optuna_distributions(space)``.
       sampler_name: ``"tpe"`` or the instance's class name, for rows and reports.
     """
@@ -172,23 +182,32 @@ class OptunaSampler(Sampler):
     NAME: ClassVar[str] = "optuna"
 
     def __init__(
-        self, space: Mapping[str, Any], key: jax.Array, sampler: Any = None, *, direction: str = "maximize"
+        self, space: Mapping[str, Any], key: jax.Array, sampler: Any = None, *, direction: str = "maximize",
+        directions: Sequence[str] | None = None,
     ) -> None:
         super().__init__(space, key)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+        for value in (direction, *(directions or ())):
+            if value not in DIRECTIONS:
+                raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {value!r}")
         optuna = import_optuna()
         if sampler is None or sampler == "tpe":
             self.sampler_name = "tpe"
             sampler = default_tpe(key)
+        elif sampler == "nsga2":
+            self.sampler_name = "nsga2"
+            sampler = default_nsga2(key)
         elif is_optuna_sampler(sampler):
             self.sampler_name = type(sampler).__name__
         else:
-            raise TypeError(f"sampler must be 'tpe' or an optuna.samplers.BaseSampler instance, got {sampler!r}")
+            raise TypeError(f"sampler must be 'tpe', 'nsga2' or an optuna.samplers.BaseSampler instance, got {sampler!r}")
         self.direction = direction
+        self.directions = list(directions) if directions and len(directions) > 1 else None
         self.distributions = optuna_distributions(space)
         with quiet_optuna(optuna):
-            self.study = optuna.create_study(sampler=sampler, direction=direction)
+            if self.directions:
+                self.study = optuna.create_study(sampler=sampler, directions=self.directions)
+            else:
+                self.study = optuna.create_study(sampler=sampler, direction=direction)
         self._optuna = optuna
         self._pending: dict[str, list[Any]] = {}  # assignment's JSON -> trials asked for it, oldest first
 
@@ -206,8 +225,9 @@ class OptunaSampler(Sampler):
                 assignments.append(assignment)
         return assignments
 
-    def tell(self, assignments: Sequence[Mapping[str, Any]], values: Sequence[float | None]) -> None:
-        """Tell each asked assignment its value (None or non-finite: the trial failed; Optuna's samplers skip it)."""
+    def tell(self, assignments: Sequence[Mapping[str, Any]], values: Sequence[Any]) -> None:
+        """Tell each asked assignment its value, a sequence of them for a multi-objective study (None or a
+        non-finite value anywhere: the trial failed; Optuna's samplers skip it)."""
         super().tell(assignments, values)
         state = self._optuna.trial.TrialState
         with quiet_optuna(self._optuna):
@@ -216,25 +236,28 @@ class OptunaSampler(Sampler):
                 if not waiting:
                     raise ValueError(f"tell got an assignment that was not asked (or was told already): {assignment}")
                 trial = waiting.pop(0)
-                if value is None or not math.isfinite(float(value)):
+                told = [value] if self.directions is None else (None if value is None else list(value))
+                if told is None or any(v is None or not math.isfinite(float(v)) for v in told):
                     self.study.tell(trial, state=state.FAIL)
                 else:
-                    self.study.tell(trial, float(value))
+                    self.study.tell(trial, float(told[0]) if self.directions is None else [float(v) for v in told])
 
 
 def make_sampler(
-    sampler: Any, space: Mapping[str, Any], key: jax.Array, *, direction: str = "maximize"
+    sampler: Any, space: Mapping[str, Any], key: jax.Array, *, direction: str = "maximize",
+    directions: Sequence[str] | None = None,
 ) -> Sampler:
     """A fresh sampler of ``space``, deterministic given ``key`` (and, for a model-based one, what it is told).
 
-    ``sampler``: one of ``samplers.SAMPLERS`` (``"random"``, ``"quasi"``, ``"grid"``), ``"tpe"`` or an
-    Optuna sampler instance (an ``OptunaSampler`` that ``direction`` tells which way is better).
+    ``sampler``: one of ``samplers.SAMPLERS`` (``"random"``, ``"quasi"``, ``"grid"``), ``"tpe"``,
+    ``"nsga2"`` or an Optuna sampler instance (an ``OptunaSampler`` that ``direction``, or
+    ``directions`` for several objectives, tells which way is better).
     """
     check_space(space)
     if is_model_based(sampler):
         if isinstance(sampler, OptunaSampler):
             raise TypeError("sampler: pass 'tpe' or an optuna sampler instance, not an OptunaSampler")
-        return OptunaSampler(space, key, sampler, direction=direction)
+        return OptunaSampler(space, key, sampler, direction=direction, directions=directions)
     if not isinstance(sampler, str) or sampler not in samplers.SAMPLERS:
         raise ValueError(
             f"sampler must be one of {list(samplers.SAMPLERS) + list(MODEL_BASED_SAMPLERS)} "

@@ -398,13 +398,15 @@ def model_based_source(
     sampler: Any,
     metric: str,
     devices: Sequence[Any] | None = None,
+    objectives: Mapping[str, str] | None = None,
 ) -> tuple[Any, dict[train_lib.Config, bool]]:
     """A model-based search's sampler (``make_sampler``, told which way ``metric`` is better) and each group's dropout.
 
     Its configs are asked later, so every check ``plan`` would make runs first on
     ``_corner_assignments`` (the arguments, every static combination's Config, both ends of every
     range, the data against every group, traced over ``devices`` as the chunk programs will be):
-    before anything compiles. The sampler draws from the sampling key ``plan`` uses.
+    before anything compiles. The sampler draws from the sampling key ``plan`` uses. With two or more
+    ``objectives`` the study is multi-objective (``tell_values`` tells each config's every objective).
     """
     check_plan_arguments(base_config, hparams, seeds)
     corner_runs, _ = plan_assignments(base_config, space, _corner_assignments(space), key=key, seeds=seeds,
@@ -414,15 +416,27 @@ def model_based_source(
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
     sample_key = host_keys.split_key(key, 2, 0)  # jax.random.split(key)[0], as plan samples with
     maximize_or_minimize = direction(metric, base_config.task.row_directions())
-    return make_sampler(sampler, space, sample_key, direction=maximize_or_minimize), dropout_of
+    directions = ([("maximize" if sense == "max" else "minimize") for sense in objectives.values()]
+                  if objectives and len(objectives) > 1 else None)
+    return make_sampler(sampler, space, sample_key, direction=maximize_or_minimize, directions=directions), dropout_of
+
+
+def tell_values(rows_of: Sequence[Sequence[Mapping[str, Any]]], metric: str,
+                objectives: Mapping[str, str] | None = None) -> list[Any]:
+    """What a model-based sampler is told of each config, from its seeds' rows: the seed-mean ``metric``, or with
+    two or more ``objectives`` the list of their seed means (None when a seed's value is missing or not finite)."""
+    if objectives and len(objectives) > 1:
+        return [[seed_mean([row.get(name) for row in rows]) for name in objectives] for rows in rows_of]
+    return [seed_mean([row.get(metric) for row in rows]) for rows in rows_of]
 
 
 def _tell_values(
     assignments_ids: Sequence[str], done: Mapping[str, Mapping[str, Any]], runs_by_config: Mapping[str, Sequence[Run]],
-    metric: str,
-) -> list[float | None]:
-    """Each asked config's seed-mean ``metric`` (None when a seed's value is missing or not finite)."""
-    return [seed_mean([done[run_.id].get(metric) for run_ in runs_by_config[config_id]]) for config_id in assignments_ids]
+    metric: str, objectives: Mapping[str, str] | None = None,
+) -> list[Any]:
+    """Each asked config's ``tell_values`` from the done rows of its seeds."""
+    return tell_values([[done[run_.id] for run_ in runs_by_config[config_id]] for config_id in assignments_ids],
+                       metric, objectives)
 
 
 def _run_model_based(
@@ -436,7 +450,7 @@ def _run_model_based(
         raise ValueError(f"num_configs must be a positive int for a model-based sampler ({sampler!r}), got None")
     num_configs = _check_count("num_configs", num_configs)
     source, dropout_of = model_based_source(base_config, space, splits, key, seeds, hparams, data_digest, sampler,
-                                            metric, devices)
+                                            metric, devices, settings.objectives)
     per_round = ask_size(num_configs, seeds, settings.chunk_size, len(devices))
     rounds = -(-num_configs // per_round)
 
@@ -467,7 +481,7 @@ def _run_model_based(
                 program = _group_program(sweep, config, group_runs, per_round, dropout_of[config])
                 _run_group(sweep, round_number, f"round {round_number}/{rounds}" + (f", {label}" if label else ""),
                            config, group_runs, program)
-            source.tell(assignments, _tell_values(config_ids, done, runs_by_config, metric))
+            source.tell(assignments, _tell_values(config_ids, done, runs_by_config, metric, settings.objectives))
             _write_board(settings.tensorboard_dir, sweep, runs, space, metric)
         extra = {"sampler": getattr(source, "sampler_name", str(sampler)), "rounds": rounds,
                  "configs_per_round": per_round, "asked": source.asked}

@@ -243,3 +243,24 @@ def test_multi_objective_samplers_are_told_every_objective(splits, sampler):
     halving = sweep.hyperband(CONFIG, SPACE, *splits, key=jax.random.key(7), min_epochs=2, max_epochs=8, eta=2,
                               sampler=sampler, objectives=OBJECTIVES)
     assert halving.pareto() and halving.objectives == OBJECTIVES
+
+
+def test_the_pareto_study_compares_three_fronts_by_hypervolume(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    completed = subprocess.run([sys.executable, "-m", "experiments.pareto_search", "--quick",
+                                f"--output_dir={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    methods = record["repeats"][0]
+    assert set(methods) == {"pareto_hyperband", "hyperband", "random"}
+    for summary in methods.values():
+        assert 0 < summary["hypervolume_share"] <= 1 and 0 < summary["log_hypervolume_share"] <= 1
+        assert summary["front"]
+    assert methods["random"]["config_steps"] <= methods["pareto_hyperband"]["config_steps"]
+    assert "Pareto fronts by hypervolume" in (tmp_path / "out" / "report.md").read_text()

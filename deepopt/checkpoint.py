@@ -30,6 +30,7 @@ Single-process only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -215,6 +216,25 @@ def _sample(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _older_treedefs(like: Any) -> set[str]:
+    """Structures a checkpoint of ``like``'s type had before its trailing fields were added.
+
+    A namedtuple's last fields that are None in ``like`` hold no leaves, so a checkpoint written
+    before they existed (a ``TrainState`` from before ``precision``) has the same leaves: it is
+    accepted and restored with those fields None.
+    """
+    fields = getattr(type(like), "_fields", None)
+    found: set[str] = set()
+    if not fields:
+        return found
+    count = len(fields)
+    while count > 0 and like[count - 1] is None:
+        count -= 1
+        older = collections.namedtuple(type(like).__name__, fields[:count])
+        found.add(str(jax.tree.structure(older(*like[:count]))))
+    return found
+
+
 def _check_matches(path: Path, metadata: dict[str, Any], like: Any) -> None:
     """``like`` must have the checkpoint's tree structure, leaf paths, shapes and dtypes (ValueError).
 
@@ -238,7 +258,7 @@ def _check_matches(path: Path, metadata: dict[str, Any], like: Any) -> None:
             parts.append("same leaves in another order")
         raise ValueError(f"{where}: tree structures differ ({'; '.join(parts)})")
     like_treedef = str(jax.tree.structure(like))
-    if metadata["treedef"] != like_treedef:
+    if metadata["treedef"] != like_treedef and metadata["treedef"] not in _older_treedefs(like):
         raise ValueError(
             f"{where}: tree structures differ with the same leaf paths: "
             f"{_first_difference(metadata['treedef'], like_treedef)}"

@@ -248,3 +248,24 @@ def test_16_bit_mnist1d_reaches_float32_s_test_accuracy_within_2_points(name):
     assert wide > (0.55 if name == "mlp" else 0.8)
     for dtype in (ml_dtypes.bfloat16, np.float16):
         assert test_accuracy(dtype) >= wide - 0.02, dtype
+
+
+def test_a_checkpoint_from_before_the_precision_field_still_restores(moons_splits, tmp_path):
+    # Earlier versions wrote TrainState without its last field: the same leaves, a shorter tree.
+    import collections
+    import json
+
+    state = train.init_state(MOONS, HP, jax.random.key(0), moons_splits[0])
+    checkpoint.save(tmp_path / "run", state)
+    metadata_file = tmp_path / "run" / checkpoint.METADATA_FILE
+    metadata = json.loads(metadata_file.read_text())
+    older = collections.namedtuple("TrainState", train.TrainState._fields[:-1])
+    metadata["treedef"] = str(jax.tree.structure(older(*state[:-1])))
+    metadata_file.write_text(json.dumps(metadata))
+    back = checkpoint.restore(tmp_path / "run", like=state)
+    assert back.precision is None
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+                                                 else a),
+                                      np.asarray(jax.random.key_data(b) if jnp.issubdtype(b.dtype, jax.dtypes.prng_key)
+                                                 else b))

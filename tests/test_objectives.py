@@ -264,3 +264,14 @@ def test_the_pareto_study_compares_three_fronts_by_hypervolume(tmp_path):
         assert summary["front"]
     assert methods["random"]["config_steps"] <= methods["pareto_hyperband"]["config_steps"]
     assert "Pareto fronts by hypervolume" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pbt_and_median_stopping_rank_by_their_objectives(splits):
+    lr_only = {"learning_rate": sweep.log_uniform(1e-3, 0.3)}
+    population = sweep.pbt(CONFIG, lr_only, *splits, key=jax.random.key(8), population=6, epochs=8, interval=2,
+                           objectives={"dev_accuracy": "max", "seconds": "min"})
+    assert population.pareto() and population.best(1)[0]["pareto_rank"] == 0
+    stopped = sweep.median_stopping(CONFIG, SPACE, *splits, key=jax.random.key(9), num_configs=6, max_epochs=8,
+                                    interval=2, objectives=OBJECTIVES)
+    assert stopped.objectives == OBJECTIVES and stopped.best(1)[0]["pareto_rank"] == 0
+    assert all(row["num_params"] in (9, 33, 129) for row in stopped.rows)

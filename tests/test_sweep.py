@@ -131,7 +131,7 @@ BAD_SWEEPS = [  # (space, extra arguments of run, the error message)
     (
         {"learning_rate": 0.1},
         {"sampler": "sobol"},
-        r"sampler must be one of \['random', 'quasi', 'grid', 'tpe'\] or an optuna.samplers.BaseSampler instance, got 'sobol'",
+        r"sampler must be one of \['random', 'quasi', 'grid', 'tpe', 'nsga2'\] or an optuna.samplers.BaseSampler instance, got 'sobol'",
     ),
     ({"learning_rate": 0.1}, {"seeds": 0}, r"seeds must be a positive int, got 0"),
     ({"learning_rate": 0.1}, {"memory_budget_bytes": -5}, r"memory_budget_bytes must be a positive int"),
@@ -410,7 +410,7 @@ BAD_FLAGS = (
     (("--l2_range=1,0.1",), "--l2_range must be two numbers lo,hi with 0 < lo < hi"),
     (("--resume",), "--resume needs --output_dir"),
     (("--num_processes=2",), "--coordinator_address, --num_processes and --process_id go together"),
-    (("--sampler=tpe", "--search=pbt"), "--sampler=tpe learns between its asks"),
+    (("--sampler=tpe", "--search=pbt"), "--sampler=tpe or nsga2 learns between its asks"),
 )
 BAD_RUNS = [study("sweep", *flags) for flags, _ in BAD_FLAGS]
 KNOBS = study("sweep", "--output_dir={dir}", "--l2=0", "--keep_prob=1", "--optimizers=rmsprop,adam",

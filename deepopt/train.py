@@ -777,9 +777,6 @@ def _advance(
             batch_number, batch_index, batch_mask = batch
             X_b, y_b = (X, y) if full_batch else (X[batch_index], y[batch_index])
             step_key = jax.random.fold_in(epoch_dropout_key, batch_number)
-            # Whether this step applies is known before it is taken, so the selects below fuse
-            # into the update; a non-finite cost or new parameters only mark it (``first_bad``).
-            applied = batch_number < steps_to_take
             if policy.loss_scaling:  # float16: the gradients of s·J, unscaled; an overflow skips the step
                 def scaled_cost(*args: Any) -> tuple[jax.Array, tuple]:
                     cost, new_state = batch_cost(*args)
@@ -789,15 +786,19 @@ def _advance(
                     params, bn_state, X_b, y_b, batch_mask, step_key
                 )
                 grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
-                # A non-finite cost is the run's own divergence (the halting below), not the scale's.
-                grads_ok = precision.all_finite(grads) | ~jnp.isfinite(cost)
-                loss_scale = _tree_select(applied, precision.adjust(loss_scale, grads_ok), loss_scale)
-                applied = applied & grads_ok
             else:
                 (cost, new_bn_state), grads = jax.value_and_grad(batch_cost, has_aux=True)(
                     params, bn_state, X_b, y_b, batch_mask, step_key
                 )
             step_hp = hp._replace(learning_rate=jnp.asarray(schedule(hp, epoch, step), dtype))
+            # Whether this step applies is known before it is taken, so the selects below fuse
+            # into the update; a non-finite cost or new parameters only mark it (``first_bad``).
+            applied = batch_number < steps_to_take
+            if policy.loss_scaling:
+                # A non-finite cost is the run's own divergence (the halting below), not the scale's.
+                grads_ok = precision.all_finite(grads) | ~jnp.isfinite(cost)
+                loss_scale = _tree_select(applied, precision.adjust(loss_scale, grads_ok), loss_scale)
+                applied = applied & grads_ok
             # ``update`` in its two halves, the parameters' step reading the chosen state: the new
             # one where the step applies (the same values), the old one where it does not (and the
             # select discards that step), so no fusion recomputes the new moments from the old ones.

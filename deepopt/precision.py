@@ -125,9 +125,3 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(
         lambda leaf: leaf.astype(dtype) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else leaf, tree
     )
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """Whether every floating leaf of ``tree`` is finite everywhere."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

@@ -796,7 +796,7 @@ def _advance(
             applied = batch_number < steps_to_take
             if policy.loss_scaling:
                 # A non-finite cost is the run's own divergence (the halting below), not the scale's.
-                grads_ok = precision.all_finite(grads) | ~jnp.isfinite(cost)
+                grads_ok = _tree_all_finite(grads) | ~jnp.isfinite(cost)
                 loss_scale = _tree_select(applied, precision.adjust(loss_scale, grads_ok), loss_scale)
                 applied = applied & grads_ok
             # ``update`` in its two halves, the parameters' step reading the chosen state: the new

@@ -518,9 +518,9 @@ def pareto_lines(results: sweep.Results) -> list[str]:
     header = "| config | " + " | ".join(f"{n} ({results.objectives[n]})" for n in names) + " | crowding |"
     rows = [header, "|" + "---|" * (len(names) + 2)]
     for entry in results.pareto():
-        choices = ", ".join(f"{k}={_flag_text(v) if not isinstance(v, float) else f'{v:.3g}'}"
-                            for k, v in entry["choices"].items() if isinstance(results.space.get(k), sweep.Uniform)
-                            or isinstance(results.space.get(k), sweep.Choice))
+        searched = {k: v for k, v in entry["choices"].items()
+                    if isinstance(results.space.get(k), (sweep.Uniform, sweep.Choice))}
+        choices = ", ".join(f"{k}={_flag_text(v) if not isinstance(v, float) else f'{v:.3g}'}" for k, v in searched.items())
         values = " | ".join("–" if entry["objectives"][n] is None else f"{entry['objectives'][n]:.4g}" for n in names)
         rows.append(f"| {choices} | {values} | {entry['crowding_distance']:.3g} |")
     return [f"## Pareto front over {', '.join(names)} (seed means; non-dominated configs)", "", *rows, ""]

@@ -33,7 +33,7 @@ from deepopt import train as train_lib
 from deepopt.sweep import pareto, state_files
 from deepopt.sweep.chunks import ChunkEngine, Progress
 from deepopt.sweep import states as states_lib
-from deepopt.sweep.analysis import Results, direction
+from deepopt.sweep.analysis import Results, direction, seed_mean
 from deepopt.sweep.engine import (
     _check_data, _group_hparams,
 )
@@ -114,10 +114,8 @@ def rank_trials_by_pareto(
         return []
 
     def seed_mean_of(trial: Trial, name: str) -> float:
-        values = [row.get(name) for row in rows[trial.position]]
-        if not values or any(v is None for v in values):
-            return np.nan
-        return float(np.mean(np.asarray(values, np.float64)))
+        mean = seed_mean([row.get(name) for row in rows[trial.position]])
+        return np.nan if mean is None else mean
 
     points = np.asarray([[seed_mean_of(trial, name) for name in objectives] for trial in trials], np.float64)
     senses = list(objectives.values())

@@ -251,7 +251,7 @@ class Results:
         diverged = {row["config_id"] for row in self.rows if row.get("diverged")}
         kept = [row for row in self.rows if row["config_id"] not in diverged]
         ranked = dataclasses.replace(self, rows=kept if kept else self.rows).pareto_ranked(objectives)
-        first, sense = next(iter(objectives.items())) if objectives else (None, None)
+        first, sense = next(iter(objectives.items()))  # pareto_ranked refused empty objectives
         sign = -1.0 if sense == "max" else 1.0
         front = [entry for entry in ranked if entry["pareto_rank"] == 0]
         return sorted(front, key=lambda e: (e["objectives"][first] is None, sign * (e["objectives"][first] or 0.0)))
@@ -265,8 +265,7 @@ class Results:
         """
         _check_count("k", k)
         self._check_metric()
-        if len(self.objectives) >= 2:
-            return self._best_by_pareto(k)
+        by_pareto = len(self.objectives) >= 2
         sign = 1.0 if direction(self.metric, self.directions) == "minimize" else -1.0
         trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
         full_budget = max(trained) if trained else None
@@ -276,25 +275,13 @@ class Results:
             missing = stats["mean"] is None
             epochs = entry.get("epochs_trained", {}).get("min") if full_budget is not None else None
             cut_early = full_budget is not None and (epochs is None or epochs < full_budget)
-            return (entry["diverged"] > 0, cut_early, missing, 0.0 if missing else sign * stats["mean"],
-                    stats["std"] or 0.0)
+            # Several objectives: Pareto rank and crowding come before the metric, which then breaks ties alone.
+            trade = (entry["pareto_rank"], -entry["crowding_distance"]) if by_pareto else ()
+            spread = () if by_pareto else (stats["std"] or 0.0,)
+            return (entry["diverged"] > 0, cut_early, *trade, missing, 0.0 if missing else sign * stats["mean"],
+                    *spread)
 
-        return sorted(self.by_config(), key=rank)[:k]
-
-    def _best_by_pareto(self, k: int) -> list[dict[str, Any]]:
-        """``best`` with several objectives: (diverged, cut early, Pareto rank, −crowding distance, metric)."""
-        sign = 1.0 if direction(self.metric, self.directions) == "minimize" else -1.0
-        trained = [row["epochs_trained"] for row in self.rows if row.get("epochs_trained") is not None]
-        full_budget = max(trained) if trained else None
-
-        def rank(entry: dict[str, Any]) -> tuple:
-            metric = entry.get(self.metric, {"mean": None})["mean"]
-            epochs = entry.get("epochs_trained", {}).get("min") if full_budget is not None else None
-            cut_early = full_budget is not None and (epochs is None or epochs < full_budget)
-            return (entry["diverged"] > 0, cut_early, entry["pareto_rank"], -entry["crowding_distance"],
-                    metric is None, 0.0 if metric is None else sign * metric)
-
-        return sorted(self.pareto_ranked(), key=rank)[:k]
+        return sorted(self.pareto_ranked() if by_pareto else self.by_config(), key=rank)[:k]
 
     def zoom(self, k: int = 8, margin: float = 0.25) -> dict[str, Any]:
         """A narrower space around the top ``k`` configs (coarse to fine).

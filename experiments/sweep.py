@@ -19,7 +19,8 @@ The report ranks the hyperparameters by fANOVA importance (``Results.importance`
 
 Scale-out: ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (or ``--host_devices N``)
 shards the runs over N CPU devices; ``--coordinator_address HOST:PORT --num_processes P
---process_id I`` joins P processes (hosts) into one global mesh; process 0 writes the files.
+--process_id I`` joins P processes (hosts) into one global mesh, for every ``--search``; process 0
+writes the files (docs/multi-host.md: the launch, the data each host needs, a host that dies).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import pathlib
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,7 +40,7 @@ from absl import flags
 
 from deepopt import bayes, schedules, sweep, tasks, train
 from deepopt import data as data_lib
-from deepopt.sweep import tensorboard_log
+from deepopt.sweep import processes, tensorboard_log
 from experiments import common
 
 STUDY = "sweep"
@@ -136,6 +138,11 @@ flags.DEFINE_integer("num_processes", None, "Processes in the multi-process swee
 flags.DEFINE_integer(
     "process_id", None, "This process's index, 0 .. num_processes - 1 (0 writes the files).", lower_bound=0
 )
+flags.DEFINE_integer(
+    "heartbeat_timeout", 100,
+    "Seconds without a heartbeat after which the processes of a multi-process sweep count one as dead and stop.",
+    lower_bound=1,
+)
 
 
 common.register_range_validator("learning_rate_range", 0.0)
@@ -197,7 +204,8 @@ def start_devices() -> None:
     common.split_cpu(FLAGS.host_devices)
     if FLAGS.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                   heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
 
 
 MANIFEST = "manifest.json"
@@ -205,6 +213,7 @@ MANIFEST = "manifest.json"
 EXECUTION_FLAGS = frozenset(
     {
         "output_dir", "overwrite", "resume", "host_devices", "coordinator_address", "num_processes", "process_id",
+        "heartbeat_timeout",
         "chunk_size", "memory_budget_mb", "bayes_error", "tolerance",
         "data", "test_data",  # the paths: the data themselves are compared by their fingerprint
     }
@@ -601,22 +610,41 @@ def plot_top_curves(
     return True
 
 
+def on_process_zero(step: Callable[[], Any]) -> Any:
+    """``step()`` run by process 0 alone (the files); its refusal is the same one-line error on every process.
+
+    Over several processes the others wait here for it (``processes.share``) instead of going on to
+    the sweep's first collective and waiting there for a process that has stopped.
+    """
+    try:
+        return processes.share(step)
+    except sweep.ResultsInUseError as error:
+        raise common.StudyInputError(str(error)) from None
+    except processes.ProcessZeroError as error:
+        raise common.StudyInputError(error.message) from None
+
+
 def main(argv: list[str]) -> None:
     del argv
     start_devices()
     writer = jax.process_index() == 0
-    output_dir = output_directory() if writer else None
-    results_path = None if output_dir is None else output_dir / "results.jsonl"
-    created = results_path is not None and not results_path.exists()
-    try:  # process 0 holds the results file's lock for its whole life: one writer per sweep directory
-        with sweep.lock_results(results_path) if writer else contextlib.nullcontext():
-            run_sweep(writer, output_dir, results_path)
-    except sweep.ResultsInUseError as error:
-        raise common.StudyInputError(str(error)) from None
-    except common.StudyInputError:
-        if created and results_path.exists() and results_path.stat().st_size == 0:
-            results_path.unlink()  # the lock's empty file: a refused sweep leaves nothing behind
-        raise
+    opened: dict[str, Any] = {}
+    with contextlib.ExitStack() as held:
+
+        def open_output() -> None:  # process 0 holds the results file's lock for its whole life: one writer
+            output_dir = output_directory()
+            results_path = output_dir / "results.jsonl"
+            opened.update(output_dir=output_dir, results_path=results_path, created=not results_path.exists())
+            held.enter_context(sweep.lock_results(results_path))
+
+        on_process_zero(open_output)
+        results_path = opened.get("results_path")
+        try:
+            run_sweep(writer, opened.get("output_dir"), results_path)
+        except common.StudyInputError:
+            if opened.get("created") and results_path.exists() and results_path.stat().st_size == 0:
+                results_path.unlink()  # the lock's empty file: a refused sweep leaves nothing behind
+            raise
 
 
 def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathlib.Path | None) -> None:
@@ -634,14 +662,17 @@ def run_sweep(writer: bool, output_dir: pathlib.Path | None, results_path: pathl
             raise common.StudyInputError(str(error)) from None
     data_key, coarse_key, fine_key = jax.random.split(jax.random.key(FLAGS.seed), 3)
     train_set, dev_set, test_set = load_data(data_key)
-    if writer:
-        manifest = {
-            "study": STUDY,
-            "flags": defining_flags(),
-            "data_fingerprint": sweep.data_fingerprint(train_set, dev_set, test_set),
-        }
+    manifest = {
+        "study": STUDY,
+        "flags": defining_flags(),
+        "data_fingerprint": sweep.data_fingerprint(train_set, dev_set, test_set),
+    }
+
+    def write_manifest() -> None:
         check_manifest(output_dir, manifest, say)
         common.write_json(output_dir / MANIFEST, manifest)  # before the first run: the directory says what it is
+
+    on_process_zero(write_manifest)
     layer_sizes = common.layer_sizes_for(common.hidden_widths(), train_set, dev_set, test_set)
     try:
         base = train.Config(
@@ -711,8 +742,6 @@ def run_adaptive(
 ) -> None:
     """``--search=hyperband`` or ``pbt``: one adaptive search (no zoomed round), then the same summaries."""
     train_set, dev_set, test_set = splits
-    if jax.process_count() > 1:
-        raise common.StudyInputError(f"--search={FLAGS.search} runs in one process; drop --num_processes")
     common_args = dict(key=key, seeds=FLAGS.num_seeds, sampler=sampler, results_path=results_path,
                        resume=FLAGS.resume, test=test_set, progress=say, objectives=objectives())
     try:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import signal
+import time
+from typing import Any
 
+import launcher
 import pytest
 from background import Run, study
 
@@ -22,14 +27,49 @@ BAD_FLAGS = [
 BAD_RUNS = [study("adaptive_search", *flags) for flags, _ in BAD_FLAGS]
 NO_MNIST1D = Run(("-c", WITHOUT_MNIST1D, "experiments.adaptive_search", "--output_dir={dir}/out"), name="no-mnist1d")
 MAIN_SMALL = ("--epochs=9", "--num_seeds=1", "--n_train=100", "--n_dev=60", "--n_test=60")
-HYPERBAND = study("sweep", "--output_dir={dir}", "--search=hyperband", "--min_epochs=1", *MAIN_SMALL)
+HYPERBAND = study("sweep", "--output_dir={dir}", "--search=hyperband", "--min_epochs=1", "--host_devices=2",
+                  *MAIN_SMALL)
+# The same Hyperband as 2 processes of one device each, each chunk's report slowed so that a kill lands mid-rung.
+SLOWED_MAIN_JOB = (
+    "import runpy, sys, time; from deepopt.sweep import chunks; report = chunks.ChunkEngine.report; "
+    "chunks.ChunkEngine.report = lambda self, *a, **k: (report(self, *a, **k), time.sleep(0.3))[0]; "
+    "runpy.run_module('experiments.sweep', run_name='__main__', alter_sys=True)"
+)
+TWO_PROCESS_FLAGS = ("--search=hyperband", "--min_epochs=1", "--host_devices=1", *MAIN_SMALL,
+                     "--coordinator_address={address}", "--num_processes=2", "--process_id={process_id}")
+
+
+def kill_process_0_then_resume(directory: pathlib.Path, after_lines: int = 8) -> dict[str, Any]:
+    """The main job's Hyperband as 2 processes; SIGKILL process 0 (the writer) mid-rung, then both again with --resume.
+
+    A background task (no JAX here): the rows written before the kill, how process 1 ended, the
+    restarted processes' exit codes and outputs.
+    """
+    path = directory / "results.jsonl"
+    flags = (f"--output_dir={directory}", *TWO_PROCESS_FLAGS)
+    processes = launcher.start(2, ("-c", SLOWED_MAIN_JOB, *flags, "--heartbeat_timeout=5"))
+    deadline = time.monotonic() + 240
+    while (not path.exists() or path.read_text().count("\n") < after_lines) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), launcher.finish(processes)
+        time.sleep(0.02)
+    processes[0].send_signal(signal.SIGKILL)
+    written = path.read_text().count("\n")
+    launcher.finish(processes, timeout=120)
+    restarted = launcher.start(2, ("-m", "experiments.sweep", *flags, "--resume"))
+    outputs = launcher.finish(restarted)
+    return {"written": written, "survivor_code": processes[1].returncode,
+            "codes": [p.returncode for p in restarted], "outputs": outputs}
+
+
+KILLED_TWO_PROCESSES = Run(task=kill_process_0_then_resume, name="main-hyperband-process-killed")
 PBT = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", *MAIN_SMALL)
 PBT_RESUMED = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", "--resume",
                     *MAIN_SMALL, after=PBT, snapshot=("results.jsonl",))
 SWITCHED = study("sweep", "--output_dir={dir}", "--search=hyperband", "--num_configs=24", "--resume", *MAIN_SMALL,
                  after=PBT_RESUMED)
 BACKGROUND = {"quick": [QUICK], "bad_flags": BAD_RUNS, "no_mnist1d": [NO_MNIST1D],
-              "main_hyperband": [HYPERBAND], "main_pbt": [PBT, PBT_RESUMED, SWITCHED]}
+              "main_hyperband": [HYPERBAND], "main_pbt": [PBT, PBT_RESUMED, SWITCHED],
+              "main_killed": [KILLED_TWO_PROCESSES]}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +92,11 @@ def no_mnist1d(background_runs):
 @pytest.fixture(scope="module")
 def main_hyperband(background_runs):
     return background_runs.result(HYPERBAND)
+
+
+@pytest.fixture(scope="module")
+def main_killed(background_runs):
+    return background_runs.result(KILLED_TWO_PROCESSES)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +168,24 @@ def test_the_main_job_runs_pbt_resumes_it_and_refuses_to_switch_method(main_pbt)
     assert "(0 trained now" in resumed.completed.stdout
     assert (first.dir / "results.jsonl").read_text() == (resumed.before / "results.jsonl").read_text()
     assert switched.completed.returncode == 2 and "--search was pbt, now hyperband" in switched.completed.stderr
+
+
+@pytest.mark.slow
+def test_the_main_job_s_hyperband_over_two_processes_resumes_after_a_kill_to_the_same_rows(
+    main_killed, main_hyperband
+) -> None:
+    value, directory = main_killed.value, main_killed.dir
+    assert value["survivor_code"] != 0  # process 1 stops once process 0 is gone, rather than hang
+    assert value["codes"] == [0, 0], value["outputs"]
+    assert "on 2 device(s)" in value["outputs"][0]
+    rows = sweep.read_rows(directory / "results.jsonl")
+    assert len({r["id"] for r in rows}) == len(rows)  # none written twice
+    without_time = lambda rows: sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows),  # noqa: E731
+                                       key=lambda r: r["id"])
+    # one process over 2 devices and 2 processes of 1, killed and resumed: the same rows, bit for bit
+    assert without_time(rows) == without_time(sweep.read_rows(main_hyperband.dir / "results.jsonl"))
+    calls = json.loads((directory / "results.record.json").read_text())["calls"]
+    stats = calls[-1]["stats"]
+    assert stats["processes"] == 2 and stats["runs_resumed"] == value["written"] > 0
+    assert stats["runs_computed"] == len(rows) - value["written"] > 0  # only the chunks in flight again
+    assert (directory / "report.md").exists() and (directory / "results.json").exists()

@@ -28,27 +28,9 @@ pytestmark = pytest.mark.slow
 SHARDED = Run((str(WORKER), "{dir}", "--chunk_size=3"), name="sharded", env=(
     ("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()),
 ))
-# Two worker processes on a free port of 127.0.0.1, started together by a small launcher (no JAX in it).
-TWO_PROCESSES_LAUNCHER = """
-import socket, subprocess, sys
-worker, out_dir = sys.argv[1:3]
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    address = f"127.0.0.1:{probe.getsockname()[1]}"
-common = ("--chunk_size=2", f"--coordinator={address}", "--num_processes=2")
-processes = [subprocess.Popen([sys.executable, worker, out_dir, *common, f"--process_id={i}"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-try:
-    outputs = [process.communicate(timeout=240)[0] for process in processes]
-finally:
-    for process in processes:  # one past the timeout: stop both rather than leave one behind
-        if process.poll() is None:
-            process.kill()
-for i, (process, output) in enumerate(zip(processes, outputs)):
-    print(f"process {i} exited {process.returncode}:", output, file=sys.stderr)
-sys.exit(max(abs(process.returncode) for process in processes))
-"""
-TWO_PROCESSES = Run(("-c", TWO_PROCESSES_LAUNCHER, str(WORKER), "{dir}"), name="two-processes")
+# Two worker processes on a free port of 127.0.0.1, started together by tests/launcher.py (no JAX in it).
+TWO_PROCESSES = Run((str(ROOT / "tests" / "launcher.py"), "2", str(WORKER), "{dir}", "--chunk_size=2",
+                     "--coordinator={address}", "--num_processes=2", "--process_id={process_id}"), name="two-processes")
 
 
 def worker(out_dir: pathlib.Path, *args: str, env: dict) -> subprocess.Popen:

@@ -339,7 +339,7 @@ def test_the_old_names_import_from_deepopt_sweep() -> None:
     assert isinstance(sweep.compile_count(), int)
 
 
-CHAIN = ("options", "pareto", "host_keys", "space", "samplers", "store", "model_based", "planning", "jax_config", "engine", "chunks", "analysis", "reopen",
+CHAIN = ("options", "pareto", "host_keys", "space", "samplers", "processes", "store", "model_based", "planning", "jax_config", "engine", "chunks", "analysis", "reopen",
          "tensorboard_log", "search",
          "states", "state_files", "adaptive", "driver", "halving", "population", "median")
 

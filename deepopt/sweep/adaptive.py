@@ -30,7 +30,7 @@ import numpy as np
 from deepopt import data as data_lib
 from deepopt import modules, perf
 from deepopt import train as train_lib
-from deepopt.sweep import pareto, state_files
+from deepopt.sweep import pareto, processes, state_files
 from deepopt.sweep.chunks import ChunkEngine, Progress
 from deepopt.sweep import states as states_lib
 from deepopt.sweep.analysis import Results, direction, seed_mean
@@ -186,6 +186,7 @@ class Search:
     concurrent_chunks: int | None = None  # chunks of a stage in flight at once; None: engine.concurrent_chunks
     memory_budget_bytes: int | None = None  # per device: chunks are shrunk until the stage program fits
     objectives: dict[str, str] = dataclasses.field(default_factory=dict)  # Options.objectives, checked
+    on_file: bool = False  # process 0 has a results file: every process gathers the states it saves, loads, deletes
 
     # ---------------------------------------------------------------- setup
 
@@ -228,8 +229,6 @@ class Search:
             raise TypeError(f"resume must be a bool, got {resume!r}")
         if chunk_size is not None:
             chunk_size = _check_count("chunk_size", chunk_size)
-        if jax.process_count() > 1:
-            raise ValueError(f"{method} runs in one process (it has {jax.process_count()}); shard over its devices instead")
         devices = tuple(jax.devices() if devices is None else devices)
         if not devices:
             raise ValueError("devices must name at least one device, got an empty sequence")
@@ -263,15 +262,17 @@ class Search:
             "key": _key_words(key),
             "data": digest,
         }
+        processes.check_same("arguments and data", description)  # over several processes: each plans the same runs
         results_path = None if results_path is None else os.fspath(results_path)
+        on_file = processes.share(lambda: results_path is not None)  # process 0's file: what every process saves for
         engine = ChunkEngine(devices=devices, splits=splits, key=key, seeds=seeds, progress=progress,
-                             results_path=results_path, unit="run-stages")
+                             results_path=results_path if processes.is_writer() else None, unit="run-stages")
         return cls(
             method=method, config=config, space=dict(space), splits=splits, key=key, seeds=seeds, metric=metric,
             results_path=results_path, resume=resume, chunk_size=chunk_size, devices=devices, trials=trials,
             arguments=description, engine=engine,
             source=source, hparams=hparams, digest=digest, trial_of={t.config_id: t for t in trials},
-            concurrent_chunks=streams, memory_budget_bytes=budget, objectives=objectives,
+            concurrent_chunks=streams, memory_budget_bytes=budget, objectives=objectives, on_file=on_file,
         )
 
     def rank(self, trials: Sequence[Trial], last: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Trial]:
@@ -427,7 +428,7 @@ class Search:
             new_state, outputs, seconds = result
             positions = [m.position for m in members]
             self.pool.scatter(positions, new_state)  # left on the devices for the next stage
-            if self.results_path is not None:
+            if self.on_file:
                 self.save_states(stage, positions, new_state.host())
             rows.append(self.record(members, configs, outputs, values, stage, extra, seconds, epochs, label))
 
@@ -554,7 +555,9 @@ class Search:
         return self._checkpoint_dir(stage, positions) + state_files.SUFFIX
 
     def save_states(self, stage: str, positions: Sequence[int], chunk_state: Any) -> None:
-        state_files.save(self._states_file(stage, positions), positions, chunk_state)
+        """Process 0 writes the chunk's states (host arrays, on every process) to its file (``state_files``)."""
+        if processes.is_writer():
+            state_files.save(self._states_file(stage, positions), positions, chunk_state)
 
     def load_states(self, stage: str, members: Sequence[Trial], configs: int) -> Any:
         """The chunk states ``(C, S, ...)`` (host arrays) saved for ``members`` at ``stage``; a clear error if missing.
@@ -568,6 +571,11 @@ class Search:
         abstract = states_lib.state_shape(config, self.splits[0], key_data, str(jax.random.key_impl(self.key)))
         zeros = lambda leaf: np.zeros((configs, self.seeds, *leaf.shape), leaf.dtype)  # noqa: E731
         like_state = jax.tree.map(zeros, abstract)
+        # process 0 reads the file; over several processes the others receive the states (or its error)
+        return processes.share_arrays(lambda: self._read_states(stage, positions, like_state), like_state)
+
+    def _read_states(self, stage: str, positions: Sequence[int], like_state: Any) -> Any:
+        """The chunk states of ``positions`` at ``stage`` from this process's files (``load_states``, process 0)."""
         path, legacy = self._states_file(stage, positions), self._checkpoint_dir(stage, positions)
         try:
             if os.path.exists(path) or not os.path.isdir(legacy):
@@ -591,7 +599,7 @@ class Search:
 
     def register_saved(self, stage: str, members: Sequence[Trial], configs: int) -> None:
         """Members whose rows of ``stage`` were read back: their states load from that chunk's checkpoint on demand."""
-        if self.results_path is None:
+        if not self.on_file:
             return
         positions = [m.position for m in members]
         if all(p in self.pool.states for p in positions):
@@ -606,8 +614,8 @@ class Search:
                 self.pool.loaders[position] = load
 
     def delete_states(self, stage: str) -> None:
-        """Remove the checkpoints of ``stage`` (no later stage continues them)."""
-        if self.results_path is None:
+        """Remove the checkpoints of ``stage`` (no later stage continues them): process 0's files."""
+        if self.results_path is None or not processes.is_writer():
             return
         directory = states_path(self.results_path)
         if os.path.isdir(directory):

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from deepopt import modules
+from deepopt.sweep import processes
 from deepopt.sweep.analysis import Results
 from deepopt.sweep.space import Choice, Grid, LogUniform, OneMinusLogUniform, Uniform
 from deepopt.sweep.store import _resume, beside, curves_path, lock_results, read_curves, read_rows
@@ -175,9 +176,15 @@ def writing(
     ``finish(results)``, which records the call's end before the lock is released.
     """
     writer = results_path is not None and jax.process_index() == 0
-    with lock_results(results_path) if writer else contextlib.nullcontext():
-        if writer and manifest is not None:
-            _check_manifest(os.fspath(results_path), *manifest, resume)
+    with contextlib.ExitStack() as held:
+
+        def open_file() -> None:  # process 0: a refusal here is raised on every process (``processes.share``)
+            if writer:
+                held.enter_context(lock_results(results_path))
+                if manifest is not None:
+                    _check_manifest(os.fspath(results_path), *manifest, resume)
+
+        processes.share(open_file)
         done = _resume(results_path, ids, resume, legacy)
         if writer:
             if not resume:

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt.sweep import processes
 from deepopt.sweep.engine import RUN_AXIS, _global_array, state_compile_count, state_shape  # noqa: F401 (re-exported)
 
 
@@ -42,8 +43,9 @@ class DeviceChunk:
         self._host: Any = None
 
     def host(self) -> Any:
+        """The states as host arrays (over several processes, every process enters this gather at the same point)."""
         if self._host is None:
-            self._host = jax.device_get(self.state)
+            self._host = processes.gather(self.state)
         return self._host
 
 
@@ -62,9 +64,34 @@ class _Pending(NamedTuple):
 
 
 @jax.jit
-def _take(state: Any, rows: jax.Array) -> Any:
-    """Rows ``rows`` of every leaf of a chunk's states, on the devices (a re-packed or exploited chunk)."""
+def _take_rows(state: Any, rows: jax.Array) -> Any:
     return jax.tree.map(lambda leaf: leaf[rows], state)
+
+
+def _take(state: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of every leaf of a chunk's states, on the devices (a re-packed or exploited chunk).
+
+    Over several processes the states are global arrays and ``rows`` one replicated over their devices.
+    """
+    if processes.multiple():
+        sharding = jax.tree.leaves(state)[0].sharding
+        return _take_rows(state, _global_array(rows, NamedSharding(sharding.mesh, P())))
+    return _take_rows(state, rows)
+
+
+def _same_values(leaf: jax.Array) -> jax.Array:
+    return leaf
+
+
+def _placed(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """``leaf`` (host or device arrays) as a global array of ``sharding``: as it is where it already is one."""
+    if not isinstance(leaf, jax.Array):
+        return _global_array(np.asarray(leaf), sharding)
+    if leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+        return leaf
+    if leaf.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    return jax.jit(_same_values, out_shardings=sharding)(leaf)  # moved between processes' devices
 
 
 class StatePool:
@@ -174,7 +201,7 @@ def run_chunk(
     """
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
     hp = train_lib.HParams(**{name: _global_array(values, by_run) for name, values in hp_host.items()})
-    state = jax.tree.map(lambda leaf: jax.device_put(leaf, by_run), state_host)  # host or device arrays (one process)
+    state = jax.tree.map(lambda leaf: _placed(leaf, by_run), state_host)  # host or device arrays
     outputs = compiled(
         hp,
         state,

@@ -40,6 +40,7 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
+from deepopt.sweep import processes
 
 ID_VERSION = 2
 
@@ -335,8 +336,11 @@ def _resume(
     """
     wanted = None if ids is None else set(ids)
     legacy = {} if legacy is None else legacy
-    done: dict[str, dict[str, Any]] = {}
-    if jax.process_index() == 0 and results_path is not None:
+
+    def read() -> dict[str, dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+        if not (jax.process_index() == 0 and results_path is not None):
+            return done
         if resume:
             for row in read_rows(results_path, repair=True):
                 if wanted is None or row["id"] in wanted:
@@ -352,14 +356,9 @@ def _resume(
                     done.setdefault(now.id, upgraded)
         with open(results_path, "a" if resume else "w", encoding="utf-8") as stream:
             os.fsync(stream.fileno())
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        return done
 
-        payload = np.frombuffer(json.dumps(done).encode(), np.uint8) if jax.process_index() == 0 else None
-        size = int(multihost_utils.broadcast_one_to_all(np.asarray(0 if payload is None else payload.size, np.int64)))
-        buffer = multihost_utils.broadcast_one_to_all(payload if payload is not None else np.zeros(size, np.uint8))
-        done = json.loads(np.asarray(buffer, np.uint8).tobytes().decode())
-    return done
+    return processes.share(read)  # process 0 reads; the others receive its rows (or its error)
 
 
 # ------------------------------------------------------------------------------ learning curves

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (with the next two)")
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--process_1_metric", default=None, help="process 1 ranks by this metric (a wrong launch)")
     args = parser.parse_args()
     if args.devices:
         jax.config.update("jax_num_cpu_devices", args.devices)
@@ -77,8 +78,9 @@ def main() -> None:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    heartbeat_timeout_seconds=10)  # a killed peer ends the others soon
     out_dir = pathlib.Path(args.out_dir)
+    other = {"metric": args.process_1_metric} if args.process_1_metric and jax.process_index() == 1 else {}
     results = SEARCHES[args.method](results_path=out_dir / "results.jsonl", resume=True,
-                                    progress=lambda _: time.sleep(args.sleep))
+                                    progress=lambda _: time.sleep(args.sleep), **other)
     name = "final.json" if jax.process_index() == 0 else f"final-{jax.process_index()}.json"
     (out_dir / name).write_text(json.dumps({"rows": results.rows, "stats": results.stats,
                                             "history": results.history}))

@@ -68,9 +68,11 @@ def kill_one_process_then_resume(directory: pathlib.Path, victim: int, after_lin
             "codes": [p.returncode for p in restarted], "outputs": outputs}
 
 
+MISMATCHED = Run((str(LAUNCHER), "2", str(WORKER), "hyperband", "{dir}", *PROCESS_FLAGS,
+                  "--process_1_metric=train_accuracy"), name="processes-with-other-arguments")
 KILLED = Run(task=lambda d: kill_one_process_then_resume(d, victim=1, after_lines=24), name="pbt-process-killed")
 BACKGROUND = {"two_devices": list(TWO_DEVICES.values()), "two_processes": list(TWO_PROCESSES.values()),
-              "killed": [KILLED]}
+              "killed": [KILLED], "mismatched": [MISMATCHED]}
 
 
 @pytest.fixture
@@ -86,6 +88,11 @@ def two_processes(background_runs) -> dict[str, Any]:
 @pytest.fixture
 def killed(background_runs):
     return background_runs.result(KILLED)
+
+
+@pytest.fixture
+def mismatched(background_runs):
+    return background_runs.result(MISMATCHED)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +155,12 @@ def test_a_process_killed_mid_search_stops_the_other_and_both_resume_to_the_same
     assert without_time(final["rows"]) == without_time(expected["rows"])
     assert final["stats"]["runs_resumed"] == value["written"] > 0  # only the chunk in flight was computed again
     assert final["stats"]["runs_computed"] == len(rows) - value["written"] > 0
+
+
+def test_processes_started_with_other_arguments_are_refused_by_every_process(mismatched) -> None:
+    completed, directory = mismatched.completed, mismatched.dir
+    assert completed.returncode != 0
+    # both processes raise the same error before anything is trained (no hang until a heartbeat gives up)
+    assert completed.stderr.count("every process of a search must be started with the same arguments") == 2
+    assert "process(es) [1] differ from process 0's" in completed.stderr
+    assert not (directory / "results.jsonl").exists()

@@ -102,13 +102,24 @@ def share_arrays(read: Callable[[], Any], like: Any) -> Any:
     return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
+def _same_values(tree: Any) -> Any:
+    return tree
+
+
 def gather(tree: Any) -> Any:
-    """Host arrays of ``tree``'s arrays on every process (global arrays gathered over the processes)."""
+    """Host arrays of ``tree``'s arrays on every process (global arrays gathered over the processes).
+
+    One program replicates every leaf on every device (one dispatch of all-gathers, not one per
+    leaf); each process then reads its own copy.
+    """
     if not multiple():
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    mesh = jax.tree.leaves(tree)[0].sharding.mesh
+    replicated = jax.jit(_same_values, out_shardings=NamedSharding(mesh, P()))(tree)
+    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), replicated)
 
 
 def check_same(what: str, value: Any) -> None:

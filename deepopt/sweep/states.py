@@ -79,19 +79,29 @@ def _take(state: Any, rows: np.ndarray) -> Any:
     return _take_rows(state, rows)
 
 
-def _same_values(leaf: jax.Array) -> jax.Array:
-    return leaf
+def _same_values(tree: Any) -> Any:
+    return tree
 
 
-def _placed(leaf: Any, sharding: NamedSharding) -> jax.Array:
-    """``leaf`` (host or device arrays) as a global array of ``sharding``: as it is where it already is one."""
-    if not isinstance(leaf, jax.Array):
-        return _global_array(np.asarray(leaf), sharding)
-    if leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
-        return leaf
-    if leaf.is_fully_addressable:
-        return jax.device_put(leaf, sharding)
-    return jax.jit(_same_values, out_shardings=sharding)(leaf)  # moved between processes' devices
+def _placed(state: Any, sharding: NamedSharding) -> Any:
+    """``state`` (host or device arrays) as global arrays of ``sharding``; a leaf already one stays as it is.
+
+    Host leaves are placed from the same value on every process; device leaves of another sharding
+    (a gather of rows) are moved in one program (over several processes, between their devices).
+    """
+    def place(leaf: Any) -> Any:
+        if not processes.multiple():
+            return jax.device_put(leaf, sharding)
+        return leaf if isinstance(leaf, jax.Array) else _global_array(np.asarray(leaf), sharding)
+
+    placed = jax.tree.map(place, state)
+    leaves, treedef = jax.tree.flatten(placed)
+    moving = [i for i, leaf in enumerate(leaves) if not leaf.sharding.is_equivalent_to(sharding, leaf.ndim)]
+    if moving:
+        moved = jax.jit(_same_values, out_shardings=sharding)([leaves[i] for i in moving])
+        for i, leaf in zip(moving, moved):
+            leaves[i] = leaf
+    return jax.tree.unflatten(treedef, leaves)
 
 
 class StatePool:
@@ -201,7 +211,7 @@ def run_chunk(
     """
     by_run, replicated = NamedSharding(mesh, P(RUN_AXIS)), NamedSharding(mesh, P())
     hp = train_lib.HParams(**{name: _global_array(values, by_run) for name, values in hp_host.items()})
-    state = jax.tree.map(lambda leaf: _placed(leaf, by_run), state_host)  # host or device arrays
+    state = _placed(state_host, by_run)  # host or device arrays
     outputs = compiled(
         hp,
         state,

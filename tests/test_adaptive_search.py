@@ -400,3 +400,24 @@ def test_every_search_reports_progress_with_one_record() -> None:
     assert stages[-1].done == stages[-1].total == (4 + 2) and stages[0].stage.startswith("bracket 0 rung 0")
     assert str(stages[-1]).startswith("[6/6 run-stages] bracket 0 rung 1 (2 epochs): ")
     assert re.match(r"\[2/2 runs\] group 1/1 \(all\) chunk (\d+)/\1: ", str(lines[-1]))  # a chunk per core
+
+
+def test_a_resume_over_other_chunks_than_the_saved_states_says_what_to_do(tmp_path) -> None:
+    train_set, dev_set = tiny_data()
+    path = tmp_path / "results.jsonl"
+
+    class Stopped(Exception):
+        pass
+
+    def stop_in_rung_1(progress: sweep.Progress) -> None:  # a kill once rung 1 has begun: rung 0's states needed
+        if "rung 1" in progress.stage:
+            raise Stopped
+
+    search = dict(key=jax.random.key(1), results_path=path, seeds=2, **NINE)
+    with pytest.raises(Stopped):
+        sweep.successive_halving(ADAM, SPACE, train_set, dev_set, chunk_size=4, progress=stop_in_rung_1, **search)
+    with pytest.raises(FileNotFoundError, match="saved in other chunks .* resume over as many devices as the search "
+                                                "started with .* and the same chunk_size"):
+        sweep.successive_halving(ADAM, SPACE, train_set, dev_set, chunk_size=8, resume=True, **search)
+    resumed = sweep.successive_halving(ADAM, SPACE, train_set, dev_set, chunk_size=4, resume=True, **search)
+    assert resumed.stats["runs_resumed"] > 0 and max(row["epochs_trained"] for row in resumed.rows) == 9

@@ -44,14 +44,15 @@ program in its stage form): an algorithm decides the stages, ``driver.drive`` tr
 (population-based training; ``population``) and ``median_stopping`` (Golovin et al., 2017;
 ``median``; it takes the shared ``Options``, ``options``). Their rows record ``epochs_trained`` and the rung and
 bracket (or generation, parent and schedule); their states are checkpointed beside the results
-file, so a killed search resumes where it was (``adaptive``).
+file, so a killed search resumes where it was (``adaptive``). Every search runs over several
+processes of ``jax.distributed`` too, with the same rows (``processes``; docs/multi-host.md).
 
 Every call that writes ``results.jsonl`` records its method, space, metric and stats beside it
 (``results.record.json``); ``load(path)`` reopens the file as the ``Results`` the calls returned.
 
 Modules, each importing only from those before it:
 ``host_keys`` (Threefry key splits in numpy) -> ``space`` (distributions, field names) ->
-``samplers`` (ask/tell, Halton) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
+``samplers`` (ask/tell, Halton) -> ``processes`` (what process 0 reads, every process gets) -> ``store`` (rows, ids, resume, the writer's lock) -> ``model_based`` (Optuna's samplers behind ask/tell) -> ``planning`` (``Run``, ``plan``, ``groups``, ``seed_keys``) ->
 ``jax_config`` (the caller's JAX configuration in threads and caches) -> ``engine`` (chunk sizes,
 the one chunk program, whole runs or stages, compiled per group and shape, the mesh, one chunk's execution) ->
 ``chunks`` (``ChunkEngine``: the one chunk loop of every search, its rows, files and ``Progress``) -> ``analysis`` (``Results``, a row's Config /

@@ -577,6 +577,8 @@ class Search:
     def _read_states(self, stage: str, positions: Sequence[int], like_state: Any) -> Any:
         """The chunk states of ``positions`` at ``stage`` from this process's files (``load_states``, process 0)."""
         path, legacy = self._states_file(stage, positions), self._checkpoint_dir(stage, positions)
+        if os.path.exists(path) and list(state_files.saved_positions(path)) != list(positions):
+            raise self._other_chunks(stage, positions)
         try:
             if os.path.exists(path) or not os.path.isdir(legacy):
                 saved_positions, state = state_files.load(path, like_state)
@@ -588,6 +590,9 @@ class Search:
                                                             "state": like_state})
                 saved_positions, state = restored["positions"], restored["state"]
         except FileNotFoundError:
+            directory = states_path(self.results_path)
+            if any(name.startswith(f"{stage}-") for name in (os.listdir(directory) if os.path.isdir(directory) else ())):
+                raise self._other_chunks(stage, positions) from None
             raise FileNotFoundError(
                 f"resume: the states of stage {stage} (configs {positions}) are not in {path}; "
                 "the results file and its states directory do not belong together: resume=False starts afresh"
@@ -596,6 +601,14 @@ class Search:
             raise ValueError(f"resume: checkpoint {path} holds configs {list(np.asarray(saved_positions))}, "
                              f"expected {positions}")
         return jax.tree.map(np.asarray, state)
+
+    def _other_chunks(self, stage: str, positions: Sequence[int]) -> FileNotFoundError:
+        """The error of a resume whose chunks differ from the saved ones (another device count or ``chunk_size``)."""
+        return FileNotFoundError(
+            f"resume: the states of stage {stage} were saved in other chunks than this call's (configs "
+            f"{list(positions)}): resume over as many devices as the search started with (this call has "
+            f"{len(self.devices)}) and the same chunk_size, or resume=False starts afresh"
+        )
 
     def register_saved(self, stage: str, members: Sequence[Trial], configs: int) -> None:
         """Members whose rows of ``stage`` were read back: their states load from that chunk's checkpoint on demand."""

@@ -26,12 +26,14 @@ class Options:
         ``dev_<primary>``, the task's primary dev metric: ``dev_accuracy`` for classification,
         ``dev_mse`` for regression; a name ending in ``cost`` is minimized).
       sampler: ``"random"``, ``"quasi"``, ``"grid"``, ``"tpe"`` or an Optuna sampler instance.
-      results_path: the JSON-lines file the rows go to (None: kept in memory only).
+      results_path: the JSON-lines file the rows go to (None: kept in memory only). Over several
+        ``jax.distributed`` processes only process 0 writes it (and an adaptive search's states);
+        every process is called with the same arguments and gets every row.
       resume: continue the search already in ``results_path`` (recompute only unfinished chunks)
         rather than start it again; never loses rows already written.
       test: a test split, measured for every row (``test_<metric>``: ``test_accuracy``); never used to rank.
       progress: called after each chunk with a progress record (``print`` prints a line).
-      devices: the devices to shard over (None: every device).
+      devices: the devices to shard over (None: every device, of every process).
       chunk_size: runs per chunk; ``"auto"``: the search's own choice; None: one chunk per group.
       concurrent_chunks: chunks of one group in flight at once (None: the CPU's cores per device).
       memory_budget_bytes: bytes per device a chunk may use (None: no limit).

@@ -52,6 +52,15 @@ def save(path: str | os.PathLike, positions: Sequence[int], chunk_state: Any) ->
     _fsync_dir(directory)
 
 
+def saved_positions(path: str | os.PathLike) -> np.ndarray:
+    """The plan positions of the configs whose states ``path`` holds (read without the states)."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            return np.asarray(data["positions"])
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable chunk-states file (torn or foreign: {error})") from None
+
+
 def load(path: str | os.PathLike, like: Any) -> tuple[np.ndarray, Any]:
     """``(positions, chunk state)`` read from ``path``, the state in ``like``'s tree structure.
 

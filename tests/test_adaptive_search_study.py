@@ -62,6 +62,13 @@ def kill_process_0_then_resume(directory: pathlib.Path, after_lines: int = 8) ->
 
 
 KILLED_TWO_PROCESSES = Run(task=kill_process_0_then_resume, name="main-hyperband-process-killed")
+# --resume on a directory of another study: process 0 refuses it, and process 1 says the same, not waits.
+REFUSED_TWO_PROCESSES = Run(
+    (str(pathlib.Path(launcher.__file__)), "2", "-m", "experiments.sweep", "--output_dir={dir}/out", "--resume",
+     *TWO_PROCESS_FLAGS),
+    prepare=lambda d: ((d / "out").mkdir(), (d / "out" / "results.json").write_text('{"study": "batch_norm"}')),
+    name="main-two-processes-refused",
+)
 PBT = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", *MAIN_SMALL)
 PBT_RESUMED = study("sweep", "--output_dir={dir}", "--search=pbt", "--interval=3", "--num_configs=24", "--resume",
                     *MAIN_SMALL, after=PBT, snapshot=("results.jsonl",))
@@ -69,7 +76,7 @@ SWITCHED = study("sweep", "--output_dir={dir}", "--search=hyperband", "--num_con
                  after=PBT_RESUMED)
 BACKGROUND = {"quick": [QUICK], "bad_flags": BAD_RUNS, "no_mnist1d": [NO_MNIST1D],
               "main_hyperband": [HYPERBAND], "main_pbt": [PBT, PBT_RESUMED, SWITCHED],
-              "main_killed": [KILLED_TWO_PROCESSES]}
+              "main_killed": [KILLED_TWO_PROCESSES], "main_refused": [REFUSED_TWO_PROCESSES]}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +104,11 @@ def main_hyperband(background_runs):
 @pytest.fixture(scope="module")
 def main_killed(background_runs):
     return background_runs.result(KILLED_TWO_PROCESSES)
+
+
+@pytest.fixture(scope="module")
+def main_refused(background_runs):
+    return background_runs.result(REFUSED_TWO_PROCESSES)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +201,12 @@ def test_the_main_job_s_hyperband_over_two_processes_resumes_after_a_kill_to_the
     assert stats["processes"] == 2 and stats["runs_resumed"] == value["written"] > 0
     assert stats["runs_computed"] == len(rows) - value["written"] > 0  # only the chunks in flight again
     assert (directory / "report.md").exists() and (directory / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_over_two_processes_a_refusal_on_process_0_ends_both_with_its_one_line(main_refused) -> None:
+    completed = main_refused.completed
+    assert completed.returncode == 2, completed.stderr  # both exit 2 at once: no wait for a heartbeat
+    message = "holds the results of the 'batch_norm' study, not a sweep"
+    assert completed.stderr.count(message) == 2  # process 0's error, and process 1's copy of it
+    assert completed.stderr.count("Traceback") == 0

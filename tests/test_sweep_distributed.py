@@ -86,7 +86,10 @@ def kill_then_resume(tmp_path: pathlib.Path) -> int:
 
 
 KILLED = Run(task=kill_then_resume, name="killed")
-BACKGROUND = {"killed": [KILLED], "sharded": [SHARDED], "two_processes": [TWO_PROCESSES]}
+# Two processes started with other chunk sizes (20 and 21 runs): other chunk programs, so both refuse to start.
+MISMATCHED = Run((str(ROOT / "tests" / "launcher.py"), "2", str(WORKER), "{dir}", "--chunk_size=2{process_id}",
+                  "--coordinator={address}", "--num_processes=2", "--process_id={process_id}"), name="mismatched")
+BACKGROUND = {"killed": [KILLED], "sharded": [SHARDED], "two_processes": [TWO_PROCESSES], "mismatched": [MISMATCHED]}
 
 
 @pytest.fixture
@@ -135,3 +138,15 @@ def test_two_local_processes_equal_one(two_processes, reference):
     assert without_time(first["rows"]) == without_time(second["rows"])  # every process gets every row
     assert_same_runs(file_rows(tmp_path / "results.jsonl"), reference)  # written once, by process 0
     assert_same_runs(first["rows"], reference)
+
+
+@pytest.fixture
+def mismatched(background_runs):
+    return background_runs.result(MISMATCHED)
+
+
+def test_processes_started_with_other_arguments_are_refused_by_every_process(mismatched) -> None:
+    completed = mismatched.completed
+    assert completed.returncode != 0
+    assert completed.stderr.count("every process of a search must be started with the same arguments") == 2
+    assert not (mismatched.dir / "results.jsonl").exists()  # refused before the file is opened

@@ -262,7 +262,8 @@ class Search:
             "key": _key_words(key),
             "data": digest,
         }
-        processes.check_same("arguments and data", description)  # over several processes: each plans the same runs
+        processes.check_same("arguments and data", {  # over several processes: each must plan the same chunks
+            **description, "chunk_size": chunk_size, "memory_budget_bytes": budget, "devices": len(devices)})
         results_path = None if results_path is None else os.fspath(results_path)
         on_file = processes.share(lambda: results_path is not None)  # process 0's file: what every process saves for
         engine = ChunkEngine(devices=devices, splits=splits, key=key, seeds=seeds, progress=progress,

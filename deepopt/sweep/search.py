@@ -35,7 +35,7 @@ from deepopt.sweep.analysis import direction, seed_mean
 from deepopt.sweep.model_based import is_model_based, make_sampler
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
-from deepopt.sweep import host_keys, jax_config, reopen, store, tensorboard_log
+from deepopt.sweep import host_keys, jax_config, processes, reopen, store, tensorboard_log
 from deepopt.sweep import options as options_lib
 from deepopt.sweep.chunks import ChunkEngine
 from deepopt.sweep.store import data_fingerprint, read_curves
@@ -215,6 +215,10 @@ def _run(
     data_digest = data_fingerprint(*splits)
     settings = dataclasses.replace(settings, metric=metric, chunk_size=chunk_size, devices=devices, curves=curves,
                                    tensorboard_dir=tensorboard_dir, objectives=objectives)
+    processes.check_same("arguments and data", {  # over several processes: each must plan the same chunks
+        **_call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest, objectives),
+        "chunk_size": chunk_size, "curves": curves, "memory_budget_bytes": memory_budget_bytes, "devices": len(devices),
+    })
     if is_model_based(sampler):
         return _run_model_based(base_config, space, splits, key, num_configs, hparams, settings, start, data_digest)
     runs = plan(

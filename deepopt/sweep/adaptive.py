@@ -12,6 +12,10 @@ fields) are appended to the results file after its states are saved (``state_fil
 versions are still read), so on resume a chunk whose rows are all in the file is skipped and
 its states are read back only if a later stage continues them: nothing but the chunk in flight is
 computed again, and no row is written twice.
+
+Over several ``jax.distributed`` processes every process runs the same search on one mesh of all
+their devices; process 0 alone writes the rows and the states (gathered to it from every
+process's devices after each chunk) and reads them back on resume for all (``processes``).
 """
 
 from __future__ import annotations

@@ -5,15 +5,18 @@
 runs ``python ARG...`` N times at once, ``{address}`` in an argument replaced by a free
 ``127.0.0.1:PORT`` (the coordinator's) and ``{process_id}`` by 0 .. N-1; waits for all, prints
 their outputs to stderr and exits with the largest absolute exit status. ``start`` and ``finish``
-do the same for a test's background task (one that kills a process mid-way).
+do the same for a test's background task, and ``kill_when_written`` kills a process mid-way.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +50,20 @@ def finish(processes: Sequence[subprocess.Popen], timeout: float = 240) -> list[
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def kill_when_written(processes: Sequence[subprocess.Popen], path: pathlib.Path, lines: int, victim: int = 0,
+                      timeout: float = 240) -> None:
+    """SIGKILL ``processes[victim]`` once ``path`` holds ``lines`` lines (a process that ends first fails, with the outputs).
+
+    Rows written after the kill (another process finishing its chunk) are the caller's to count,
+    once every process has ended.
+    """
+    deadline = time.monotonic() + timeout
+    while (not path.exists() or path.read_text().count("\n") < lines) and time.monotonic() < deadline:
+        assert all(process.poll() is None for process in processes), finish(processes)
+        time.sleep(0.02)
+    processes[victim].send_signal(signal.SIGKILL)
 
 
 def main() -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
 import time
 from typing import Any
 
 import pytest
 from adaptive_worker import tiny_data, tiny_hyperband, tiny_pbt
 from background import Run
-from launcher import finish, start
+from launcher import finish, kill_when_written, start
 
 from deepopt import sweep
 
@@ -51,17 +50,13 @@ def kill_one_process_then_resume(directory: pathlib.Path, victim: int, after_lin
     path = directory / "results.jsonl"
     command = (str(WORKER), "pbt", str(directory), *PROCESS_FLAGS)
     processes = start(2, (*command, "--sleep=0.25"))
-    deadline = time.monotonic() + 240
-    while (not path.exists() or path.read_text().count("\n") < after_lines) and time.monotonic() < deadline:
-        assert all(p.poll() is None for p in processes), finish(processes)
-        time.sleep(0.02)
-    processes[victim].send_signal(signal.SIGKILL)
+    kill_when_written(processes, path, after_lines, victim)
     killed = time.monotonic()
-    written = path.read_text().count("\n")
     survivor = processes[1 - victim]
     finish([survivor], timeout=120)  # the runtime's heartbeat (10 s in the worker) ends it
     survivor_seconds = time.monotonic() - killed
     finish(processes)
+    written = path.read_text().count("\n")  # process 0 may append its chunk in flight before it stops
     restarted = start(2, command)
     outputs = finish(restarted)
     return {"written": written, "survivor_code": survivor.returncode, "survivor_seconds": survivor_seconds,

@@ -7,10 +7,8 @@ import json
 import re
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import jax
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 from adaptive_worker import ADAM, PBT_SPACE, SPACE, tiny_data, tiny_hyperband, tiny_pbt
 from background import Run
+from launcher import kill_when_written
 
 from deepopt import data, sweep, train
 from deepopt.sweep import population as pbt_lib
@@ -312,11 +311,7 @@ def kill_then_resume(method: str, directory: pathlib.Path, after_lines: int) -> 
     command = [sys.executable, str(WORKER), method, str(directory)]
     process = subprocess.Popen([*command, "--sleep=0.25"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while (not path.exists() or path.read_text().count("\n") < after_lines) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    kill_when_written([process], path, after_lines)
     process.communicate()
     written = path.read_text().count("\n")
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)

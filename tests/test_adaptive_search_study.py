@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
-import time
 from typing import Any
 
 import launcher
@@ -48,13 +46,9 @@ def kill_process_0_then_resume(directory: pathlib.Path, after_lines: int = 8) ->
     path = directory / "results.jsonl"
     flags = (f"--output_dir={directory}", *TWO_PROCESS_FLAGS)
     processes = launcher.start(2, ("-c", SLOWED_MAIN_JOB, *flags, "--heartbeat_timeout=5"))
-    deadline = time.monotonic() + 240
-    while (not path.exists() or path.read_text().count("\n") < after_lines) and time.monotonic() < deadline:
-        assert all(p.poll() is None for p in processes), launcher.finish(processes)
-        time.sleep(0.02)
-    processes[0].send_signal(signal.SIGKILL)
-    written = path.read_text().count("\n")
+    launcher.kill_when_written(processes, path, after_lines, victim=0)
     launcher.finish(processes, timeout=120)
+    written = path.read_text().count("\n")
     restarted = launcher.start(2, ("-m", "experiments.sweep", *flags, "--resume"))
     outputs = launcher.finish(restarted)
     return {"written": written, "survivor_code": processes[1].returncode,

@@ -12,10 +12,10 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from background import Run
+from launcher import kill_when_written
 from sweep_worker import assert_same_runs, tiny_sweep, without_time
 
 from deepopt import sweep
@@ -71,11 +71,7 @@ def kill_then_resume(tmp_path: pathlib.Path) -> int:
     env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # cache every program: the restarted worker loads them
     path = tmp_path / "results.jsonl"
     process = worker(tmp_path, "--chunk_size=2", "--sleep=0.3", env=env)
-    deadline = time.monotonic() + 240
-    while (not path.exists() or path.read_text().count("\n") < 2) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
+    kill_when_written([process], path, 2)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     written = path.read_text().count("\n")

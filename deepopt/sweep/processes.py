@@ -106,6 +106,11 @@ def _same_values(tree: Any) -> Any:
     return tree
 
 
+def resharded(tree: Any, sharding: Any) -> Any:
+    """``tree``'s global arrays laid out as ``sharding``, moved between the devices (of every process) by one program."""
+    return jax.jit(_same_values, out_shardings=sharding)(tree)
+
+
 def gather(tree: Any) -> Any:
     """Host arrays of ``tree``'s arrays on every process (global arrays gathered over the processes).
 
@@ -117,8 +122,7 @@ def gather(tree: Any) -> Any:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = jax.tree.leaves(tree)[0].sharding.mesh
-    replicated = jax.jit(_same_values, out_shardings=NamedSharding(mesh, P()))(tree)
+    replicated = resharded(tree, NamedSharding(jax.tree.leaves(tree)[0].sharding.mesh, P()))
     return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), replicated)
 
 

@@ -178,14 +178,14 @@ def writing(
     writer = results_path is not None and jax.process_index() == 0
     with contextlib.ExitStack() as held:
 
-        def open_file() -> None:  # process 0: a refusal here is raised on every process (``processes.share``)
+        def open_file() -> dict[str, dict[str, Any]]:  # process 0: its rows, or its refusal, go to every process
             if writer:
                 held.enter_context(lock_results(results_path))
                 if manifest is not None:
                     _check_manifest(os.fspath(results_path), *manifest, resume)
+            return _resume(results_path, ids, resume, legacy)
 
-        processes.share(open_file)
-        done = _resume(results_path, ids, resume, legacy)
+        done = processes.share(open_file)
         if writer:
             if not resume:
                 for path in fresh_files:

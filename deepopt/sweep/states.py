@@ -79,10 +79,6 @@ def _take(state: Any, rows: np.ndarray) -> Any:
     return _take_rows(state, rows)
 
 
-def _same_values(tree: Any) -> Any:
-    return tree
-
-
 def _placed(state: Any, sharding: NamedSharding) -> Any:
     """``state`` (host or device arrays) as global arrays of ``sharding``; a leaf already one stays as it is.
 
@@ -98,7 +94,7 @@ def _placed(state: Any, sharding: NamedSharding) -> Any:
     leaves, treedef = jax.tree.flatten(placed)
     moving = [i for i, leaf in enumerate(leaves) if not leaf.sharding.is_equivalent_to(sharding, leaf.ndim)]
     if moving:
-        moved = jax.jit(_same_values, out_shardings=sharding)([leaves[i] for i in moving])
+        moved = processes.resharded([leaves[i] for i in moving], sharding)
         for i, leaf in zip(moving, moved):
             leaves[i] = leaf
     return jax.tree.unflatten(treedef, leaves)

@@ -40,7 +40,6 @@ import numpy as np
 
 from deepopt import data as data_lib
 from deepopt import train as train_lib
-from deepopt.sweep import processes
 
 ID_VERSION = 2
 
@@ -325,40 +324,36 @@ def _resume(
     resume: bool,
     legacy: Mapping[str, LegacyRun] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The rows of the planned runs ``ids`` (None: every row) already in ``results_path``, by id; every process gets process 0's view.
+    """The rows of the planned runs ``ids`` (None: every row) already in ``results_path``, by id (process 0's read).
 
     ``legacy`` maps a planned run's v1 id to its ``LegacyRun``: such a row is taken too, with the
     v2 ``id`` and ``config_id`` and any Config or HParams field added since v1 (at its default:
     see ``legacy_config_id``) filled in, in memory only. Process 0 reads the file and cuts a torn
     last line (``resume=True``) or empties it (``resume=False``); opening it here makes an
-    unwritable path fail before any compilation. Other processes may pass ``results_path=None``:
-    they receive the rows by broadcast.
+    unwritable path fail before any compilation. Other processes read nothing (``{}``):
+    ``reopen.writing`` shares process 0's rows with them (``processes.share``).
     """
+    done: dict[str, dict[str, Any]] = {}
+    if not (jax.process_index() == 0 and results_path is not None):
+        return done
     wanted = None if ids is None else set(ids)
     legacy = {} if legacy is None else legacy
-
-    def read() -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
-        if not (jax.process_index() == 0 and results_path is not None):
-            return done
-        if resume:
-            for row in read_rows(results_path, repair=True):
-                if wanted is None or row["id"] in wanted:
-                    done.setdefault(row["id"], row)
-                elif row["id"] in legacy:  # a v1 row of a planned run
-                    now = legacy[row["id"]]
-                    upgraded = row | {
-                        "id": now.id,
-                        "config_id": now.config_id,
-                        "config": now.config | row.get("config", {}),  # fields added since v1, at their defaults
-                        "hparams": now.hparams | row.get("hparams", {}),
-                    }
-                    done.setdefault(now.id, upgraded)
-        with open(results_path, "a" if resume else "w", encoding="utf-8") as stream:
-            os.fsync(stream.fileno())
-        return done
-
-    return processes.share(read)  # process 0 reads; the others receive its rows (or its error)
+    if resume:
+        for row in read_rows(results_path, repair=True):
+            if wanted is None or row["id"] in wanted:
+                done.setdefault(row["id"], row)
+            elif row["id"] in legacy:  # a v1 row of a planned run
+                now = legacy[row["id"]]
+                upgraded = row | {
+                    "id": now.id,
+                    "config_id": now.config_id,
+                    "config": now.config | row.get("config", {}),  # fields added since v1, at their defaults
+                    "hparams": now.hparams | row.get("hparams", {}),
+                }
+                done.setdefault(now.id, upgraded)
+    with open(results_path, "a" if resume else "w", encoding="utf-8") as stream:
+        os.fsync(stream.fileno())
+    return done
 
 
 # ------------------------------------------------------------------------------ learning curves

@@ -179,11 +179,6 @@ flags.register_validator(
     "hidden_choice", lambda items: all(w.strip().isdigit() and int(w) > 0 for item in items for w in item.split(",")),
     message="--hidden_choice must be comma-separated positive widths, e.g. 32,32",
 )
-
-
-def objectives() -> dict[str, str] | None:
-    """``--objectives`` as ``{field: "max" | "min"}`` (None when not given)."""
-    return {item.split(":")[0]: item.split(":")[1] for item in FLAGS.objectives} or None
 flags.register_multi_flags_validator(
     ["resume", "output_dir"],
     lambda v: not v["resume"] or v["output_dir"] is not None,
@@ -197,6 +192,11 @@ flags.register_multi_flags_validator(
     ),
     message="--coordinator_address, --num_processes and --process_id go together, with process_id < num_processes",
 )
+
+
+def objectives() -> dict[str, str] | None:
+    """``--objectives`` as ``{field: "max" | "min"}`` (None when not given)."""
+    return {item.split(":")[0]: item.split(":")[1] for item in FLAGS.objectives} or None
 
 
 def start_devices() -> None:
@@ -519,14 +519,14 @@ def bayes_estimate() -> tuple[float, str, bool]:
     return 0.0, "unknown for your data: assumed 0, so the avoidable bias is an upper bound (pass --bayes_error)", False
 
 
-def pareto_lines(results: sweep.Results) -> list[str]:
-    """With two or more objectives, the report's Pareto-front section: a table of the front (empty otherwise)."""
-    if len(results.objectives) < 2:
+def pareto_lines(results: sweep.Results, front: list[dict[str, Any]] | None) -> list[str]:
+    """The report's Pareto-front section: a table of ``front`` (``results.pareto()``; None: no section)."""
+    if front is None:
         return []
     names = list(results.objectives)
     header = "| config | " + " | ".join(f"{n} ({results.objectives[n]})" for n in names) + " | crowding |"
     rows = [header, "|" + "---|" * (len(names) + 2)]
-    for entry in results.pareto():
+    for entry in front:
         searched = {k: v for k, v in entry["choices"].items()
                     if isinstance(results.space.get(k), (sweep.Uniform, sweep.Choice))}
         choices = ", ".join(f"{k}={_flag_text(v) if not isinstance(v, float) else f'{v:.3g}'}" for k, v in searched.items())
@@ -627,7 +627,7 @@ def on_process_zero(step: Callable[[], Any]) -> Any:
 def main(argv: list[str]) -> None:
     del argv
     start_devices()
-    writer = jax.process_index() == 0
+    writer = processes.is_writer()
     opened: dict[str, Any] = {}
     with contextlib.ExitStack() as held:
 
@@ -882,7 +882,8 @@ def write_summaries(
     say("\n" + table + "\n\n" + verdict + "\n" + retrained["text"] + "\n" + timing)
 
     combined.to_csv(output_dir / "results.csv")
-    front_lines = pareto_lines(combined)
+    front = combined.pareto() if len(combined.objectives) >= 2 else None  # once: report and results.json
+    front_lines = pareto_lines(combined, front)
     optuna_line = write_optuna(combined, output_dir)
     plots = []
     if common.plots_available():
@@ -940,7 +941,7 @@ def write_summaries(
             "boundary_warnings": boundaries,
             "importance": importance,
             "objectives": combined.objectives,
-            "pareto_front": combined.pareto() if len(combined.objectives) >= 2 else None,
+            "pareto_front": front,
             "retrained_winner": retrained,
             "timing": timing,
             "rounds": [r.stats for r in rounds],

@@ -42,6 +42,15 @@ def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{name: value for name, value in row.items() if name != "seconds"} for row in rows]
 
 
+def file_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of a finished results file: whole lines only, none written twice."""
+    text = path.read_text()
+    assert text.endswith("\n")
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert len({row["id"] for row in rows}) == len(rows), "duplicate rows"
+    return rows
+
+
 def assert_same_runs(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
     """Same ids and choices; costs equal to float32 rounding, accuracies within one dev example.
 

@@ -17,6 +17,7 @@ import pytest
 from adaptive_worker import tiny_data, tiny_hyperband, tiny_pbt
 from background import Run
 from launcher import finish, kill_when_written, start
+from sweep_worker import file_rows, without_time
 
 from deepopt import sweep
 
@@ -31,14 +32,6 @@ TWO_DEVICES = {method: Run((str(WORKER), method, "{dir}", "--devices=2"), name=f
                for method in METHODS}
 TWO_PROCESSES = {method: Run((str(LAUNCHER), "2", str(WORKER), method, "{dir}", *PROCESS_FLAGS),
                              name=f"{method}-two-processes") for method in METHODS}
-
-
-def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{name: value for name, value in row.items() if name != "seconds"} for row in rows]
-
-
-def file_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def kill_one_process_then_resume(directory: pathlib.Path, victim: int, after_lines: int) -> dict[str, Any]:

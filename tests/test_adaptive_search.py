@@ -18,6 +18,7 @@ import pytest
 from adaptive_worker import ADAM, PBT_SPACE, SPACE, tiny_data, tiny_hyperband, tiny_pbt
 from background import Run
 from launcher import kill_when_written
+from sweep_worker import without_time
 
 from deepopt import data, sweep, train
 from deepopt.sweep import population as pbt_lib
@@ -25,10 +26,6 @@ from deepopt.sweep import states as states_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "adaptive_worker.py"
-
-
-def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{name: value for name, value in row.items() if name != "seconds"} for row in rows]
 
 
 def seed_mean(rows: list[dict[str, Any]], config_id: str, stage: str, metric: str = "dev_accuracy") -> float:

@@ -9,6 +9,7 @@ from typing import Any
 import launcher
 import pytest
 from background import Run, study
+from sweep_worker import without_time
 
 from deepopt import sweep
 
@@ -186,10 +187,9 @@ def test_the_main_job_s_hyperband_over_two_processes_resumes_after_a_kill_to_the
     assert "on 2 device(s)" in value["outputs"][0]
     rows = sweep.read_rows(directory / "results.jsonl")
     assert len({r["id"] for r in rows}) == len(rows)  # none written twice
-    without_time = lambda rows: sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows),  # noqa: E731
-                                       key=lambda r: r["id"])
+    by_id = lambda rows: sorted(without_time(rows), key=lambda r: r["id"])  # noqa: E731
     # one process over 2 devices and 2 processes of 1, killed and resumed: the same rows, bit for bit
-    assert without_time(rows) == without_time(sweep.read_rows(main_hyperband.dir / "results.jsonl"))
+    assert by_id(rows) == by_id(sweep.read_rows(main_hyperband.dir / "results.jsonl"))
     calls = json.loads((directory / "results.record.json").read_text())["calls"]
     stats = calls[-1]["stats"]
     assert stats["processes"] == 2 and stats["runs_resumed"] == value["written"] > 0

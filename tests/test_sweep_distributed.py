@@ -16,7 +16,7 @@ import sys
 import pytest
 from background import Run
 from launcher import kill_when_written
-from sweep_worker import assert_same_runs, tiny_sweep, without_time
+from sweep_worker import assert_same_runs, file_rows, tiny_sweep, without_time
 
 from deepopt import sweep
 
@@ -53,14 +53,6 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> None:
 def reference():
     """The uninterrupted, single-process, single-device sweep (chunks of 2)."""
     return tiny_sweep(chunk_size=2).rows
-
-
-def file_rows(path: pathlib.Path) -> list[dict]:
-    text = path.read_text()
-    assert text.endswith("\n")
-    rows = [json.loads(line) for line in text.splitlines()]
-    assert len({row["id"] for row in rows}) == len(rows), "duplicate rows"
-    return rows
 
 
 def kill_then_resume(tmp_path: pathlib.Path) -> int:

@@ -683,7 +683,7 @@ class Search:
 
 def write_board(tensorboard_dir: str | os.PathLike | None, results: Results) -> Results:
     """With ``tensorboard_dir``: one TensorBoard run per config of a finished search (process 0); returns ``results``."""
-    if tensorboard_dir is not None and jax.process_index() == 0:
+    if tensorboard_dir is not None and processes.is_writer():
         tensorboard_log.write_runs(tensorboard_dir, results)
     return results
 

@@ -17,7 +17,9 @@ from deepopt import data as data_lib
 from deepopt import train as train_lib
 from deepopt import tasks as tasks_lib
 from deepopt.sweep import pareto
-from deepopt.sweep.model_based import import_optuna, optuna_distributions, parameter_name, quiet_optuna, to_parameters
+from deepopt.sweep.model_based import (
+    import_optuna, optuna_distributions, parameter_name, quiet_optuna, study_directions, to_parameters,
+)
 from deepopt.sweep.space import Choice, OneMinusLogUniform, Uniform, _check_count, unread_fields
 from deepopt.sweep.store import _canonical
 
@@ -421,8 +423,7 @@ class Results:
                 state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL,
             ))
         with quiet_optuna(optuna):
-            study = optuna.create_study(storage=storage, study_name=study_name, directions=[
-                "maximize" if sense == "max" else "minimize" for sense in objectives.values()])
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=study_directions(objectives))
             study.set_metric_names(list(objectives))
             study.add_trials(trials)
         return study

@@ -58,6 +58,11 @@ def import_optuna() -> Any:
     return optuna
 
 
+def study_directions(objectives: Mapping[str, str]) -> list[str]:
+    """Optuna's study directions of ``objectives`` ``{field: "max" | "min"}``, in order: ``"maximize"`` / ``"minimize"``."""
+    return ["maximize" if sense == "max" else "minimize" for sense in objectives.values()]
+
+
 def is_optuna_sampler(value: Any) -> bool:
     """Whether ``value`` is an Optuna sampler instance (``optuna.samplers.BaseSampler``), without importing optuna."""
     return any(

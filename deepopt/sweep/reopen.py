@@ -17,8 +17,6 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
-
 import numpy as np
 
 from deepopt import modules
@@ -175,7 +173,7 @@ def writing(
     call's start (``record_call``). Yields a ``Hold``: ``done``, the rows read by id, and
     ``finish(results)``, which records the call's end before the lock is released.
     """
-    writer = results_path is not None and jax.process_index() == 0
+    writer = results_path is not None and processes.is_writer()
     with contextlib.ExitStack() as held:
 
         def open_file() -> dict[str, dict[str, Any]]:  # process 0: its rows, or its refusal, go to every process

@@ -32,7 +32,7 @@ from deepopt.sweep.engine import (
     spread_over_streams,
 )
 from deepopt.sweep.analysis import direction, seed_mean
-from deepopt.sweep.model_based import is_model_based, make_sampler
+from deepopt.sweep.model_based import is_model_based, make_sampler, study_directions
 from deepopt.sweep.planning import Run, _typed_key, check_plan_arguments, groups, legacy_ids, plan, plan_assignments
 from deepopt.sweep.space import Choice, _check_count, _is_distribution, static_fields
 from deepopt.sweep import host_keys, jax_config, processes, reopen, store, tensorboard_log
@@ -234,7 +234,7 @@ def _run(
     grouped = groups(runs)
     _check_data(grouped, splits, key, devices)
 
-    reads_file = resume and results_path is not None and jax.process_index() == 0
+    reads_file = resume and results_path is not None and processes.is_writer()
     legacy = legacy_ids(runs, data_digest) if reads_file else None  # rows a v1 file holds for these runs
     call = _call_record(base_config, space, key, num_configs, seeds, sampler, metric, hparams, data_digest,
                         settings.objectives)
@@ -313,7 +313,7 @@ def _write_board(
     tensorboard_dir: str | None, sweep: _Sweep, runs: Sequence[Run], space: Mapping[str, Any], metric: str
 ) -> None:
     """Write the TensorBoard run of every config whose seeds are all done and that is not written yet (process 0)."""
-    if tensorboard_dir is None or jax.process_index() != 0:
+    if tensorboard_dir is None or not processes.is_writer():
         return
     by_config: dict[str, list[Run]] = {}
     for run_ in runs:
@@ -348,7 +348,7 @@ def _new_sweep(
     done: dict[str, dict[str, Any]], ids: Sequence[str], total: int, num_groups: int, start: float,
 ) -> _Sweep:
     """The state one ``run`` call's groups share (``settings`` resolved): its ``ChunkEngine`` and chunking."""
-    writer = settings.results_path is not None and jax.process_index() == 0
+    writer = settings.results_path is not None and processes.is_writer()
     curve_file, curve_data = _open_curves(settings.results_path if writer else None, settings.curves,
                                           settings.resume, ids)
     engine = ChunkEngine(
@@ -420,8 +420,7 @@ def model_based_source(
     dropout_of = {config: _group_dropout(group_runs) for config, group_runs in corner_groups.items()}
     sample_key = host_keys.split_key(key, 2, 0)  # jax.random.split(key)[0], as plan samples with
     maximize_or_minimize = direction(metric, base_config.task.row_directions())
-    directions = ([("maximize" if sense == "max" else "minimize") for sense in objectives.values()]
-                  if objectives and len(objectives) > 1 else None)
+    directions = study_directions(objectives) if objectives and len(objectives) > 1 else None
     return make_sampler(sampler, space, sample_key, direction=maximize_or_minimize, directions=directions), dropout_of
 
 
